@@ -1,0 +1,121 @@
+//! Error codes and the error document a client receives instead of silence.
+
+use serde::Serialize;
+use std::fmt;
+
+/// Every error a bridge can answer with (DESIGN §3). The string form is the
+/// `error` field of the reply and never changes: clients match on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorCode {
+    InvalidJson,
+    MissingTarget,
+    UnknownTarget,
+    TooLarge,
+    BadFrames,
+    RateLimited,
+    Timeout,
+    BackendUnavailable,
+    CircuitOpen,
+    Draining,
+}
+
+impl ErrorCode {
+    pub const ALL: [ErrorCode; 10] = [
+        ErrorCode::InvalidJson,
+        ErrorCode::MissingTarget,
+        ErrorCode::UnknownTarget,
+        ErrorCode::TooLarge,
+        ErrorCode::BadFrames,
+        ErrorCode::RateLimited,
+        ErrorCode::Timeout,
+        ErrorCode::BackendUnavailable,
+        ErrorCode::CircuitOpen,
+        ErrorCode::Draining,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::InvalidJson => "invalid_json",
+            ErrorCode::MissingTarget => "missing_target",
+            ErrorCode::UnknownTarget => "unknown_target",
+            ErrorCode::TooLarge => "too_large",
+            ErrorCode::BadFrames => "bad_frames",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::Timeout => "timeout",
+            ErrorCode::BackendUnavailable => "backend_unavailable",
+            ErrorCode::CircuitOpen => "circuit_open",
+            ErrorCode::Draining => "draining",
+        }
+    }
+
+    /// Position in [`ErrorCode::ALL`], for counters kept in an array.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why a request was refused: the code and a message that says what to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl Rejection {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Rejection {
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn to_reply(&self) -> Vec<u8> {
+        error_reply(self.code, &self.message)
+    }
+}
+
+#[derive(Serialize)]
+struct ErrorDoc<'a> {
+    status: &'static str,
+    error: &'static str,
+    message: &'a str,
+}
+
+/// `{"status":"error","error":"<code>","message":"<text>"}` as one frame.
+pub fn error_reply(code: ErrorCode, message: &str) -> Vec<u8> {
+    let doc = ErrorDoc {
+        status: "error",
+        error: code.as_str(),
+        message,
+    };
+    // Serializing a struct of strings cannot fail.
+    serde_json::to_vec(&doc).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_round_trip_through_their_index() {
+        for (i, code) in ErrorCode::ALL.iter().enumerate() {
+            assert_eq!(code.index(), i);
+        }
+    }
+
+    #[test]
+    fn error_reply_is_the_documented_json() {
+        let reply = error_reply(ErrorCode::UnknownTarget, "no \"x\"");
+        let v: serde_json::Value = serde_json::from_slice(&reply).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"status":"error","error":"unknown_target","message":"no \"x\""})
+        );
+    }
+}

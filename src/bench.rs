@@ -1,0 +1,248 @@
+//! `zbridge bench`: measurements, not tests.
+//!
+//! `bench relay` measures, in one run on loopback, a direct connection to an
+//! echo service, libzmq's own ROUTER-DEALER proxy (`zmq::proxy`, the limit
+//! for a relay) and a real `zbridge run` process on its JSON and multipart
+//! paths, and prints ratios. Every load is bounded in count and time.
+
+use crate::lab::{BridgeProcess, EchoService, Load, LoadReport, Route};
+use anyhow::Context as _;
+use serde_json::json;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+#[derive(Debug, clap::Subcommand)]
+pub enum What {
+    /// Relay latency and throughput against libzmq's proxy and direct.
+    Relay {
+        /// Seconds of each throughput run.
+        #[arg(long, default_value_t = 3.0)]
+        seconds: f64,
+        /// Requests in each lockstep latency run.
+        #[arg(long, default_value_t = 20_000)]
+        latency_requests: u64,
+        /// Requests of the memory run (0 to skip it).
+        #[arg(long, default_value_t = 1_000_000)]
+        memory_requests: u64,
+    },
+}
+
+pub fn run(what: What) -> anyhow::Result<()> {
+    match what {
+        What::Relay {
+            seconds,
+            latency_requests,
+            memory_requests,
+        } => relay(seconds, latency_requests, memory_requests),
+    }
+}
+
+/// libzmq's ROUTER-DEALER proxy on its own context and thread.
+struct Proxy {
+    endpoint: String,
+    context: zmq::Context,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Proxy {
+    fn start(backend: &str) -> anyhow::Result<Proxy> {
+        let context = zmq::Context::new();
+        let front = context.socket(zmq::ROUTER)?;
+        let back = context.socket(zmq::DEALER)?;
+        for s in [&front, &back] {
+            s.set_linger(0)?;
+        }
+        front.bind("tcp://127.0.0.1:*")?;
+        back.connect(backend)?;
+        let endpoint = front
+            .get_last_endpoint()?
+            .map_err(|_| anyhow::anyhow!("non-UTF-8 endpoint"))?;
+        let thread = std::thread::spawn(move || {
+            // Returns with ETERM when the context is destroyed.
+            let _ = zmq::proxy(&front, &back);
+        });
+        Ok(Proxy {
+            endpoint,
+            context,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.context.destroy();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+struct Contender {
+    name: &'static str,
+    endpoint: String,
+    route: Route,
+}
+
+fn relay(seconds: f64, latency_requests: u64, memory_requests: u64) -> anyhow::Result<()> {
+    let duration = Duration::try_from_secs_f64(seconds).context("--seconds")?;
+    let echo = EchoService::start(None)?;
+    let proxy = Proxy::start(&echo.endpoint)?;
+    let exe = std::env::current_exe()?;
+    let bridge = BridgeProcess::spawn(
+        &exe,
+        &[
+            "--mode=active",
+            "--primary-port=0",
+            "--main-pc-addr=",
+            &format!("--pc2-addr={}", echo.endpoint),
+            "--log-level=warn",
+            "--max-in-flight=100000",
+        ]
+        .map(String::from),
+    )?;
+    let contenders = [
+        Contender {
+            name: "direct",
+            endpoint: echo.endpoint.clone(),
+            route: Route::Direct,
+        },
+        Contender {
+            name: "libzmq proxy",
+            endpoint: proxy.endpoint.clone(),
+            route: Route::Direct,
+        },
+        Contender {
+            name: "zbridge multipart",
+            endpoint: bridge.frontend.clone(),
+            route: Route::Multipart,
+        },
+        Contender {
+            name: "zbridge json",
+            endpoint: bridge.frontend.clone(),
+            route: Route::Json,
+        },
+    ];
+    let load = |c: &Contender, clients, in_flight, requests, duration, bytes| Load {
+        endpoint: c.endpoint.clone(),
+        targets: vec!["pc2".into()],
+        path: c.route,
+        clients,
+        in_flight,
+        requests,
+        duration,
+        payload_bytes: bytes,
+        settle: Duration::from_secs(5),
+        tagged: false,
+    };
+    println!("zbridge bench relay: loopback, one echo service, all figures from this run");
+    println!("(warming up each contender first)");
+    for c in &contenders {
+        load(c, 2, 16, 20_000, duration, 100).run()?;
+    }
+
+    println!(
+        "\nlatency: 1 client, lockstep, 100 B, {latency_requests} requests (added = p50 minus direct's p50)"
+    );
+    println!(
+        "{:<20} {:>9} {:>9} {:>11} {:>17}",
+        "", "p50 µs", "p99 µs", "added µs", "added / proxy's"
+    );
+    let mut latency = Vec::new();
+    for c in &contenders {
+        let mut r = load(c, 1, 1, latency_requests, Duration::from_secs(120), 100).run()?;
+        check(c.name, &r)?;
+        latency.push((r.quantile_ms(0.5) * 1e3, r.quantile_ms(0.99) * 1e3));
+    }
+    let direct_p50 = latency[0].0;
+    let proxy_added = latency[1].0 - direct_p50;
+    let mut latency_json = serde_json::Map::new();
+    for (c, (p50, p99)) in contenders.iter().zip(&latency) {
+        let added = p50 - direct_p50;
+        let ratio = if c.name == "direct" {
+            String::new()
+        } else {
+            format!("{:.2}x", added / proxy_added)
+        };
+        println!(
+            "{:<20} {p50:>9.1} {p99:>9.1} {added:>11.1} {ratio:>17}",
+            c.name
+        );
+        latency_json.insert(
+            c.name.into(),
+            json!({"p50_us": p50, "p99_us": p99, "added_us": added}),
+        );
+    }
+
+    let mut throughput_json = serde_json::Map::new();
+    for bytes in [100, 16 * 1024] {
+        println!(
+            "\nthroughput: 8 clients x 16 in flight, {bytes} B, {:.1} s each",
+            duration.as_secs_f64()
+        );
+        println!(
+            "{:<20} {:>12} {:>10} {:>10}",
+            "", "req/s", "/ proxy", "/ direct"
+        );
+        let mut rates = Vec::new();
+        for c in &contenders {
+            let r = load(c, 8, 16, u64::MAX, duration, bytes).run()?;
+            check(c.name, &r)?;
+            rates.push(r.throughput());
+        }
+        let mut per_size = serde_json::Map::new();
+        for (c, rate) in contenders.iter().zip(&rates) {
+            println!(
+                "{:<20} {rate:>12.0} {:>9.2}x {:>9.2}x",
+                c.name,
+                rate / rates[1],
+                rate / rates[0]
+            );
+            per_size.insert(
+                c.name.into(),
+                json!({"rps": rate, "vs_proxy": rate / rates[1], "vs_direct": rate / rates[0]}),
+            );
+        }
+        throughput_json.insert(format!("{bytes}B"), per_size.into());
+    }
+
+    let mut memory_json = json!(null);
+    if memory_requests > 0 {
+        let warm = bridge.rss_kb().unwrap_or(0);
+        let r = load(
+            &contenders[2],
+            8,
+            16,
+            memory_requests,
+            Duration::from_secs(600),
+            100,
+        )
+        .run()?;
+        check("memory run", &r)?;
+        let end = bridge.rss_kb().unwrap_or(0);
+        let growth = (end as f64 - warm as f64) / warm.max(1) as f64 * 100.0;
+        println!(
+            "\nmemory: bridge RSS {warm} KiB after warm-up, {end} KiB after {} more requests ({growth:+.1}%)",
+            r.ok
+        );
+        memory_json = json!({"requests": r.ok, "rss_start_kb": warm, "rss_end_kb": end, "growth_pct": growth});
+    }
+    println!(
+        "{}",
+        json!({"bench": "relay", "latency": latency_json, "throughput": throughput_json, "memory": memory_json})
+    );
+    Ok(())
+}
+
+/// A benchmark run that lost or mixed up requests measured nothing.
+fn check(name: &str, r: &LoadReport) -> anyhow::Result<()> {
+    if r.lost > 0 || r.mismatched > 0 || !r.errors.is_empty() {
+        anyhow::bail!(
+            "{name}: {} lost, {} mismatched, errors {:?}: the figures would be wrong",
+            r.lost,
+            r.mismatched,
+            r.errors
+        );
+    }
+    Ok(())
+}

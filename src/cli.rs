@@ -1,0 +1,69 @@
+//! The command line: `zbridge run | check-config | request | status | bench | demo`.
+
+use crate::config::{Mode, Overrides};
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "zbridge",
+    version,
+    about = "A redundant ZeroMQ request/reply bridge"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a bridge instance.
+    Run {
+        /// Starting role: `active` binds primary_port, `passive` secondary_port.
+        #[arg(long, value_enum)]
+        mode: Option<Mode>,
+        /// TOML config file (every key has a default).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[command(flatten)]
+        overrides: Box<Overrides>,
+    },
+    /// Validate a config file and print the effective config (exit 2 if bad).
+    CheckConfig {
+        file: PathBuf,
+        #[command(flatten)]
+        overrides: Box<Overrides>,
+    },
+    /// Send one request through a bridge and print the reply.
+    Request {
+        /// Bridge frontend, e.g. tcp://127.0.0.1:5600.
+        #[arg(long, default_value = "tcp://127.0.0.1:5600")]
+        endpoint: String,
+        /// Target name, e.g. pc2.
+        #[arg(long)]
+        target: String,
+        /// Seconds to wait for the reply.
+        #[arg(long, default_value_t = 5.0)]
+        timeout: f64,
+        /// The payload, sent as one frame after the target frame.
+        payload: String,
+    },
+    /// Ask a bridge for its status document.
+    Status {
+        #[arg(long, default_value = "tcp://127.0.0.1:5600")]
+        endpoint: String,
+        #[arg(long, default_value_t = 3.0)]
+        timeout: f64,
+    },
+    /// Measure the bridge against libzmq's proxy and a direct connection.
+    Bench {
+        #[command(subcommand)]
+        what: crate::bench::What,
+    },
+    /// Run a bridge, two demo services and a client load on loopback.
+    Demo {
+        /// Seconds of load.
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+    },
+}

@@ -1,0 +1,532 @@
+//! Configuration: the TOML file, command-line overrides, validation.
+//!
+//! Every top-level key is declared once, in the `keys!` table below, which
+//! generates the file struct ([`File`]) with its defaults and the clap flags
+//! ([`Overrides`]) that override it: a key cannot exist without its flag.
+//! [`File::validate`] turns the merged file into a [`Config`] with real types
+//! (durations, endpoints, a target list), or a [`ConfigError`] naming the key.
+//! Validation happens before any socket is bound.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::IpAddr;
+use std::path::Path;
+use std::time::Duration;
+use zbridge_protocol::Limits;
+
+/// A configuration that cannot be used, and the key that is wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub key: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    pub fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.key.is_empty() {
+            write!(f, "{}", self.message)
+        } else {
+            write!(f, "`{}`: {}", self.key, self.message)
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// The role an instance starts in; its home role names the node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    Active,
+    Passive,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+/// `[targets.NAME]`: a backend service the bridge relays to.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetFile {
+    pub endpoint: String,
+    /// Overrides the top-level `request_timeout` for this target.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_timeout: Option<f64>,
+}
+
+macro_rules! keys {
+    ($( $(#[doc = $doc:literal])* $name:ident : $ty:ty = $default:expr ;)*) => {
+        /// The config file as written, with every key defaulted.
+        #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+        #[serde(deny_unknown_fields, default)]
+        pub struct File {
+            /// The starting role (`active` or `passive`); usually given by
+            /// `--mode`, since both instances share one file.
+            #[serde(skip_serializing_if = "Option::is_none")]
+            pub mode: Option<Mode>,
+            $( $(#[doc = $doc])* pub $name: $ty, )*
+            pub targets: BTreeMap<String, TargetFile>,
+        }
+
+        impl Default for File {
+            fn default() -> Self {
+                File {
+                    mode: None,
+                    $( $name: $default, )*
+                    targets: BTreeMap::new(),
+                }
+            }
+        }
+
+        /// A flag for every top-level key, same name with dashes.
+        #[derive(Debug, Clone, Default, clap::Args)]
+        pub struct Overrides {
+            $( $(#[doc = $doc])* #[arg(long, value_name = stringify!($ty))] pub $name: Option<$ty>, )*
+        }
+
+        impl Overrides {
+            fn apply(&self, file: &mut File) {
+                $( if let Some(value) = &self.$name { file.$name = value.clone(); } )*
+            }
+        }
+    };
+}
+
+keys! {
+    /// Frontend port of the active role (0: any free port, for tests).
+    primary_port: u16 = 5600;
+    /// Frontend port of the passive role (0: any free port, for tests).
+    secondary_port: u16 = 5601;
+    /// Seconds between heartbeats.
+    heartbeat_interval: f64 = 1.0;
+    /// Seconds without a heartbeat before the passive takes over.
+    heartbeat_timeout: f64 = 3.0;
+    /// Client library: rounds over all endpoints before a request fails.
+    max_reconnect_attempts: u32 = 5;
+    /// Client library: seconds between probes of a failed endpoint.
+    reconnect_delay: f64 = 5.0;
+    /// Endpoint of the `main_pc` target ("" for none).
+    main_pc_addr: String = "tcp://127.0.0.1:5603".into();
+    /// Endpoint of the `pc2` target ("" for none).
+    pc2_addr: String = "tcp://127.0.0.1:5602".into();
+    /// Address the frontend binds on.
+    bind_host: String = "127.0.0.1".into();
+    /// Host of the primary instance, as its peer and clients reach it.
+    primary_host: String = "127.0.0.1".into();
+    /// Host of the secondary instance, as its peer and clients reach it.
+    secondary_host: String = "127.0.0.1".into();
+    /// Seconds a request may wait for its backend before a `timeout` reply.
+    request_timeout: f64 = 5.0;
+    /// Largest request body in bytes; larger ones get `too_large`.
+    max_message_bytes: usize = 1 << 20;
+    /// Most frames in a request body; more get `bad_frames`.
+    max_frames: usize = 32;
+    /// Most requests in flight to one target; more get `backend_unavailable`.
+    max_in_flight: usize = 10_000;
+    /// Seconds a stopping bridge waits for in-flight requests.
+    drain_timeout: f64 = 5.0;
+    /// Consecutive failures of a target that open its circuit breaker.
+    breaker_failure_threshold: u32 = 5;
+    /// Seconds an open breaker fails fast before it lets one probe through.
+    breaker_open_wait: f64 = 2.0;
+    /// Log line format: text or json.
+    log_format: LogFormat = LogFormat::Text;
+    /// Least severe level logged: error, warn, info, debug or trace.
+    log_level: LogLevel = LogLevel::Info;
+}
+
+/// The two targets that the seed's `main_pc_addr` and `pc2_addr` define.
+const SEED_TARGETS: [&str; 2] = ["main_pc", "pc2"];
+
+/// A validated target.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Target {
+    pub name: String,
+    pub endpoint: String,
+    pub request_timeout: Duration,
+}
+
+/// A validated configuration, ready to run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub mode: Option<Mode>,
+    pub primary_port: u16,
+    pub secondary_port: u16,
+    pub bind_host: String,
+    pub targets: Vec<Target>,
+    pub limits: Limits,
+    pub max_in_flight: usize,
+    pub drain_timeout: Duration,
+    pub breaker_failure_threshold: u32,
+    pub breaker_open_wait: Duration,
+    pub log_format: LogFormat,
+    pub log_level: LogLevel,
+}
+
+impl Config {
+    /// The frontend endpoint to bind for a role (`*` port when 0).
+    pub fn frontend_endpoint(&self, mode: Mode) -> String {
+        let port = match mode {
+            Mode::Active => self.primary_port,
+            Mode::Passive => self.secondary_port,
+        };
+        tcp_endpoint(&self.bind_host, port)
+    }
+}
+
+/// `tcp://host:port`, bracketing IPv6 addresses and using `*` for port 0.
+pub fn tcp_endpoint(host: &str, port: u16) -> String {
+    let host = match host.parse::<IpAddr>() {
+        Ok(IpAddr::V6(v6)) => format!("[{v6}]"),
+        _ => host.to_string(),
+    };
+    if port == 0 {
+        format!("tcp://{host}:*")
+    } else {
+        format!("tcp://{host}:{port}")
+    }
+}
+
+impl File {
+    /// Read a config file; `None` means built-in defaults only.
+    pub fn load(path: Option<&Path>) -> Result<File, ConfigError> {
+        let Some(path) = path else {
+            return Ok(File::default());
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigError::new(
+                "",
+                format!("cannot read config file {}: {e}", path.display()),
+            )
+        })?;
+        File::from_toml_str(&text)
+            .map_err(|e| ConfigError::new(e.key, format!("{} (in {})", e.message, path.display())))
+    }
+
+    pub fn from_toml_str(text: &str) -> Result<File, ConfigError> {
+        toml::from_str(text).map_err(|e: toml::de::Error| {
+            let key = e
+                .span()
+                .and_then(|span| text.get(span))
+                .map(|s| s.split(['=', '\n']).next().unwrap_or("").trim().to_string())
+                .unwrap_or_default();
+            ConfigError::new(key, e.message().to_string())
+        })
+    }
+
+    pub fn with_overrides(mut self, overrides: &Overrides) -> File {
+        overrides.apply(&mut self);
+        self
+    }
+
+    /// Check every key and build the runtime configuration.
+    pub fn validate(&self) -> Result<Config, ConfigError> {
+        let request_timeout = positive_seconds("request_timeout", self.request_timeout)?;
+        let heartbeat_interval = positive_seconds("heartbeat_interval", self.heartbeat_interval)?;
+        let heartbeat_timeout = positive_seconds("heartbeat_timeout", self.heartbeat_timeout)?;
+        if heartbeat_timeout <= heartbeat_interval {
+            return Err(ConfigError::new(
+                "heartbeat_timeout",
+                format!(
+                    "must be longer than heartbeat_interval ({} s), or every pause between two heartbeats is a failover; got {} s",
+                    self.heartbeat_interval, self.heartbeat_timeout
+                ),
+            ));
+        }
+        seconds("reconnect_delay", self.reconnect_delay)?;
+        at_least(
+            "max_reconnect_attempts",
+            self.max_reconnect_attempts as usize,
+            1,
+        )?;
+        if self.primary_port != 0 && self.primary_port == self.secondary_port {
+            return Err(ConfigError::new(
+                "secondary_port",
+                format!(
+                    "must differ from primary_port ({}): the two roles cannot share a port",
+                    self.primary_port
+                ),
+            ));
+        }
+        for (key, value) in [
+            ("bind_host", &self.bind_host),
+            ("primary_host", &self.primary_host),
+            ("secondary_host", &self.secondary_host),
+        ] {
+            host(key, value)?;
+        }
+        at_least("max_message_bytes", self.max_message_bytes, 1)?;
+        at_least("max_frames", self.max_frames, 1)?;
+        at_least("max_in_flight", self.max_in_flight, 1)?;
+        at_least(
+            "breaker_failure_threshold",
+            self.breaker_failure_threshold as usize,
+            1,
+        )?;
+        Ok(Config {
+            mode: self.mode,
+            primary_port: self.primary_port,
+            secondary_port: self.secondary_port,
+            bind_host: self.bind_host.clone(),
+            targets: self.targets(request_timeout)?,
+            limits: Limits {
+                max_message_bytes: self.max_message_bytes,
+                max_frames: self.max_frames,
+            },
+            max_in_flight: self.max_in_flight,
+            drain_timeout: seconds("drain_timeout", self.drain_timeout)?,
+            breaker_failure_threshold: self.breaker_failure_threshold,
+            breaker_open_wait: positive_seconds("breaker_open_wait", self.breaker_open_wait)?,
+            log_format: self.log_format,
+            log_level: self.log_level,
+        })
+    }
+
+    fn targets(&self, default_timeout: Duration) -> Result<Vec<Target>, ConfigError> {
+        let mut targets = Vec::new();
+        for (name, addr) in SEED_TARGETS
+            .iter()
+            .zip([&self.main_pc_addr, &self.pc2_addr])
+        {
+            let key = format!("{name}_addr");
+            if self.targets.contains_key(*name) {
+                return Err(ConfigError::new(
+                    format!("targets.{name}"),
+                    format!("the target `{name}` is defined by `{key}`; set that key instead of a [targets.{name}] table"),
+                ));
+            }
+            if !addr.is_empty() {
+                targets.push(Target {
+                    name: name.to_string(),
+                    endpoint: endpoint(&key, addr)?,
+                    request_timeout: default_timeout,
+                });
+            }
+        }
+        for (name, target) in &self.targets {
+            let key = format!("targets.{name}");
+            if name.is_empty()
+                || name.len() > 64
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+            {
+                return Err(ConfigError::new(
+                    key,
+                    "a target name is 1 to 64 letters, digits, `_`, `-` or `.`",
+                ));
+            }
+            let request_timeout = match target.request_timeout {
+                Some(s) => positive_seconds(&format!("{key}.request_timeout"), s)?,
+                None => default_timeout,
+            };
+            targets.push(Target {
+                name: name.clone(),
+                endpoint: endpoint(&format!("{key}.endpoint"), &target.endpoint)?,
+                request_timeout,
+            });
+        }
+        Ok(targets)
+    }
+
+    /// The effective configuration as TOML, as `check-config` prints it.
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).unwrap_or_else(|e| format!("# cannot print config: {e}\n"))
+    }
+}
+
+fn seconds(key: &str, value: f64) -> Result<Duration, ConfigError> {
+    Duration::try_from_secs_f64(value).map_err(|_| {
+        ConfigError::new(
+            key,
+            format!("must be a number of seconds, 0 or more; got {value}"),
+        )
+    })
+}
+
+fn positive_seconds(key: &str, value: f64) -> Result<Duration, ConfigError> {
+    match seconds(key, value)? {
+        d if d.is_zero() => Err(ConfigError::new(
+            key,
+            format!("must be more than 0 seconds; got {value}"),
+        )),
+        d => Ok(d),
+    }
+}
+
+fn at_least(key: &str, value: usize, min: usize) -> Result<(), ConfigError> {
+    if value < min {
+        return Err(ConfigError::new(
+            key,
+            format!("must be at least {min}; got {value}"),
+        ));
+    }
+    Ok(())
+}
+
+fn host(key: &str, value: &str) -> Result<(), ConfigError> {
+    let is_name = !value.is_empty()
+        && value.len() <= 253
+        && value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.'));
+    if value == "*" || value.parse::<IpAddr>().is_ok() || is_name {
+        Ok(())
+    } else {
+        Err(ConfigError::new(
+            key,
+            format!("must be an IP address, a host name or `*`; got {value:?}"),
+        ))
+    }
+}
+
+/// A backend endpoint: `tcp://HOST:PORT` or `ipc://PATH`.
+fn endpoint(key: &str, value: &str) -> Result<String, ConfigError> {
+    let bad = |why: &str| {
+        ConfigError::new(
+            key,
+            format!("{why}: expected tcp://HOST:PORT or ipc://PATH, got {value:?}"),
+        )
+    };
+    if let Some(path) = value.strip_prefix("ipc://") {
+        return if path.is_empty() {
+            Err(bad("empty ipc path"))
+        } else {
+            Ok(value.to_string())
+        };
+    }
+    let rest = value
+        .strip_prefix("tcp://")
+        .ok_or_else(|| bad("unsupported transport"))?;
+    let (host_part, port) = rest.rsplit_once(':').ok_or_else(|| bad("no port"))?;
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 => {}
+        _ => return Err(bad("the port must be a number from 1 to 65535")),
+    }
+    let host_part = host_part
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host_part);
+    host(key, host_part).map_err(|_| bad("bad host"))?;
+    Ok(value.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(text: &str) -> ConfigError {
+        match File::from_toml_str(text).and_then(|f| f.validate()) {
+            Ok(_) => panic!("accepted: {text}"),
+            Err(e) => e,
+        }
+    }
+
+    #[test]
+    fn defaults_reach_only_loopback() {
+        let config = File::default().validate().unwrap();
+        assert_eq!(config.bind_host, "127.0.0.1");
+        assert_eq!(config.primary_port, 5600);
+        assert_eq!(config.secondary_port, 5601);
+        assert_eq!(config.targets.len(), 2);
+        for t in &config.targets {
+            assert!(t.endpoint.starts_with("tcp://127.0.0.1:"), "{t:?}");
+            assert_eq!(t.request_timeout, Duration::from_secs(5));
+        }
+    }
+
+    #[test]
+    fn targets_tables_and_per_target_timeouts() {
+        let f = File::from_toml_str(
+            r#"
+            pc2_addr = ""
+            request_timeout = 2.0
+            [targets.model-router]
+            endpoint = "tcp://[::1]:7000"
+            request_timeout = 0.5
+            "#,
+        )
+        .unwrap();
+        let c = f.validate().unwrap();
+        let names: Vec<_> = c.targets.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(names, ["main_pc", "model-router"]);
+        assert_eq!(c.targets[0].request_timeout, Duration::from_secs(2));
+        assert_eq!(c.targets[1].request_timeout, Duration::from_millis(500));
+    }
+
+    #[test]
+    fn overrides_win_over_the_file() {
+        let f = File::from_toml_str("primary_port = 7000").unwrap();
+        let o = Overrides {
+            primary_port: Some(7100),
+            ..Overrides::default()
+        };
+        assert_eq!(f.with_overrides(&o).validate().unwrap().primary_port, 7100);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        assert_eq!(err("primry_port = 1").key, "primry_port");
+        assert_eq!(err("primary_port = \"x\"").key, "primary_port");
+        assert_eq!(err("primary_port = 70000").key, "primary_port");
+        assert_eq!(err("heartbeat_timeout = 0.5").key, "heartbeat_timeout");
+        assert_eq!(err("request_timeout = -1").key, "request_timeout");
+        assert_eq!(err("secondary_port = 5600").key, "secondary_port");
+        assert_eq!(err("pc2_addr = \"192.0.2.1:5\"").key, "pc2_addr");
+        assert_eq!(err("pc2_addr = \"tcp://h:0\"").key, "pc2_addr");
+        assert_eq!(err("bind_host = \"a b\"").key, "bind_host");
+        assert_eq!(err("max_frames = 0").key, "max_frames");
+        assert_eq!(
+            err("[targets.pc2]\nendpoint = \"tcp://127.0.0.1:1\"").key,
+            "targets.pc2"
+        );
+        assert_eq!(
+            err("[targets.\"a b\"]\nendpoint = \"tcp://127.0.0.1:1\"").key,
+            "targets.a b"
+        );
+        assert_eq!(
+            err("[targets.x]\nendpoint = \"tcp://127.0.0.1:1\"\nrequest_timeout = 0").key,
+            "targets.x.request_timeout"
+        );
+        let e = err("heartbeat_timeout = 0.5");
+        assert!(e.message.contains("heartbeat_interval"), "{e}");
+    }
+
+    #[test]
+    fn printed_config_reads_back_the_same() {
+        let f =
+            File::from_toml_str("mode = \"passive\"\n[targets.x]\nendpoint = \"ipc:///tmp/x\"\n")
+                .unwrap();
+        assert_eq!(File::from_toml_str(&f.to_toml()).unwrap(), f);
+    }
+
+    #[test]
+    fn tcp_endpoints_bracket_ipv6_and_star_port_zero() {
+        assert_eq!(tcp_endpoint("::1", 5600), "tcp://[::1]:5600");
+        assert_eq!(tcp_endpoint("127.0.0.1", 0), "tcp://127.0.0.1:*");
+    }
+}

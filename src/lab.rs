@@ -1,0 +1,475 @@
+//! Real parts for the demo, the benchmarks and the tests: a bridge process
+//! that is killed when dropped, echo services, and a verifying load client.
+//!
+//! Everything here runs on loopback with ports the OS picks. Waiting is for
+//! an event (a ready line, a reply, a log line) with a deadline, never a
+//! fixed sleep.
+
+use anyhow::{bail, Context as _};
+use serde_json::Value;
+use std::collections::{BTreeMap, HashMap};
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// Retry `condition` until it holds or `timeout` passes.
+pub fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if condition() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// A `zbridge run` child process. Dropping it kills it (SIGKILL) and reaps it.
+pub struct BridgeProcess {
+    child: Child,
+    /// The ready line's `frontend` endpoint.
+    pub frontend: String,
+    /// The whole ready line.
+    pub ready: Value,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl BridgeProcess {
+    /// Start `exe run ARGS...` and wait for its ready line.
+    pub fn spawn(exe: &Path, args: &[String]) -> anyhow::Result<BridgeProcess> {
+        let mut child = Command::new(exe)
+            .arg("run")
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("cannot start {}", exe.display()))?;
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (lines, ready_rx) = mpsc::channel();
+        if let Some(stdout) = child.stdout.take() {
+            std::thread::spawn(move || {
+                for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                    let _ = lines.send(line);
+                }
+            });
+        }
+        if let Some(stderr) = child.stderr.take() {
+            let log = Arc::clone(&log);
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    if let Ok(mut log) = log.lock() {
+                        log.push(line);
+                    }
+                }
+            });
+        }
+        let mut process = BridgeProcess {
+            child,
+            frontend: String::new(),
+            ready: Value::Null,
+            log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match ready_rx.recv_timeout(left) {
+                Ok(line) => {
+                    let Ok(doc) = serde_json::from_str::<Value>(&line) else {
+                        continue;
+                    };
+                    if doc["event"] == "ready" {
+                        process.frontend = doc["frontend"].as_str().unwrap_or_default().into();
+                        process.ready = doc;
+                        return Ok(process);
+                    }
+                }
+                Err(_) => {
+                    let status = process.child.try_wait().ok().flatten();
+                    bail!(
+                        "zbridge did not become ready (exit: {status:?}); its log:\n{}",
+                        process.log().join("\n")
+                    );
+                }
+            }
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The log lines (stderr) so far.
+    pub fn log(&self) -> Vec<String> {
+        self.log.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    /// Wait until a log line contains `needle`.
+    pub fn wait_for_log(&self, needle: &str, timeout: Duration) -> bool {
+        wait_until(timeout, || self.log().iter().any(|l| l.contains(needle)))
+    }
+
+    /// Send a signal by name (`TERM`, `KILL`, `STOP`, ...) with kill(1).
+    pub fn signal(&self, name: &str) -> anyhow::Result<()> {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.pid().to_string())
+            .status()?;
+        if !status.success() {
+            bail!("kill -{name} {} failed", self.pid());
+        }
+        Ok(())
+    }
+
+    /// Wait for the process to exit.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let mut status = None;
+        wait_until(timeout, || {
+            status = self.child.try_wait().ok().flatten();
+            status.is_some()
+        });
+        status
+    }
+
+    /// Peak and current resident memory in KiB, from /proc.
+    pub fn rss_kb(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).ok()?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+    }
+}
+
+impl Drop for BridgeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A ROUTER service on loopback that answers every request with its own
+/// frames, after an optional `tag` frame. Runs on its own thread until
+/// dropped.
+pub struct EchoService {
+    pub endpoint: String,
+    context: zmq::Context,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl EchoService {
+    pub fn start(tag: Option<&str>) -> anyhow::Result<EchoService> {
+        let context = zmq::Context::new();
+        let socket = context.socket(zmq::ROUTER)?;
+        socket.set_linger(0)?;
+        socket.set_sndhwm(100_000)?;
+        socket.set_rcvhwm(100_000)?;
+        socket.bind("tcp://127.0.0.1:*")?;
+        let endpoint = socket
+            .get_last_endpoint()?
+            .map_err(|_| anyhow::anyhow!("non-UTF-8 endpoint"))?;
+        let tag = tag.map(|t| t.as_bytes().to_vec());
+        let thread = std::thread::spawn(move || echo_loop(&socket, tag.as_deref()));
+        Ok(EchoService {
+            endpoint,
+            context,
+            thread: Some(thread),
+        })
+    }
+}
+
+fn echo_loop(socket: &zmq::Socket, tag: Option<&[u8]>) {
+    let mut frames = Vec::new();
+    loop {
+        frames.clear();
+        loop {
+            let mut frame = zmq::Message::new();
+            if socket.recv(&mut frame, 0).is_err() {
+                // ETERM: the service was dropped.
+                return;
+            }
+            let more = frame.get_more();
+            frames.push(frame);
+            if !more {
+                break;
+            }
+        }
+        // Routing envelope up to and including the empty delimiter.
+        let split = frames
+            .iter()
+            .position(|f| f.is_empty())
+            .map_or(0, |i| i + 1);
+        let last = frames.len().saturating_sub(1);
+        for (i, frame) in frames.drain(..).enumerate() {
+            if i == split {
+                if let Some(tag) = tag {
+                    let _ = socket.send(tag, zmq::SNDMORE);
+                }
+            }
+            let flags = if i < last { zmq::SNDMORE } else { 0 };
+            let _ = socket.send(frame, flags);
+        }
+    }
+}
+
+impl Drop for EchoService {
+    fn drop(&mut self) {
+        // Terminating the context wakes the thread's recv with ETERM.
+        let _ = self.context.destroy();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// How the load client phrases its requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// One JSON frame with a `target` field.
+    Json,
+    /// A target frame, then one payload frame.
+    Multipart,
+    /// No bridge: an empty delimiter and one payload frame, straight to an
+    /// echo service or through a plain proxy.
+    Direct,
+}
+
+/// A bounded load: `clients` DEALER sockets with `in_flight` requests each,
+/// until `requests` are answered or `duration` passes. Every reply is
+/// checked against its request.
+#[derive(Debug, Clone)]
+pub struct Load {
+    pub endpoint: String,
+    pub targets: Vec<String>,
+    pub path: Route,
+    pub clients: usize,
+    pub in_flight: usize,
+    pub requests: u64,
+    pub duration: Duration,
+    pub payload_bytes: usize,
+    /// Seconds to wait for the last replies once sending stops.
+    pub settle: Duration,
+    /// The services tag their replies with their target name (see
+    /// [`EchoService::start`]); check that each reply came from the target
+    /// its request named.
+    pub tagged: bool,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct LoadReport {
+    pub sent: u64,
+    pub ok: u64,
+    /// Bridge error replies by code.
+    pub errors: BTreeMap<String, u64>,
+    /// Replies that matched no outstanding request, or a different one.
+    pub mismatched: u64,
+    /// Requests never answered.
+    pub lost: u64,
+    pub elapsed: Duration,
+    /// Round-trip times of the `ok` replies.
+    pub latencies: Vec<Duration>,
+    /// Per one-second slice of the run: ok replies, error replies.
+    pub timeline: Vec<(u64, u64)>,
+}
+
+impl LoadReport {
+    pub fn merge(&mut self, other: LoadReport) {
+        self.sent += other.sent;
+        self.ok += other.ok;
+        for (code, n) in other.errors {
+            *self.errors.entry(code).or_default() += n;
+        }
+        self.mismatched += other.mismatched;
+        self.lost += other.lost;
+        self.elapsed = self.elapsed.max(other.elapsed);
+        self.latencies.extend(other.latencies);
+        if self.timeline.len() < other.timeline.len() {
+            self.timeline.resize(other.timeline.len(), (0, 0));
+        }
+        for (mine, theirs) in self.timeline.iter_mut().zip(other.timeline) {
+            mine.0 += theirs.0;
+            mine.1 += theirs.1;
+        }
+    }
+
+    pub fn throughput(&self) -> f64 {
+        self.ok as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    /// The `q` quantile of the latencies, in milliseconds.
+    pub fn quantile_ms(&mut self, q: f64) -> f64 {
+        if self.latencies.is_empty() {
+            return f64::NAN;
+        }
+        self.latencies.sort_unstable();
+        let i = ((self.latencies.len() as f64 * q).ceil() as usize).clamp(1, self.latencies.len());
+        self.latencies[i - 1].as_secs_f64() * 1e3
+    }
+}
+
+impl Load {
+    pub fn run(&self) -> anyhow::Result<LoadReport> {
+        let context = zmq::Context::new();
+        let per_client = self.requests.div_ceil(self.clients as u64);
+        let start = Instant::now();
+        let threads: Vec<_> = (0..self.clients)
+            .map(|client| {
+                let socket = context.socket(zmq::DEALER)?;
+                socket.set_linger(0)?;
+                socket.set_ipv6(true)?;
+                socket.connect(&self.endpoint)?;
+                let load = self.clone();
+                Ok(std::thread::spawn(move || {
+                    load.client(&socket, client as u64, per_client, start)
+                }))
+            })
+            .collect::<anyhow::Result<_>>()?;
+        let mut report = LoadReport::default();
+        for thread in threads {
+            let part = thread
+                .join()
+                .map_err(|_| anyhow::anyhow!("a load client panicked"))??;
+            report.merge(part);
+        }
+        Ok(report)
+    }
+
+    /// The request with id `id`, and the offset of the id in its last frame.
+    fn request(&self, id: u64) -> Vec<Vec<u8>> {
+        let target = self.target_of(id);
+        match self.path {
+            Route::Json => {
+                let head = format!(r#"{{"id":"{id:016x}","target":"{target}","pad":""#);
+                let mut frame = head.into_bytes();
+                let pad = self.payload_bytes.saturating_sub(frame.len() + 2);
+                frame.extend(std::iter::repeat_n(b'x', pad));
+                frame.extend_from_slice(b"\"}");
+                vec![frame]
+            }
+            Route::Multipart | Route::Direct => {
+                let mut frame = format!("{id:016x}").into_bytes();
+                frame.resize(self.payload_bytes.max(16), b'x');
+                if self.path == Route::Direct {
+                    // With a delimiter, as a REQ socket would send it.
+                    vec![Vec::new(), frame]
+                } else {
+                    vec![target.as_bytes().to_vec(), frame]
+                }
+            }
+        }
+    }
+
+    fn target_of(&self, id: u64) -> &str {
+        &self.targets[(id % self.targets.len().max(1) as u64) as usize]
+    }
+
+    /// Whether `reply` is what the echo service answers to request `id`.
+    fn is_reply_to(&self, id: u64, reply: &[Vec<u8>]) -> bool {
+        let echoed = match (self.tagged, reply) {
+            (false, [echo]) => echo,
+            (true, [tag, echo]) if tag == self.target_of(id).as_bytes() => echo,
+            _ => return false,
+        };
+        self.request(id).last() == Some(echoed)
+    }
+
+    fn id_of(&self, reply: &[u8]) -> Option<u64> {
+        let hex = match self.path {
+            Route::Json => reply.get(7..23)?,
+            Route::Multipart | Route::Direct => reply.get(..16)?,
+        };
+        u64::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()
+    }
+
+    fn client(
+        &self,
+        socket: &zmq::Socket,
+        client: u64,
+        count: u64,
+        start: Instant,
+    ) -> anyhow::Result<LoadReport> {
+        let mut report = LoadReport::default();
+        let mut outstanding: HashMap<u64, Instant> = HashMap::new();
+        let mut next = 0u64;
+        let stop_sending = start + self.duration;
+        let mut give_up = stop_sending + self.settle;
+        loop {
+            let now = Instant::now();
+            while outstanding.len() < self.in_flight && next < count && now < stop_sending {
+                let id = client << 40 | next;
+                next += 1;
+                socket.send_multipart(self.request(id), 0)?;
+                outstanding.insert(id, Instant::now());
+                report.sent += 1;
+            }
+            if next >= count || now >= stop_sending {
+                if outstanding.is_empty() {
+                    break;
+                }
+                give_up = give_up.min(now.max(stop_sending) + self.settle);
+            }
+            let left = give_up.saturating_duration_since(now);
+            if left.is_zero() {
+                break;
+            }
+            if socket.poll(zmq::POLLIN, left.as_millis().max(1) as i64)? == 0 {
+                continue;
+            }
+            while let Ok(reply) = socket.recv_multipart(zmq::DONTWAIT) {
+                let now = Instant::now();
+                let slot = ((now - start).as_secs()) as usize;
+                if report.timeline.len() <= slot {
+                    report.timeline.resize(slot + 1, (0, 0));
+                }
+                let body = match reply.as_slice() {
+                    [delimiter, rest @ ..] if delimiter.is_empty() => rest,
+                    all => all,
+                };
+                let Some(frame) = body.last() else {
+                    report.mismatched += 1;
+                    continue;
+                };
+                if let (Some(code), 1) = (error_code(frame), body.len()) {
+                    // Error replies carry no id: retire the oldest request.
+                    if let Some((&id, _)) = outstanding.iter().min_by_key(|(_, t)| **t) {
+                        outstanding.remove(&id);
+                    }
+                    *report.errors.entry(code).or_default() += 1;
+                    report.timeline[slot].1 += 1;
+                    continue;
+                }
+                let matched = self.id_of(frame).and_then(|id| {
+                    let sent = outstanding.remove(&id)?;
+                    self.is_reply_to(id, body).then_some(sent)
+                });
+                match matched {
+                    Some(sent) => {
+                        report.ok += 1;
+                        report.latencies.push(now - sent);
+                        report.timeline[slot].0 += 1;
+                    }
+                    None => report.mismatched += 1,
+                }
+            }
+        }
+        report.lost = outstanding.len() as u64;
+        report.elapsed = start.elapsed();
+        Ok(report)
+    }
+}
+
+/// The `error` code of a bridge error document.
+pub fn error_code(frame: &[u8]) -> Option<String> {
+    if !frame.starts_with(br#"{"status":"error""#) {
+        return None;
+    }
+    let doc: Value = serde_json::from_slice(frame).ok()?;
+    doc["error"].as_str().map(str::to_string)
+}

@@ -1,0 +1,17 @@
+//! zbridge: a redundant ZeroMQ request/reply bridge.
+//!
+//! The binary (`src/main.rs`) is glue over these modules: [`config`] reads
+//! and validates the configuration, [`relay`] owns the sockets and relays,
+//! [`run`] wires them into `zbridge run`, [`lab`] holds the real parts the
+//! demo, benchmarks and tests share.
+#![forbid(unsafe_code)]
+
+pub mod bench;
+pub mod cli;
+pub mod config;
+pub mod demo;
+pub mod lab;
+pub mod relay;
+pub mod run;
+pub mod stop;
+pub mod tools;

@@ -1,0 +1,39 @@
+//! `zbridge`: parse the command line, set up logging, dispatch, exit code.
+//! Exit codes: 0 success, 1 runtime failure, 2 bad config or usage.
+#![forbid(unsafe_code)]
+
+use clap::Parser;
+use std::process::ExitCode;
+use zbridge::{bench, cli, config, demo, run, tools};
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    let result = match cli.command {
+        cli::Command::Run {
+            mode,
+            config,
+            overrides,
+        } => run::run(mode, config.as_deref(), &overrides),
+        cli::Command::CheckConfig { file, overrides } => run::check_config(&file, &overrides),
+        cli::Command::Request {
+            endpoint,
+            target,
+            timeout,
+            payload,
+        } => tools::request(&endpoint, &target, timeout, &payload),
+        cli::Command::Status { endpoint, timeout } => tools::status(&endpoint, timeout),
+        cli::Command::Bench { what } => bench::run(what),
+        cli::Command::Demo { seconds } => demo::run(seconds),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            if let Some(config_error) = e.downcast_ref::<config::ConfigError>() {
+                eprintln!("zbridge: config error: {config_error}");
+                return ExitCode::from(2);
+            }
+            eprintln!("zbridge: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
