@@ -24,6 +24,9 @@ pub enum What {
         /// Requests of the memory run (0 to skip it).
         #[arg(long, default_value_t = 1_000_000)]
         memory_requests: u64,
+        /// Rounds over all contenders, interleaved; figures are medians.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
     },
 }
 
@@ -33,7 +36,8 @@ pub fn run(what: What) -> anyhow::Result<()> {
             seconds,
             latency_requests,
             memory_requests,
-        } => relay(seconds, latency_requests, memory_requests),
+            rounds,
+        } => relay(seconds, latency_requests, memory_requests, rounds.max(1)),
     }
 }
 
@@ -84,7 +88,39 @@ struct Contender {
     route: Route,
 }
 
-fn relay(seconds: f64, latency_requests: u64, memory_requests: u64) -> anyhow::Result<()> {
+/// The median of each contender's figures over `rounds` interleaved rounds,
+/// so that a burst of noise on the machine hits every contender alike.
+fn medians(
+    contenders: &[Contender],
+    rounds: usize,
+    mut measure: impl FnMut(&Contender) -> anyhow::Result<Vec<f64>>,
+) -> anyhow::Result<Vec<Vec<f64>>> {
+    let mut samples: Vec<Vec<Vec<f64>>> = vec![Vec::new(); contenders.len()];
+    for _ in 0..rounds {
+        for (c, s) in contenders.iter().zip(&mut samples) {
+            s.push(measure(c)?);
+        }
+    }
+    Ok(samples
+        .into_iter()
+        .map(|rounds| {
+            (0..rounds[0].len())
+                .map(|i| {
+                    let mut v: Vec<f64> = rounds.iter().map(|r| r[i]).collect();
+                    v.sort_by(f64::total_cmp);
+                    v[v.len() / 2]
+                })
+                .collect()
+        })
+        .collect())
+}
+
+fn relay(
+    seconds: f64,
+    latency_requests: u64,
+    memory_requests: u64,
+    rounds: usize,
+) -> anyhow::Result<()> {
     let duration = Duration::try_from_secs_f64(seconds).context("--seconds")?;
     let echo = EchoService::start(None)?;
     let proxy = Proxy::start(&echo.endpoint)?;
@@ -135,7 +171,9 @@ fn relay(seconds: f64, latency_requests: u64, memory_requests: u64) -> anyhow::R
         settle: Duration::from_secs(5),
         tagged: false,
     };
-    println!("zbridge bench relay: loopback, one echo service, all figures from this run");
+    println!(
+        "zbridge bench relay: loopback, one echo service, all figures from this run, medians of {rounds} interleaved rounds"
+    );
     println!("(warming up each contender first)");
     for c in &contenders {
         load(c, 2, 16, 20_000, duration, 100).run()?;
@@ -148,16 +186,16 @@ fn relay(seconds: f64, latency_requests: u64, memory_requests: u64) -> anyhow::R
         "{:<20} {:>9} {:>9} {:>11} {:>17}",
         "", "p50 µs", "p99 µs", "added µs", "added / proxy's"
     );
-    let mut latency = Vec::new();
-    for c in &contenders {
+    let latency = medians(&contenders, rounds, |c| {
         let mut r = load(c, 1, 1, latency_requests, Duration::from_secs(120), 100).run()?;
         check(c.name, &r)?;
-        latency.push((r.quantile_ms(0.5) * 1e3, r.quantile_ms(0.99) * 1e3));
-    }
-    let direct_p50 = latency[0].0;
-    let proxy_added = latency[1].0 - direct_p50;
+        Ok(vec![r.quantile_ms(0.5) * 1e3, r.quantile_ms(0.99) * 1e3])
+    })?;
+    let direct_p50 = latency[0][0];
+    let proxy_added = latency[1][0] - direct_p50;
     let mut latency_json = serde_json::Map::new();
-    for (c, (p50, p99)) in contenders.iter().zip(&latency) {
+    for (c, figures) in contenders.iter().zip(&latency) {
+        let (p50, p99) = (figures[0], figures[1]);
         let added = p50 - direct_p50;
         let ratio = if c.name == "direct" {
             String::new()
@@ -184,12 +222,14 @@ fn relay(seconds: f64, latency_requests: u64, memory_requests: u64) -> anyhow::R
             "{:<20} {:>12} {:>10} {:>10}",
             "", "req/s", "/ proxy", "/ direct"
         );
-        let mut rates = Vec::new();
-        for c in &contenders {
+        let rates: Vec<f64> = medians(&contenders, rounds, |c| {
             let r = load(c, 8, 16, u64::MAX, duration, bytes).run()?;
             check(c.name, &r)?;
-            rates.push(r.throughput());
-        }
+            Ok(vec![r.throughput()])
+        })?
+        .into_iter()
+        .map(|figures| figures[0])
+        .collect();
         let mut per_size = serde_json::Map::new();
         for (c, rate) in contenders.iter().zip(&rates) {
             println!(

@@ -18,6 +18,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run a bridge instance.
+    #[command(args_override_self = true)]
     Run {
         /// Starting role: `active` binds primary_port, `passive` secondary_port.
         #[arg(long, value_enum)]
@@ -29,6 +30,7 @@ pub enum Command {
         overrides: Box<Overrides>,
     },
     /// Validate a config file and print the effective config (exit 2 if bad).
+    #[command(args_override_self = true)]
     CheckConfig {
         file: PathBuf,
         #[command(flatten)]

@@ -229,12 +229,25 @@ impl File {
 
     pub fn from_toml_str(text: &str) -> Result<File, ConfigError> {
         toml::from_str(text).map_err(|e: toml::de::Error| {
+            // The error's span points at the key or at its value: the key
+            // is what stands before `=` on that line.
             let key = e
                 .span()
-                .and_then(|span| text.get(span))
-                .map(|s| s.split(['=', '\n']).next().unwrap_or("").trim().to_string())
+                .and_then(|span| {
+                    let line_start = text.get(..span.start)?.rfind('\n').map_or(0, |i| i + 1);
+                    let line = text.get(line_start..)?.lines().next()?;
+                    let key = line.split('=').next()?.trim();
+                    Some(key.trim_matches(['[', ']']).trim().to_string())
+                })
                 .unwrap_or_default();
-            ConfigError::new(key, e.message().to_string())
+            let line = e
+                .span()
+                .map(|span| text[..span.start].lines().count().max(1));
+            let message = match line {
+                Some(n) => format!("{} (line {n})", e.message()),
+                None => e.message().to_string(),
+            };
+            ConfigError::new(key, message)
         })
     }
 

@@ -30,27 +30,27 @@ pub fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> boo
     }
 }
 
-/// A `zbridge run` child process. Dropping it kills it (SIGKILL) and reaps it.
-pub struct BridgeProcess {
+/// A child process whose stderr is kept as its log. Dropping it kills it
+/// (SIGKILL) and reaps it, also when a test fails.
+pub struct Process {
     child: Child,
-    /// The ready line's `frontend` endpoint.
-    pub frontend: String,
-    /// The whole ready line.
-    pub ready: Value,
     log: Arc<Mutex<Vec<String>>>,
 }
 
-impl BridgeProcess {
-    /// Start `exe run ARGS...` and wait for its ready line.
-    pub fn spawn(exe: &Path, args: &[String]) -> anyhow::Result<BridgeProcess> {
-        let mut child = Command::new(exe)
-            .arg("run")
-            .args(args)
+impl Process {
+    /// Start `command` and wait until a line on its stdout satisfies
+    /// `ready`; that line is returned.
+    pub fn spawn(
+        mut command: Command,
+        ready: impl Fn(&str) -> bool,
+    ) -> anyhow::Result<(Process, String)> {
+        let name = format!("{:?}", command.get_program());
+        let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .with_context(|| format!("cannot start {}", exe.display()))?;
+            .with_context(|| format!("cannot start {name}"))?;
         let log = Arc::new(Mutex::new(Vec::new()));
         let (lines, ready_rx) = mpsc::channel();
         if let Some(stdout) = child.stdout.take() {
@@ -70,30 +70,17 @@ impl BridgeProcess {
                 }
             });
         }
-        let mut process = BridgeProcess {
-            child,
-            frontend: String::new(),
-            ready: Value::Null,
-            log,
-        };
+        let mut process = Process { child, log };
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match ready_rx.recv_timeout(left) {
-                Ok(line) => {
-                    let Ok(doc) = serde_json::from_str::<Value>(&line) else {
-                        continue;
-                    };
-                    if doc["event"] == "ready" {
-                        process.frontend = doc["frontend"].as_str().unwrap_or_default().into();
-                        process.ready = doc;
-                        return Ok(process);
-                    }
-                }
+                Ok(line) if ready(&line) => return Ok((process, line)),
+                Ok(_) => {}
                 Err(_) => {
                     let status = process.child.try_wait().ok().flatten();
                     bail!(
-                        "zbridge did not become ready (exit: {status:?}); its log:\n{}",
+                        "{name} did not become ready (exit: {status:?}); its log:\n{}",
                         process.log().join("\n")
                     );
                 }
@@ -137,7 +124,7 @@ impl BridgeProcess {
         status
     }
 
-    /// Peak and current resident memory in KiB, from /proc.
+    /// Resident memory in KiB, from /proc.
     pub fn rss_kb(&self) -> Option<u64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).ok()?;
         status
@@ -148,10 +135,49 @@ impl BridgeProcess {
     }
 }
 
-impl Drop for BridgeProcess {
+impl Drop for Process {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A `zbridge run` process, ready: its frontend is bound.
+pub struct BridgeProcess {
+    pub process: Process,
+    /// The ready line's `frontend` endpoint.
+    pub frontend: String,
+    /// The whole ready line.
+    pub ready: Value,
+}
+
+impl BridgeProcess {
+    /// Start `exe run ARGS...` and wait for its ready line.
+    pub fn spawn(exe: &Path, args: &[String]) -> anyhow::Result<BridgeProcess> {
+        let mut command = Command::new(exe);
+        command.arg("run").args(args);
+        let (process, line) = Process::spawn(command, |line| {
+            serde_json::from_str::<Value>(line).is_ok_and(|doc| doc["event"] == "ready")
+        })?;
+        let ready: Value = serde_json::from_str(&line)?;
+        Ok(BridgeProcess {
+            process,
+            frontend: ready["frontend"].as_str().unwrap_or_default().into(),
+            ready,
+        })
+    }
+}
+
+impl std::ops::Deref for BridgeProcess {
+    type Target = Process;
+    fn deref(&self) -> &Process {
+        &self.process
+    }
+}
+
+impl std::ops::DerefMut for BridgeProcess {
+    fn deref_mut(&mut self) -> &mut Process {
+        &mut self.process
     }
 }
 

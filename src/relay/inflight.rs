@@ -90,6 +90,13 @@ impl<T> Table<T> {
             .and_then(|slot| slot.entry.as_ref())
     }
 
+    pub fn get_mut(&mut self, key: Key) -> Option<&mut T> {
+        self.slots
+            .get_mut(key.index())
+            .filter(|slot| slot.generation == key.generation())
+            .and_then(|slot| slot.entry.as_mut())
+    }
+
     pub fn remove(&mut self, key: Key) -> Option<T> {
         let slot = self.slots.get_mut(key.index())?;
         if slot.generation != key.generation() {

@@ -21,7 +21,7 @@ use breaker::{Admission, Breaker, Transition};
 use inflight::{Deadlines, Key, Table};
 use serde_json::json;
 use stats::{Histogram, Stats};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
 use zbridge_protocol::{error_reply, parse_request, Action, ErrorCode, Request};
@@ -37,7 +37,11 @@ struct Backend {
     request_timeout: Duration,
     breaker: Breaker,
     deadlines: Deadlines,
+    /// Requests in flight, including those waiting for a connection.
     in_flight: usize,
+    /// Requests held until a backend is connected, oldest first. An entry
+    /// whose key has left the table (expired) is skipped.
+    waiting: VecDeque<(Key, Vec<zmq::Message>)>,
     requests_total: u64,
     replies_total: u64,
     latency: Histogram,
@@ -49,6 +53,19 @@ struct Pending {
     delimiter: bool,
     target: usize,
     sent: Instant,
+    /// Not sent yet: no backend was connected.
+    waiting: bool,
+}
+
+/// What to do with a request, once read.
+enum Next {
+    Reject(ErrorCode, String),
+    Answer(Action),
+    /// Forward body frames from `payload` on to backend `target`.
+    Forward {
+        target: usize,
+        payload: usize,
+    },
 }
 
 /// What the loop knows besides its sockets.
@@ -127,6 +144,7 @@ impl Relay {
                 breaker: Breaker::new(config.breaker_failure_threshold, config.breaker_open_wait),
                 deadlines: Deadlines::default(),
                 in_flight: 0,
+                waiting: VecDeque::new(),
                 requests_total: 0,
                 replies_total: 0,
                 latency: Histogram::default(),
@@ -191,6 +209,14 @@ impl Relay {
                     break;
                 }
             }
+            for (item, backend) in items[2..].iter_mut().zip(&state.backends) {
+                let events = if backend.waiting.is_empty() {
+                    zmq::POLLIN
+                } else {
+                    zmq::POLLIN | zmq::POLLOUT
+                };
+                item.set_events(events);
+            }
             match zmq::poll(&mut items, state.poll_timeout_ms(now)) {
                 Ok(_) | Err(zmq::Error::EINTR) => {}
                 Err(e) => return Err(e.into()),
@@ -207,6 +233,9 @@ impl Relay {
                 }
             }
             for (target, dealer) in dealers.iter().enumerate() {
+                if items[target + 2].is_writable() {
+                    state.flush_waiting(dealer, target);
+                }
                 if !items[target + 2].is_readable() {
                     continue;
                 }
@@ -286,27 +315,27 @@ impl State {
         self.stats.requests_total += 1;
         let parsed = parse_request(&frames[1..], &self.config.limits);
         let delimiter = parsed.delimiter;
-        let outcome = match parsed.request {
-            Err(rejection) => Err((rejection.code, rejection.message)),
-            Ok(_) if self.drain_deadline.is_some() => Err((
+        let next = match parsed.request {
+            Err(rejection) => Next::Reject(rejection.code, rejection.message),
+            Ok(_) if self.drain_deadline.is_some() => Next::Reject(
                 ErrorCode::Draining,
                 "this bridge is shutting down and takes no new requests: send it to the other bridge".to_string(),
-            )),
-            Ok(Request::Action(action)) => Ok(Err(action)),
+            ),
+            Ok(Request::Action(action)) => Next::Answer(action),
             Ok(Request::Forward { target, payload }) => match self.by_name.get(target.as_ref()) {
-                Some(&index) => Ok(Ok((index, payload))),
-                None => Err((ErrorCode::UnknownTarget, self.unknown_target(&target))),
+                Some(&target) => Next::Forward { target, payload },
+                None => Next::Reject(ErrorCode::UnknownTarget, self.unknown_target(&target)),
             },
         };
         let mut frames = frames.drain(..);
         let Some(client) = frames.next() else { return };
-        match outcome {
-            Err((code, message)) => self.reject(frontend, client, delimiter, code, &message),
-            Ok(Err(action)) => {
+        match next {
+            Next::Reject(code, message) => self.reject(frontend, client, delimiter, code, &message),
+            Next::Answer(action) => {
                 let body = self.answer(action);
                 self.send_reply(frontend, client, delimiter, [zmq::Message::from(body)]);
             }
-            Ok(Ok((target, payload))) => {
+            Next::Forward { target, payload } => {
                 let payload = frames.skip(payload);
                 self.forward(
                     frontend,
@@ -380,36 +409,59 @@ impl State {
             delimiter,
             target,
             sent: now,
+            waiting: false,
         });
-        match send_envelope(dealer, key, payload) {
-            Ok(()) => {
-                let backend = &mut self.backends[target];
-                backend.in_flight += 1;
-                backend.requests_total += 1;
-                backend.deadlines.push(now + backend.request_timeout, key);
+        let backend = &mut self.backends[target];
+        backend.in_flight += 1;
+        backend.deadlines.push(now + backend.request_timeout, key);
+        let mut payload = payload;
+        let sent = if backend.waiting.is_empty() {
+            send_envelope(dealer, key, &mut payload)
+        } else {
+            // Keep the order: queue behind those already waiting.
+            Err(zmq::Error::EAGAIN)
+        };
+        match sent {
+            Ok(()) => backend.requests_total += 1,
+            Err(zmq::Error::EAGAIN) => {
+                // No backend connected (ZMQ_IMMEDIATE): hold the request
+                // until one is, or until its deadline.
+                if let Some(pending) = self.table.get_mut(key) {
+                    pending.waiting = true;
+                }
+                backend.waiting.push_back((key, payload.collect()));
             }
             Err(e) => {
-                let Some(pending) = self.table.remove(key) else {
+                // Left in the table as waiting: its deadline answers it.
+                warn!(target_name = %backend.name, error = %e, "cannot send to the backend");
+                if let Some(pending) = self.table.get_mut(key) {
+                    pending.waiting = true;
+                }
+            }
+        }
+    }
+
+    /// Send the requests that waited for a backend, now that one is
+    /// connected, in the order they came.
+    fn flush_waiting(&mut self, dealer: &zmq::Socket, target: usize) {
+        let backend = &mut self.backends[target];
+        while let Some((key, frames)) = backend.waiting.pop_front() {
+            let Some(pending) = self.table.get_mut(key) else {
+                continue;
+            };
+            let mut frames = frames.into_iter();
+            match send_envelope(dealer, key, &mut frames) {
+                Ok(()) => {
+                    pending.waiting = false;
+                    backend.requests_total += 1;
+                }
+                Err(zmq::Error::EAGAIN) => {
+                    backend.waiting.push_front((key, frames.collect()));
                     return;
-                };
-                let backend = &mut self.backends[target];
-                let transition = backend.breaker.on_failure(now);
-                log_transition(backend, transition);
-                let message = if e == zmq::Error::EAGAIN {
-                    format!(
-                        "target {} has no connected backend at {}: is the service running? The bridge keeps reconnecting",
-                        backend.name, backend.endpoint
-                    )
-                } else {
-                    format!("sending to target {} failed: {e}", backend.name)
-                };
-                self.reject(
-                    frontend,
-                    pending.client,
-                    pending.delimiter,
-                    ErrorCode::BackendUnavailable,
-                    &message,
-                );
+                }
+                Err(e) => {
+                    warn!(target_name = %backend.name, error = %e, "cannot send to the backend");
+                }
             }
         }
     }
@@ -458,18 +510,25 @@ impl State {
                 backend.in_flight -= 1;
                 let transition = backend.breaker.on_failure(now);
                 log_transition(backend, transition);
-                let message = format!(
-                    "target {} did not answer within {:.3} s (request_timeout); the request may still run there",
-                    backend.name,
-                    backend.request_timeout.as_secs_f64()
-                );
-                self.reject(
-                    frontend,
-                    pending.client,
-                    pending.delimiter,
-                    ErrorCode::Timeout,
-                    &message,
-                );
+                let timeout = backend.request_timeout.as_secs_f64();
+                let (code, message) = if pending.waiting {
+                    (
+                        ErrorCode::BackendUnavailable,
+                        format!(
+                            "target {} had no connected backend at {} for {timeout:.3} s (request_timeout): is the service running? The bridge keeps reconnecting",
+                            backend.name, backend.endpoint
+                        ),
+                    )
+                } else {
+                    (
+                        ErrorCode::Timeout,
+                        format!(
+                            "target {} did not answer within {timeout:.3} s (request_timeout); the request may still run there",
+                            backend.name
+                        ),
+                    )
+                };
+                self.reject(frontend, pending.client, pending.delimiter, code, &message);
             }
         }
     }
@@ -559,6 +618,7 @@ impl State {
                 let doc = json!({
                     "endpoint": b.endpoint,
                     "in_flight": b.in_flight,
+                    "waiting_for_backend": b.waiting.iter().filter(|(k, _)| self.table.get(*k).is_some()).count(),
                     "breaker": b.breaker.state().as_str(),
                     "requests_total": b.requests_total,
                     "replies_total": b.replies_total,
@@ -623,10 +683,12 @@ fn recv_frames(socket: &zmq::Socket, frames: &mut Vec<zmq::Message>) -> zmq::Res
 
 /// Send `[key, "", payload...]` to a backend; fails at once with EAGAIN when
 /// no backend is connected (ZMQ_IMMEDIATE) or its queue is full.
-fn send_envelope(
+///
+/// On EAGAIN nothing of `payload` has been taken, so the caller can keep it.
+fn send_envelope<I: Iterator<Item = zmq::Message>>(
     dealer: &zmq::Socket,
     key: Key,
-    payload: impl Iterator<Item = zmq::Message>,
+    payload: &mut I,
 ) -> zmq::Result<()> {
     dealer.send(&key.to_bytes()[..], zmq::SNDMORE | zmq::DONTWAIT)?;
     let mut payload = payload.peekable();

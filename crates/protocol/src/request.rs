@@ -239,62 +239,39 @@ mod tests {
         parse(frames).request.unwrap_err().code
     }
 
+    fn forward(target: &str, payload: usize) -> Request<'static> {
+        Request::Forward {
+            target: Cow::Owned(target.to_string()),
+            payload,
+        }
+    }
+
     #[test]
     fn json_request_from_req_socket_is_forwarded_whole() {
         let p = parse(&[b"", br#"{"target":"pc2","x":1}"#]);
         assert!(p.delimiter);
-        assert_eq!(
-            p.request.unwrap(),
-            Request::Forward {
-                target: "pc2".into(),
-                payload: 1
-            }
-        );
+        assert_eq!(p.request.unwrap(), forward("pc2", 1));
     }
 
     #[test]
     fn json_request_from_bare_dealer_has_no_delimiter() {
         let p = parse(&[br#"{"target":"main_pc"}"#]);
         assert!(!p.delimiter);
-        assert_eq!(
-            p.request.unwrap(),
-            Request::Forward {
-                target: "main_pc".into(),
-                payload: 0
-            }
-        );
+        assert_eq!(p.request.unwrap(), forward("main_pc", 0));
     }
 
     #[test]
     fn escaped_target_is_decoded() {
         let p = parse(&[br#"{"target":"p\u0063\u0032"}"#]);
-        assert_eq!(
-            p.request.unwrap(),
-            Request::Forward {
-                target: "pc2".into(),
-                payload: 0
-            }
-        );
+        assert_eq!(p.request.unwrap(), forward("pc2", 0));
     }
 
     #[test]
     fn multipart_request_forwards_frames_after_the_target() {
         let p = parse(&[b"", b"pc2", b"a", b"b"]);
-        assert_eq!(
-            p.request.unwrap(),
-            Request::Forward {
-                target: "pc2".into(),
-                payload: 2
-            }
-        );
+        assert_eq!(p.request.unwrap(), forward("pc2", 2));
         let p = parse(&[b"pc2", b"\xff\x00"]);
-        assert_eq!(
-            p.request.unwrap(),
-            Request::Forward {
-                target: "pc2".into(),
-                payload: 1
-            }
-        );
+        assert_eq!(p.request.unwrap(), forward("pc2", 1));
     }
 
     #[test]

@@ -1,0 +1,143 @@
+//! The command line: config checking, exit codes, `request` and `status`.
+
+use crate::support::*;
+use std::process::{Command, Output};
+
+fn zbridge(args: &[&str]) -> Output {
+    Command::new(exe())
+        .args(args)
+        .output()
+        .expect("run zbridge")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn both_example_configs_are_valid_and_the_lan_one_keeps_the_seed_addresses() {
+    let out = zbridge(&["check-config", "config/zbridge.example.toml"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("memory -> tcp://127.0.0.1:5596"));
+
+    let out = zbridge(&["check-config", "config/two-pc.example.toml"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("main_pc -> tcp://192.168.1.27:5601"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("pc2 -> tcp://192.168.1.2:5602"), "{stdout}");
+}
+
+#[test]
+fn check_config_names_the_bad_key_and_exits_2() {
+    for (toml, key) in [
+        ("primry_port = 5600\n", "primry_port"),
+        ("heartbeat_timeout = 0.5\n", "heartbeat_timeout"),
+        ("pc2_addr = \"192.0.2.1\"\n", "pc2_addr"),
+        ("[targets.x]\nendpont = \"tcp://127.0.0.1:1\"\n", "endpont"),
+    ] {
+        let config = TempConfig::new(toml);
+        let out = zbridge(&["check-config", config.0.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(2), "{toml}");
+        let stderr = text(&out.stderr);
+        assert!(stderr.contains(&format!("`{key}`")), "{toml} -> {stderr}");
+    }
+    let out = zbridge(&["check-config", "/nonexistent.toml"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("cannot read config file"));
+}
+
+#[test]
+fn flags_override_the_file() {
+    let out = zbridge(&[
+        "check-config",
+        "config/zbridge.example.toml",
+        "--primary-port",
+        "7000",
+        "--pc2-addr",
+        "tcp://127.0.0.1:7002",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("primary_port = 7000"), "{stdout}");
+    assert!(stdout.contains("pc2 -> tcp://127.0.0.1:7002"), "{stdout}");
+}
+
+#[test]
+fn run_refuses_bad_setups_with_exit_2_or_1() {
+    let out = zbridge(&["run", "--primary-port=0"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("--mode"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let out = zbridge(&["run", "--mode=active", "--request-timeout=0"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("`request_timeout`"));
+
+    // The port is taken: a runtime failure that says what to check.
+    let first = bridge(&[]);
+    let port = first.frontend.rsplit(':').next().unwrap();
+    let out = zbridge(&["run", "--mode=active", &format!("--primary-port={port}")]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("cannot bind the frontend"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn request_and_status_from_a_terminal() {
+    let rs = EchoService::start(Some("pc2")).unwrap();
+    let bridge = bridge(&[format!("--pc2-addr={}", rs.endpoint)]);
+    let ep = bridge.frontend.as_str();
+
+    let out = zbridge(&[
+        "request",
+        "--endpoint",
+        ep,
+        "--target",
+        "pc2",
+        "hello there",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "pc2\nhello there\n");
+
+    let out = zbridge(&["request", "--endpoint", ep, "--target", "pc3", "x"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("unknown_target"));
+
+    let out = zbridge(&["status", "--endpoint", ep]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["role"], "active");
+    assert_eq!(doc["targets"]["pc2"]["replies_total"], 1);
+
+    let nobody = format!("tcp://127.0.0.1:{}", free_port());
+    let out = zbridge(&["status", "--endpoint", &nobody, "--timeout", "0.3"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("no answer"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn logs_can_be_json_lines() {
+    let bridge = bridge(&["--log-format=json".into()]);
+    assert!(bridge.wait_for_log("zbridge ready", std::time::Duration::from_secs(5)));
+    let line = bridge
+        .log()
+        .into_iter()
+        .find(|l| l.contains("zbridge ready"))
+        .unwrap();
+    let doc: serde_json::Value = serde_json::from_str(&line).expect("a JSON log line");
+    assert_eq!(doc["level"], "INFO");
+    assert_eq!(doc["frontend"], bridge.frontend.as_str());
+}

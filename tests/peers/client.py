@@ -1,0 +1,36 @@
+"""A pyzmq client, as the existing Python agents are written.
+
+    client.py req|dealer ENDPOINT REQUESTS_JSON
+
+REQUESTS_JSON is a list of requests, each a list of frames given as hex.
+A REQ client sends them one by one; a DEALER client (no delimiter frame)
+sends them all at once, so they are in flight together. Prints one JSON line:
+{"replies": [[hex frame, ...], ...]} in the order the replies arrived.
+Gives up after 10 s without a reply (exit 1).
+"""
+import json
+import sys
+
+import zmq
+
+kind, endpoint, requests = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+ctx = zmq.Context()
+sock = ctx.socket(zmq.REQ if kind == "req" else zmq.DEALER)
+sock.linger = 0
+sock.rcvtimeo = 10000
+sock.connect(endpoint)
+replies = []
+try:
+    if kind == "req":
+        for frames in requests:
+            sock.send_multipart([bytes.fromhex(f) for f in frames])
+            replies.append([f.hex() for f in sock.recv_multipart()])
+    else:
+        for frames in requests:
+            sock.send_multipart([bytes.fromhex(f) for f in frames])
+        for _ in requests:
+            replies.append([f.hex() for f in sock.recv_multipart()])
+except zmq.Again:
+    print(json.dumps({"replies": replies, "error": "timeout"}), flush=True)
+    sys.exit(1)
+print(json.dumps({"replies": replies}), flush=True)

@@ -1,0 +1,137 @@
+//! Relaying: interop with pyzmq peers, many requests in flight, no
+//! head-of-line blocking.
+
+use crate::support::*;
+use std::time::Duration;
+
+/// A bridge with target `py` (pyzmq REP) and target `rs` (Rust ROUTER).
+fn interop_bridge() -> (BridgeProcess, Process, EchoService, TempConfig) {
+    let (py, py_port) = py_service("py", 0);
+    let rs = EchoService::start(Some("rs")).unwrap();
+    let config = TempConfig::new(&format!(
+        "[targets.py]\nendpoint = \"tcp://127.0.0.1:{py_port}\"\n\
+         [targets.rs]\nendpoint = \"{}\"\n",
+        rs.endpoint
+    ));
+    let bridge = bridge(&[config.flag()]);
+    (bridge, py, rs, config)
+}
+
+#[test]
+fn pyzmq_req_and_dealer_clients_reach_pyzmq_rep_and_rust_router_services() {
+    let (bridge, _py, _rs, _config) = interop_bridge();
+    let json_py: &[u8] = br#"{"target":"py","n":1,"text":"h\u00e9llo"}"#;
+    let json_rs: &[u8] = br#"{"target":"rs","n":2}"#;
+    let binary: &[u8] = b"\x00\xff\x01binary";
+
+    // REQ: one at a time, delimiter frame handled by pyzmq.
+    let replies = py_client(
+        "req",
+        &bridge.frontend,
+        &[
+            vec![json_py],
+            vec![json_rs],
+            vec![b"py", binary, b"second"],
+            vec![b"rs", binary],
+        ],
+    );
+    assert_eq!(
+        replies,
+        [
+            vec![b"py".to_vec(), json_py.to_vec()],
+            vec![b"rs".to_vec(), json_rs.to_vec()],
+            vec![b"py".to_vec(), binary.to_vec(), b"second".to_vec()],
+            vec![b"rs".to_vec(), binary.to_vec()],
+        ]
+    );
+
+    // DEALER without a delimiter: all in flight at once, any order back.
+    let mut replies = py_client(
+        "dealer",
+        &bridge.frontend,
+        &[vec![json_py], vec![json_rs], vec![b"rs", binary]],
+    );
+    replies.sort();
+    let mut expected = vec![
+        vec![b"py".to_vec(), json_py.to_vec()],
+        vec![b"rs".to_vec(), json_rs.to_vec()],
+        vec![b"rs".to_vec(), binary.to_vec()],
+    ];
+    expected.sort();
+    assert_eq!(replies, expected);
+
+    // The bridge answers its own actions to both kinds of socket.
+    let pong = py_client("req", &bridge.frontend, &[vec![br#"{"action":"ping"}"#]]);
+    let doc: serde_json::Value = serde_json::from_slice(&pong[0][0]).unwrap();
+    assert_eq!(
+        doc,
+        serde_json::json!({"status":"ok","action":"pong","role":"active","node":"primary"})
+    );
+    let status = status(&bridge.frontend);
+    assert_eq!(status["targets"]["py"]["replies_total"], 3);
+    assert_eq!(status["targets"]["rs"]["replies_total"], 4);
+    assert_eq!(status["errors_total"]["invalid_json"], 0);
+}
+
+#[test]
+fn ten_thousand_requests_from_eight_dealers_are_each_answered_once_by_their_target() {
+    let a = EchoService::start(Some("alpha")).unwrap();
+    let b = EchoService::start(Some("beta")).unwrap();
+    let config = TempConfig::new(&format!(
+        "[targets.alpha]\nendpoint = \"{}\"\n[targets.beta]\nendpoint = \"{}\"\n",
+        a.endpoint, b.endpoint
+    ));
+    let bridge = bridge(&[config.flag()]);
+    for route in [Route::Json, Route::Multipart] {
+        let report = Load {
+            endpoint: bridge.frontend.clone(),
+            targets: vec!["alpha".into(), "beta".into()],
+            path: route,
+            clients: 8,
+            in_flight: 64,
+            requests: 10_000,
+            duration: Duration::from_secs(60),
+            payload_bytes: 200,
+            settle: Duration::from_secs(10),
+            tagged: true,
+        }
+        .run()
+        .unwrap();
+        assert_eq!(report.sent, 10_000, "{route:?}");
+        assert_eq!(report.ok, 10_000, "{route:?}: {report:?}");
+        assert_eq!(report.mismatched, 0, "{route:?}");
+        assert_eq!(report.lost, 0, "{route:?}");
+        assert!(report.errors.is_empty(), "{route:?}: {:?}", report.errors);
+    }
+    let status = status(&bridge.frontend);
+    assert_eq!(status["replies_total"], 20_000);
+    assert_eq!(status["late_replies_total"], 0);
+    assert_eq!(status["targets"]["alpha"]["replies_total"], 10_000);
+    assert_eq!(status["targets"]["beta"]["in_flight"], 0);
+}
+
+#[test]
+fn a_slow_target_does_not_delay_another_targets_replies() {
+    let (slow, slow_port) = py_service("slow", 0);
+    let fast = EchoService::start(Some("fast")).unwrap();
+    let config = TempConfig::new(&format!(
+        "[targets.slow]\nendpoint = \"tcp://127.0.0.1:{slow_port}\"\n\
+         [targets.fast]\nendpoint = \"{}\"\n",
+        fast.endpoint
+    ));
+    let bridge = bridge(&[config.flag()]);
+    let client = Dealer::connect(&bridge.frontend);
+    client.send(&[b"slow", b"sleep:1.5"]);
+    for i in 0..100u32 {
+        client.send(&[b"fast", &i.to_le_bytes()]);
+    }
+    // With head-of-line blocking the slow reply would come first, or the
+    // fast ones would wait behind it: they must all arrive before it.
+    for i in 0..100u32 {
+        let reply = client.recv(Duration::from_secs(5)).expect("fast reply");
+        assert_eq!(reply, [b"fast".to_vec(), i.to_le_bytes().to_vec()]);
+    }
+    let reply = client.recv(Duration::from_secs(5)).expect("slow reply");
+    assert_eq!(reply, [b"slow".to_vec(), b"sleep:1.5".to_vec()]);
+    drop(slow);
+}

@@ -1,0 +1,9 @@
+//! Integration tests: real `zbridge` processes, real pyzmq peers, loopback only.
+
+mod support;
+
+mod cli;
+mod drain;
+mod errors;
+mod garbage;
+mod relay;
