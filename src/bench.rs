@@ -5,7 +5,7 @@
 //! for a relay) and a real `zbridge run` process on its JSON and multipart
 //! paths, and prints ratios. Every load is bounded in count and time.
 
-use crate::lab::{BridgeProcess, EchoService, Load, LoadReport, Route};
+use crate::lab::{lone_bridge_flags, BridgeProcess, EchoService, Load, LoadReport, Route};
 use anyhow::Context as _;
 use serde_json::json;
 use std::thread::JoinHandle;
@@ -125,18 +125,14 @@ fn relay(
     let echo = EchoService::start(None)?;
     let proxy = Proxy::start(&echo.endpoint)?;
     let exe = std::env::current_exe()?;
-    let bridge = BridgeProcess::spawn(
-        &exe,
-        &[
-            "--mode=active",
-            "--primary-port=0",
-            "--main-pc-addr=",
-            &format!("--pc2-addr={}", echo.endpoint),
-            "--log-level=warn",
-            "--max-in-flight=100000",
-        ]
-        .map(String::from),
-    )?;
+    let mut flags = lone_bridge_flags();
+    flags.extend([
+        "--main-pc-addr=".into(),
+        format!("--pc2-addr={}", echo.endpoint),
+        "--log-level=warn".into(),
+        "--max-in-flight=100000".into(),
+    ]);
+    let bridge = BridgeProcess::spawn(&exe, &flags)?;
     let contenders = [
         Contender {
             name: "direct",

@@ -7,12 +7,14 @@
 //! (durations, endpoints, a target list), or a [`ConfigError`] naming the key.
 //! Validation happens before any socket is bound.
 
+use crate::ha::machine::Port;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
 use std::path::Path;
 use std::time::Duration;
+use zbridge_protocol::heartbeat::Node;
 use zbridge_protocol::Limits;
 
 /// A configuration that cannot be used, and the key that is wrong.
@@ -139,6 +141,19 @@ keys! {
     primary_host: String = "127.0.0.1".into();
     /// Host of the secondary instance, as its peer and clients reach it.
     secondary_host: String = "127.0.0.1".into();
+    /// Heartbeat PUB port of the primary instance (0: any free port, for tests).
+    primary_heartbeat_port: u16 = 5610;
+    /// Heartbeat PUB port of the secondary instance (0: any free port, for tests).
+    secondary_heartbeat_port: u16 = 5611;
+    /// Seconds a heartbeat's timestamp may differ from this host's clock.
+    heartbeat_max_skew: f64 = 5.0;
+    /// Shared secret that signs heartbeats ("": unsigned, or see auth_token_file
+    /// and the ZBRIDGE_AUTH_TOKEN environment variable).
+    auth_token: String = String::new();
+    /// File holding the shared secret (first line).
+    auth_token_file: String = String::new();
+    /// The primary instance takes the active role back when it returns.
+    preempt: bool = false;
     /// Seconds a request may wait for its backend before a `timeout` reply.
     request_timeout: f64 = 5.0;
     /// Largest request body in bytes; larger ones get `too_large`.
@@ -174,6 +189,16 @@ pub struct Target {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     pub mode: Option<Mode>,
+    pub primary_host: String,
+    pub secondary_host: String,
+    pub primary_heartbeat_port: u16,
+    pub secondary_heartbeat_port: u16,
+    pub heartbeat_interval: Duration,
+    pub heartbeat_timeout: Duration,
+    pub heartbeat_max_skew: f64,
+    /// The shared secret, from auth_token, auth_token_file or ZBRIDGE_AUTH_TOKEN.
+    pub auth_token: Option<Vec<u8>>,
+    pub preempt: bool,
     pub primary_port: u16,
     pub secondary_port: u16,
     pub bind_host: String,
@@ -188,13 +213,48 @@ pub struct Config {
 }
 
 impl Config {
-    /// The frontend endpoint to bind for a role (`*` port when 0).
-    pub fn frontend_endpoint(&self, mode: Mode) -> String {
-        let port = match mode {
-            Mode::Active => self.primary_port,
-            Mode::Passive => self.secondary_port,
-        };
-        tcp_endpoint(&self.bind_host, port)
+    /// The instance's home role.
+    pub fn node(&self) -> Node {
+        match self.mode {
+            Some(Mode::Passive) => Node::Secondary,
+            _ => Node::Primary,
+        }
+    }
+
+    /// The host this instance's peer runs on.
+    pub fn peer_host(&self) -> &str {
+        match self.node() {
+            Node::Primary => &self.secondary_host,
+            Node::Secondary => &self.primary_host,
+        }
+    }
+
+    /// The host clients reach this instance on.
+    pub fn own_host(&self) -> &str {
+        match self.node() {
+            Node::Primary => &self.primary_host,
+            Node::Secondary => &self.secondary_host,
+        }
+    }
+
+    /// This instance's heartbeat PUB port, and its peer's.
+    pub fn heartbeat_ports(&self) -> (u16, u16) {
+        match self.node() {
+            Node::Primary => (self.primary_heartbeat_port, self.secondary_heartbeat_port),
+            Node::Secondary => (self.secondary_heartbeat_port, self.primary_heartbeat_port),
+        }
+    }
+
+    pub fn frontend_port(&self, port: Port) -> u16 {
+        match port {
+            Port::Primary => self.primary_port,
+            Port::Secondary => self.secondary_port,
+        }
+    }
+
+    /// The frontend endpoint to bind for a port (`*` port when 0).
+    pub fn frontend_endpoint(&self, port: Port) -> String {
+        tcp_endpoint(&self.bind_host, self.frontend_port(port))
     }
 }
 
@@ -261,6 +321,20 @@ impl File {
         let request_timeout = positive_seconds("request_timeout", self.request_timeout)?;
         let heartbeat_interval = positive_seconds("heartbeat_interval", self.heartbeat_interval)?;
         let heartbeat_timeout = positive_seconds("heartbeat_timeout", self.heartbeat_timeout)?;
+        let ports = [
+            ("primary_port", self.primary_port),
+            ("secondary_port", self.secondary_port),
+            ("primary_heartbeat_port", self.primary_heartbeat_port),
+            ("secondary_heartbeat_port", self.secondary_heartbeat_port),
+        ];
+        for (i, (key, port)) in ports.iter().enumerate() {
+            if let Some((other, _)) = ports[..i].iter().find(|(_, p)| *p == *port && *port != 0) {
+                return Err(ConfigError::new(
+                    *key,
+                    format!("must differ from {other} ({port}): each port has one owner"),
+                ));
+            }
+        }
         if heartbeat_timeout <= heartbeat_interval {
             return Err(ConfigError::new(
                 "heartbeat_timeout",
@@ -276,15 +350,6 @@ impl File {
             self.max_reconnect_attempts as usize,
             1,
         )?;
-        if self.primary_port != 0 && self.primary_port == self.secondary_port {
-            return Err(ConfigError::new(
-                "secondary_port",
-                format!(
-                    "must differ from primary_port ({}): the two roles cannot share a port",
-                    self.primary_port
-                ),
-            ));
-        }
         for (key, value) in [
             ("bind_host", &self.bind_host),
             ("primary_host", &self.primary_host),
@@ -300,8 +365,19 @@ impl File {
             self.breaker_failure_threshold as usize,
             1,
         )?;
+        let heartbeat_max_skew =
+            positive_seconds("heartbeat_max_skew", self.heartbeat_max_skew)?.as_secs_f64();
         Ok(Config {
             mode: self.mode,
+            primary_host: self.primary_host.clone(),
+            secondary_host: self.secondary_host.clone(),
+            primary_heartbeat_port: self.primary_heartbeat_port,
+            secondary_heartbeat_port: self.secondary_heartbeat_port,
+            heartbeat_interval,
+            heartbeat_timeout,
+            heartbeat_max_skew,
+            auth_token: self.auth_token()?,
+            preempt: self.preempt,
             primary_port: self.primary_port,
             secondary_port: self.secondary_port,
             bind_host: self.bind_host.clone(),
@@ -317,6 +393,39 @@ impl File {
             log_format: self.log_format,
             log_level: self.log_level,
         })
+    }
+
+    /// The secret from `auth_token`, `auth_token_file` or the environment.
+    fn auth_token(&self) -> Result<Option<Vec<u8>>, ConfigError> {
+        if !self.auth_token.is_empty() && !self.auth_token_file.is_empty() {
+            return Err(ConfigError::new(
+                "auth_token_file",
+                "set either auth_token or auth_token_file, not both",
+            ));
+        }
+        if !self.auth_token.is_empty() {
+            return Ok(Some(self.auth_token.as_bytes().to_vec()));
+        }
+        if !self.auth_token_file.is_empty() {
+            let text = std::fs::read_to_string(&self.auth_token_file).map_err(|e| {
+                ConfigError::new(
+                    "auth_token_file",
+                    format!("cannot read {}: {e}", self.auth_token_file),
+                )
+            })?;
+            let token = text.lines().next().unwrap_or("").trim();
+            if token.is_empty() {
+                return Err(ConfigError::new(
+                    "auth_token_file",
+                    format!("{} is empty", self.auth_token_file),
+                ));
+            }
+            return Ok(Some(token.as_bytes().to_vec()));
+        }
+        Ok(std::env::var("ZBRIDGE_AUTH_TOKEN")
+            .ok()
+            .filter(|t| !t.is_empty())
+            .map(String::into_bytes))
     }
 
     fn targets(&self, default_timeout: Duration) -> Result<Vec<Target>, ConfigError> {
@@ -366,9 +475,14 @@ impl File {
         Ok(targets)
     }
 
-    /// The effective configuration as TOML, as `check-config` prints it.
+    /// The effective configuration as TOML, as `check-config` prints it,
+    /// with the secret replaced.
     pub fn to_toml(&self) -> String {
-        toml::to_string(self).unwrap_or_else(|e| format!("# cannot print config: {e}\n"))
+        let mut shown = self.clone();
+        if !shown.auth_token.is_empty() {
+            shown.auth_token = "<redacted>".into();
+        }
+        toml::to_string(&shown).unwrap_or_else(|e| format!("# cannot print config: {e}\n"))
     }
 }
 

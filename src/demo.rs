@@ -2,23 +2,20 @@
 //! the OS picks: a bridge process, two demo services (`main_pc`, `pc2`) and a
 //! client load; prints what happened, cleans up every process, exits 0.
 
-use crate::lab::{error_code, BridgeProcess, EchoService, Load, Route};
+use crate::lab::{error_code, lone_bridge_flags, BridgeProcess, EchoService, Load, Route};
 use std::time::Duration;
 
 pub fn run(seconds: u64) -> anyhow::Result<()> {
     let main_pc = EchoService::start(Some("main_pc"))?;
     let pc2 = EchoService::start(Some("pc2"))?;
     let exe = std::env::current_exe()?;
-    let bridge = BridgeProcess::spawn(
-        &exe,
-        &[
-            "--mode=active".to_string(),
-            "--primary-port=0".to_string(),
-            format!("--main-pc-addr={}", main_pc.endpoint),
-            format!("--pc2-addr={}", pc2.endpoint),
-            "--log-level=warn".to_string(),
-        ],
-    )?;
+    let mut flags = lone_bridge_flags();
+    flags.extend([
+        format!("--main-pc-addr={}", main_pc.endpoint),
+        format!("--pc2-addr={}", pc2.endpoint),
+        "--log-level=warn".into(),
+    ]);
+    let bridge = BridgeProcess::spawn(&exe, &flags)?;
     println!("zbridge demo: one bridge, two services, a client load, all on loopback\n");
     println!("  bridge   {}  (pid {})", bridge.frontend, bridge.pid());
     println!("  main_pc  {}  (a demo echo service)", main_pc.endpoint);

@@ -16,6 +16,29 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+/// A TCP port on 127.0.0.1 that nobody listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map_or(0, |a| a.port())
+}
+
+/// Flags for a lone bridge that needs no peer: active at once on a free
+/// port, heartbeats on a free port, its peer looked for where nobody is.
+pub fn lone_bridge_flags() -> Vec<String> {
+    let mut flags: Vec<String> = [
+        "--mode=active",
+        "--primary-port=0",
+        "--primary-heartbeat-port=0",
+        "--heartbeat-interval=0.05",
+        "--heartbeat-timeout=0.2",
+    ]
+    .map(String::from)
+    .to_vec();
+    flags.push(format!("--secondary-heartbeat-port={}", free_port()));
+    flags
+}
+
 /// Retry `condition` until it holds or `timeout` passes.
 pub fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;

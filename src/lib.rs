@@ -10,6 +10,7 @@ pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod ha;
 pub mod lab;
 pub mod relay;
 pub mod run;

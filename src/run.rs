@@ -3,10 +3,8 @@
 use crate::config::{ConfigError, File, LogFormat, LogLevel, Mode, Overrides};
 use crate::relay::Relay;
 use crate::stop::Stop;
-use serde_json::json;
 use std::io::Write;
 use std::path::Path;
-use tracing::info;
 
 pub fn run(mode: Option<Mode>, path: Option<&Path>, overrides: &Overrides) -> anyhow::Result<()> {
     let mut file = File::load(path)?.with_overrides(overrides);
@@ -14,43 +12,22 @@ pub fn run(mode: Option<Mode>, path: Option<&Path>, overrides: &Overrides) -> an
         file.mode = mode;
     }
     let config = file.validate()?;
-    let mode = config.mode.ok_or_else(|| {
+    config.mode.ok_or_else(|| {
         ConfigError::new(
             "mode",
-            "not set: pass --mode active (binds primary_port) or --mode passive (binds secondary_port)",
+            "not set: pass --mode active (the primary instance: it listens for its peer, then takes primary_port) or --mode passive (the secondary: it serves on secondary_port and takes over primary_port when the active stops)",
         )
     })?;
     init_logging(config.log_format, config.log_level);
     let mut stop = Stop::on_signals()?;
-    let frontend_host = config.bind_host.clone();
-    let relay = Relay::bind(config, mode)?;
-    let frontend = crate::config::tcp_endpoint(&frontend_host, relay.frontend_port());
-    let targets = relay.targets();
-    for t in &targets {
-        info!(target_name = %t.name, endpoint = %t.endpoint, connected = t.connected, "target");
-    }
-    info!(
-        version = env!("CARGO_PKG_VERSION"),
-        role = ?mode,
-        %frontend,
-        pid = std::process::id(),
-        "zbridge ready"
-    );
-    // One JSON line on stdout with the real bound endpoints: what scripts
-    // and the test harness wait for.
-    let ready = json!({
-        "event": "ready",
-        "version": env!("CARGO_PKG_VERSION"),
-        "pid": std::process::id(),
-        "role": match mode { Mode::Active => "active", Mode::Passive => "passive" },
-        "frontend": frontend,
-        "targets": targets.iter().map(|t| (t.name.clone(), json!({"endpoint": t.endpoint, "connected": t.connected}))).collect::<serde_json::Map<_, _>>(),
-    });
-    let mut out = std::io::stdout().lock();
-    writeln!(out, "{ready}")?;
-    out.flush()?;
-    drop(out);
-    relay.run(&mut stop)
+    let relay = Relay::new(config)?;
+    // One JSON line on stdout per event (ready, role, bound, released),
+    // with the real bound endpoints: what scripts and the test harness wait for.
+    let mut out = std::io::stdout();
+    relay.run(&mut stop, &mut |event| {
+        let _ = writeln!(out, "{event}");
+        let _ = out.flush();
+    })
 }
 
 pub fn check_config(path: &Path, overrides: &Overrides) -> anyhow::Result<()> {

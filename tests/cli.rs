@@ -79,15 +79,34 @@ fn run_refuses_bad_setups_with_exit_2_or_1() {
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("`request_timeout`"));
 
-    // The port is taken: a runtime failure that says what to check.
-    let first = bridge(&[]);
-    let port = first.frontend.rsplit(':').next().unwrap();
-    let out = zbridge(&["run", "--mode=active", &format!("--primary-port={port}")]);
-    assert_eq!(out.status.code(), Some(1));
+    // A port it must own is taken: a runtime failure that says what to check.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let mut child = Command::new(exe())
+        .args([
+            "run",
+            "--mode=active",
+            &format!("--primary-heartbeat-port={port}"),
+        ])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let exited = wait_until(std::time::Duration::from_secs(10), || {
+        child.try_wait().ok().flatten().is_some()
+    });
+    if !exited {
+        let _ = child.kill();
+    }
+    let out = child.wait_with_output().unwrap();
     assert!(
-        text(&out.stderr).contains("cannot bind the frontend"),
-        "{}",
-        text(&out.stderr)
+        exited,
+        "zbridge should exit when its heartbeat port is taken"
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("cannot bind the heartbeat publisher"),
+        "{stderr}"
     );
 }
 

@@ -46,7 +46,6 @@ struct Slot<T> {
 pub struct Table<T> {
     slots: Vec<Slot<T>>,
     free: Vec<u32>,
-    len: usize,
 }
 
 impl<T> Default for Table<T> {
@@ -54,18 +53,17 @@ impl<T> Default for Table<T> {
         Table {
             slots: Vec::new(),
             free: Vec::new(),
-            len: 0,
         }
     }
 }
 
 impl<T> Table<T> {
-    pub fn len(&self) -> usize {
-        self.len
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.slots.iter().filter(|s| s.entry.is_some()).count()
     }
 
     pub fn insert(&mut self, entry: T) -> Key {
-        self.len += 1;
         match self.free.pop() {
             Some(index) => {
                 let slot = &mut self.slots[index as usize];
@@ -105,19 +103,21 @@ impl<T> Table<T> {
         let entry = slot.entry.take()?;
         slot.generation = slot.generation.wrapping_add(1);
         self.free.push(key.index() as u32);
-        self.len -= 1;
         Some(entry)
     }
 
-    /// Remove every entry, e.g. to answer them all at shutdown.
-    pub fn drain(&mut self) -> impl Iterator<Item = T> + '_ {
-        self.len = 0;
-        self.free.clear();
-        self.free.extend(0..self.slots.len() as u32);
-        self.slots.iter_mut().filter_map(|slot| {
-            slot.generation = slot.generation.wrapping_add(1);
-            slot.entry.take()
-        })
+    /// Remove every entry that `pred` selects, e.g. to answer all the
+    /// requests of a frontend that is closing.
+    pub fn remove_where(&mut self, mut pred: impl FnMut(&T) -> bool) -> Vec<T> {
+        let mut removed = Vec::new();
+        for (index, slot) in self.slots.iter_mut().enumerate() {
+            if slot.entry.as_ref().is_some_and(&mut pred) {
+                removed.extend(slot.entry.take());
+                slot.generation = slot.generation.wrapping_add(1);
+                self.free.push(index as u32);
+            }
+        }
+        removed
     }
 }
 
@@ -215,16 +215,21 @@ mod tests {
     }
 
     #[test]
-    fn drain_empties_and_invalidates() {
+    fn remove_where_takes_only_what_it_selects_and_invalidates() {
         let mut t = Table::default();
         let a = t.insert(1);
-        let _b = t.insert(2);
-        let mut all: Vec<_> = t.drain().collect();
-        all.sort();
-        assert_eq!(all, [1, 2]);
-        assert_eq!(t.len(), 0);
-        assert_eq!(t.remove(a), None);
-        t.insert(3);
+        let b = t.insert(2);
+        let c = t.insert(3);
+        let mut odd = t.remove_where(|v| v % 2 == 1);
+        odd.sort();
+        assert_eq!(odd, [1, 3]);
         assert_eq!(t.len(), 1);
+        assert_eq!(t.remove(a), None);
+        assert_eq!(t.remove(c), None);
+        assert_eq!(t.get(b), Some(&2));
+        t.insert(4);
+        t.insert(5);
+        assert_eq!(t.len(), 3);
+        assert_eq!(t.slots.len(), 3, "freed slots are reused");
     }
 }

@@ -1,127 +1,86 @@
-//! The relay: the only code that touches the frontend and backend sockets.
+//! The relay: the only code that touches the frontend, backend and
+//! heartbeat sockets.
 //!
-//! One thread runs a poll loop over the frontend ROUTER, one DEALER per
-//! target and the stop descriptor. A request is parsed (pure code in
+//! One thread runs a poll loop over the stop descriptor, the heartbeat
+//! subscriber, up to two frontend ROUTERs (the primary port while active,
+//! the secondary port while passive, both for a moment during a takeover)
+//! and one DEALER per target. A request is parsed (pure code in
 //! `zbridge-protocol`), checked against the target's breaker and in-flight
 //! cap, and sent to the target's DEALER behind an 8-byte envelope: an
-//! in-flight [`Key`]. REP and ROUTER backends echo the envelope before their
-//! reply, which finds its client through the key. Targets never wait for each
-//! other: a slow backend only fills its own in-flight table entries.
+//! in-flight [`inflight::Key`]. REP and ROUTER backends echo the envelope
+//! before their reply, which finds its client, and the frontend it came in
+//! on, through the key. Targets never wait for each other.
 //!
-//! Invariant: every request read from the frontend gets exactly one reply
+//! The role machine ([`crate::ha::machine`]) decides; this loop carries out
+//! its effects: binding a frontend port, draining one (new requests there get
+//! `draining`, those in flight are answered, then it is closed), publishing.
+//!
+//! Invariant: every request read from a frontend gets exactly one reply
 //! (the backend's or an error document), unless the client is gone.
 
 mod breaker;
 mod inflight;
+mod state;
 mod stats;
 
-use crate::config::{Config, Mode};
+use crate::config::{tcp_endpoint, Config};
+use crate::ha::machine::{Effect, Event, Machine, Peer, Phase, Port, Settings};
+use crate::ha::{Beat, Heartbeats};
 use crate::stop::Stop;
-use breaker::{Admission, Breaker, Transition};
-use inflight::{Deadlines, Key, Table};
-use serde_json::json;
-use stats::{Histogram, Stats};
-use std::collections::{HashMap, VecDeque};
+use inflight::Key;
+use serde_json::{json, Value};
+use state::State;
 use std::time::{Duration, Instant};
-use tracing::{debug, info, warn};
-use zbridge_protocol::{error_reply, parse_request, Action, ErrorCode, Request};
+use tracing::{error, info, warn};
+use zbridge_protocol::heartbeat::{Message, Role, State as PeerState};
 
 /// Messages read from one socket before the loop looks at the others.
 const BATCH: usize = 256;
 /// How long start-up waits for backends to accept their connections.
 const CONNECT_GRACE: Duration = Duration::from_millis(250);
 
-struct Backend {
-    name: String,
+/// A bound frontend port.
+pub(crate) struct Frontend {
+    socket: zmq::Socket,
+    /// The endpoint as bound, with the real port.
     endpoint: String,
-    request_timeout: Duration,
-    breaker: Breaker,
-    deadlines: Deadlines,
-    /// Requests in flight, including those waiting for a connection.
-    in_flight: usize,
-    /// Requests held until a backend is connected, oldest first. An entry
-    /// whose key has left the table (expired) is skipped.
-    waiting: VecDeque<(Key, Vec<zmq::Message>)>,
-    requests_total: u64,
-    replies_total: u64,
-    latency: Histogram,
+    port: u16,
+    /// Set while draining: new requests get `draining`; closed at this
+    /// deadline or once nothing is in flight on it.
+    draining_until: Option<Instant>,
 }
 
-/// A request sent to a backend and not yet answered.
-struct Pending {
-    client: zmq::Message,
-    delimiter: bool,
-    target: usize,
-    sent: Instant,
-    /// Not sent yet: no backend was connected.
-    waiting: bool,
-}
+/// The frontends by [`Port`] index.
+pub(crate) type Frontends = [Option<Frontend>; 2];
 
-/// What to do with a request, once read.
-enum Next {
-    Reject(ErrorCode, String),
-    Answer(Action),
-    /// Forward body frames from `payload` on to backend `target`.
-    Forward {
-        target: usize,
-        payload: usize,
-    },
-}
+/// Where the loop reports what a script or test waits for: the ready line,
+/// role changes, ports bound and released (one JSON object each).
+pub type Events<'a> = &'a mut dyn FnMut(Value);
 
-/// What the loop knows besides its sockets.
-struct State {
-    config: Config,
-    role: Mode,
-    frontend_port: u16,
-    started: Instant,
-    backends: Vec<Backend>,
-    by_name: HashMap<String, usize>,
-    table: Table<Pending>,
-    stats: Stats,
-    drain_deadline: Option<Instant>,
-}
-
-/// A bound relay, ready to run.
 pub struct Relay {
-    _context: zmq::Context,
-    frontend: zmq::Socket,
+    context: zmq::Context,
+    frontends: Frontends,
     dealers: Vec<zmq::Socket>,
+    heartbeats: Heartbeats,
+    machine: Machine,
+    first_effects: Vec<Effect>,
     state: State,
-}
-
-/// A target as the ready line reports it.
-pub struct TargetReport {
-    pub name: String,
-    pub endpoint: String,
-    pub connected: bool,
+    ready: bool,
+    exit: bool,
+    /// Time spent working (not waiting in poll) since the last heartbeat.
+    busy: Duration,
+    last_beat: Instant,
 }
 
 impl Relay {
-    /// Bind the frontend for `role` and connect to every target. Returns
-    /// once the frontend is bound and each backend connected or given
-    /// [`CONNECT_GRACE`] to connect.
-    pub fn bind(config: Config, role: Mode) -> anyhow::Result<Relay> {
+    /// Connect to every target (each gets [`CONNECT_GRACE`] to connect) and
+    /// open the heartbeat sockets. Frontends are bound by [`Relay::run`], as
+    /// the role machine decides.
+    pub fn new(config: Config) -> anyhow::Result<Relay> {
         use anyhow::Context as _;
+        let now = Instant::now();
         let context = zmq::Context::new();
-        let frontend = context.socket(zmq::ROUTER)?;
-        frontend.set_router_mandatory(true)?;
-        frontend.set_linger(1000)?;
-        // Far above max_message_bytes, so that an oversized request still
-        // gets its `too_large` reply while an absurd one is cut off by the
-        // transport before it reaches memory.
-        let ceiling = config.limits.max_message_bytes.saturating_mul(16);
-        frontend.set_maxmsgsize(i64::try_from(ceiling).unwrap_or(i64::MAX))?;
-        let ipv6 = config.bind_host.contains(':');
-        frontend.set_ipv6(ipv6)?;
-        let endpoint = config.frontend_endpoint(role);
-        frontend.bind(&endpoint).with_context(|| {
-            format!("cannot bind the frontend on {endpoint} (is another bridge running there?)")
-        })?;
-        let frontend_port = bound_port(&frontend)?;
-
         let mut dealers = Vec::new();
-        let mut backends = Vec::new();
-        let mut by_name = HashMap::new();
         for target in &config.targets {
             let dealer = context.socket(zmq::DEALER)?;
             dealer.set_immediate(true)?;
@@ -136,144 +95,176 @@ impl Relay {
                     target.name, target.endpoint
                 )
             })?;
-            by_name.insert(target.name.clone(), backends.len());
-            backends.push(Backend {
-                name: target.name.clone(),
-                endpoint: target.endpoint.clone(),
-                request_timeout: target.request_timeout,
-                breaker: Breaker::new(config.breaker_failure_threshold, config.breaker_open_wait),
-                deadlines: Deadlines::default(),
-                in_flight: 0,
-                waiting: VecDeque::new(),
-                requests_total: 0,
-                replies_total: 0,
-                latency: Histogram::default(),
-            });
             dealers.push(dealer);
         }
         wait_connected(&dealers, CONNECT_GRACE)?;
+        let heartbeats = Heartbeats::new(&context, &config, now)?;
+        let settings = Settings {
+            node: config.node(),
+            preempt: config.preempt,
+            same_host: config.primary_host == config.secondary_host,
+            heartbeat_timeout: config.heartbeat_timeout,
+            fast_retry: (config.heartbeat_interval / 10)
+                .clamp(Duration::from_millis(5), Duration::from_millis(50)),
+            leave_window: config.drain_timeout + config.heartbeat_timeout * 2,
+        };
+        let (machine, first_effects) = Machine::new(settings, now);
         Ok(Relay {
-            _context: context,
-            frontend,
+            context,
+            frontends: [None, None],
             dealers,
-            state: State {
-                config,
-                role,
-                frontend_port,
-                started: Instant::now(),
-                backends,
-                by_name,
-                table: Table::default(),
-                stats: Stats::default(),
-                drain_deadline: None,
-            },
+            heartbeats,
+            machine,
+            first_effects,
+            state: State::new(config, now),
+            ready: false,
+            exit: false,
+            busy: Duration::ZERO,
+            last_beat: now,
         })
     }
 
-    pub fn frontend_port(&self) -> u16 {
-        self.state.frontend_port
-    }
-
-    pub fn targets(&self) -> Vec<TargetReport> {
-        self.state
-            .backends
-            .iter()
-            .zip(&self.dealers)
-            .map(|(b, d)| TargetReport {
-                name: b.name.clone(),
-                endpoint: b.endpoint.clone(),
-                connected: writable(d),
-            })
-            .collect()
-    }
-
-    /// Relay until `stop` fires, then drain: answer what is in flight
-    /// (bounded by `drain_timeout`) and return.
-    pub fn run(mut self, stop: &mut Stop) -> anyhow::Result<()> {
-        let Relay {
-            frontend,
-            dealers,
-            state,
-            ..
-        } = &mut self;
-        let mut items = Vec::with_capacity(dealers.len() + 2);
-        items.push(zmq::PollItem::from_fd(stop.fd(), zmq::POLLIN));
-        items.push(frontend.as_poll_item(zmq::POLLIN));
-        items.extend(dealers.iter().map(|d| d.as_poll_item(zmq::POLLIN)));
+    /// Relay until `stop` fires and every frontend is drained.
+    pub fn run(mut self, stop: &mut Stop, events: Events) -> anyhow::Result<()> {
+        let now = Instant::now();
+        let first = std::mem::take(&mut self.first_effects);
+        self.apply(now, first, events);
+        info!(
+            node = ?self.machine.node(),
+            phase = self.machine.phase().as_str(),
+            heartbeats = %self.heartbeats.endpoint,
+            peer_heartbeats = %self.heartbeats.peer_endpoint,
+            signed = self.state.config.auth_token.is_some(),
+            "listening for the peer"
+        );
         let mut frames = Vec::with_capacity(8);
+        let mut ready = Readiness::default();
         loop {
             let now = Instant::now();
-            state.expire(frontend, now);
-            if let Some(deadline) = state.drain_deadline {
-                if state.table.len() == 0 || now >= deadline {
-                    break;
+            self.state.expire(&self.frontends, now);
+            self.finish_drains(now, events);
+            self.handle(now, Event::Tick, events);
+            if now >= self.heartbeats.next_publish() {
+                self.publish(now);
+            }
+            if self.exit {
+                break;
+            }
+            let timeout = self.poll_timeout_ms(now);
+            self.poll(stop, timeout, &mut ready)?;
+            let woke = Instant::now();
+            if ready.stop && stop.take() > 0 {
+                self.on_stop(woke, events);
+            }
+            if ready.heartbeats {
+                for message in self.heartbeats.receive(woke) {
+                    let peer = match message {
+                        Message::Heartbeat(h) => Peer {
+                            role: h.instance,
+                            node: h.node,
+                            epoch: h.epoch,
+                            state: h.state,
+                        },
+                        // A notification says the sender became active.
+                        Message::FailoverNotification(n) => Peer {
+                            role: Role::Active,
+                            node: n.node,
+                            epoch: n.epoch,
+                            state: PeerState::Running,
+                        },
+                    };
+                    self.handle(woke, Event::Heard(peer), events);
                 }
+                self.sync_view(woke);
             }
-            for (item, backend) in items[2..].iter_mut().zip(&state.backends) {
-                let events = if backend.waiting.is_empty() {
-                    zmq::POLLIN
-                } else {
-                    zmq::POLLIN | zmq::POLLOUT
+            for port in [Port::Primary, Port::Secondary] {
+                if !ready.frontends[port.index()] {
+                    continue;
+                }
+                let Some(frontend) = &self.frontends[port.index()] else {
+                    continue;
                 };
-                item.set_events(events);
-            }
-            match zmq::poll(&mut items, state.poll_timeout_ms(now)) {
-                Ok(_) | Err(zmq::Error::EINTR) => {}
-                Err(e) => return Err(e.into()),
-            }
-            if items[0].is_readable() && stop.take() > 0 {
-                state.begin_drain(Instant::now());
-            }
-            if items[1].is_readable() {
                 for _ in 0..BATCH {
-                    if !recv_frames(frontend, &mut frames)? {
+                    if !recv_frames(&frontend.socket, &mut frames)? {
                         break;
                     }
-                    state.on_request(frontend, dealers, &mut frames);
+                    self.state
+                        .on_request(&self.frontends, port, &self.dealers, &mut frames);
                 }
             }
-            for (target, dealer) in dealers.iter().enumerate() {
-                if items[target + 2].is_writable() {
-                    state.flush_waiting(dealer, target);
+            for (target, dealer) in self.dealers.iter().enumerate() {
+                let (readable, writable) = ready.dealers[target];
+                if writable {
+                    self.state.flush_waiting(dealer, target);
                 }
-                if !items[target + 2].is_readable() {
+                if !readable {
                     continue;
                 }
                 for _ in 0..BATCH {
                     if !recv_frames(dealer, &mut frames)? {
                         break;
                     }
-                    state.on_reply(frontend, target, &mut frames);
+                    self.state.on_reply(&self.frontends, target, &mut frames);
                 }
             }
+            self.busy += woke.elapsed();
         }
-        state.finish(frontend);
+        self.state.log_totals();
         Ok(())
     }
-}
 
-impl State {
-    fn node(&self) -> &'static str {
-        match self.config.mode {
-            Some(Mode::Passive) => "secondary",
-            _ => "primary",
+    /// Wait for any socket or the stop descriptor, up to `timeout_ms`.
+    fn poll(&self, stop: &Stop, timeout_ms: i64, ready: &mut Readiness) -> anyhow::Result<()> {
+        let mut items = Vec::with_capacity(self.dealers.len() + 4);
+        items.push(zmq::PollItem::from_fd(stop.fd(), zmq::POLLIN));
+        items.push(self.heartbeats.subscriber().as_poll_item(zmq::POLLIN));
+        let mut front_index = [None; 2];
+        for (i, frontend) in self.frontends.iter().enumerate() {
+            if let Some(f) = frontend {
+                front_index[i] = Some(items.len());
+                items.push(f.socket.as_poll_item(zmq::POLLIN));
+            }
         }
-    }
-
-    fn role(&self) -> &'static str {
-        match self.role {
-            Mode::Active => "active",
-            Mode::Passive => "passive",
+        let first_dealer = items.len();
+        for (dealer, backend) in self.dealers.iter().zip(&self.state.backends) {
+            let events = if backend.waiting.is_empty() {
+                zmq::POLLIN
+            } else {
+                zmq::POLLIN | zmq::POLLOUT
+            };
+            items.push(dealer.as_poll_item(events));
         }
+        match zmq::poll(&mut items, timeout_ms) {
+            Ok(_) | Err(zmq::Error::EINTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+        ready.stop = items[0].is_readable();
+        ready.heartbeats = items[1].is_readable();
+        for (i, index) in front_index.iter().enumerate() {
+            ready.frontends[i] = index.is_some_and(|j| items[j].is_readable());
+        }
+        ready.dealers.clear();
+        ready.dealers.extend(
+            items[first_dealer..]
+                .iter()
+                .map(|item| (item.is_readable(), item.is_writable())),
+        );
+        Ok(())
     }
 
     fn poll_timeout_ms(&mut self, now: Instant) -> i64 {
-        let table = &self.table;
+        let drains = self
+            .frontends
+            .iter()
+            .flatten()
+            .filter_map(|f| f.draining_until);
         let next = self
-            .backends
-            .iter_mut()
-            .filter_map(|b| b.deadlines.next(table))
-            .chain(self.drain_deadline)
+            .state
+            .next_deadline()
+            .into_iter()
+            .chain(drains)
+            .chain(self.machine.next_deadline())
+            .chain([self.heartbeats.next_publish()])
             .min();
         match next {
             None => -1,
@@ -286,377 +277,267 @@ impl State {
         }
     }
 
-    fn begin_drain(&mut self, now: Instant) {
-        match self.drain_deadline {
-            None => {
-                info!(
-                    in_flight = self.table.len(),
-                    drain_timeout_s = self.config.drain_timeout.as_secs_f64(),
-                    "stop requested: refusing new requests, draining those in flight"
-                );
-                self.drain_deadline = Some(now + self.config.drain_timeout);
+    fn on_stop(&mut self, now: Instant, events: Events) {
+        if self.machine.phase() == Phase::Stopping {
+            warn!("second stop request: answering what is in flight with `draining` now");
+            for frontend in self.frontends.iter_mut().flatten() {
+                frontend.draining_until = Some(now);
             }
-            Some(_) => {
-                warn!(
-                    in_flight = self.table.len(),
-                    "second stop request: answering what is in flight with `draining` now"
-                );
-                self.drain_deadline = Some(now);
-            }
+            return;
+        }
+        info!(
+            drain_timeout_s = self.state.config.drain_timeout.as_secs_f64(),
+            "stop requested: telling the peer, refusing new requests, draining those in flight"
+        );
+        self.handle(now, Event::Stop, events);
+    }
+
+    /// Step the machine and carry out what it decides.
+    fn handle(&mut self, now: Instant, event: Event, events: Events) {
+        let effects = self.machine.step(now, event);
+        if !effects.is_empty() {
+            self.apply(now, effects, events);
         }
     }
 
-    fn on_request(
-        &mut self,
-        frontend: &zmq::Socket,
-        dealers: &[zmq::Socket],
-        frames: &mut Vec<zmq::Message>,
-    ) {
-        self.stats.requests_total += 1;
-        let parsed = parse_request(&frames[1..], &self.config.limits);
-        let delimiter = parsed.delimiter;
-        let next = match parsed.request {
-            Err(rejection) => Next::Reject(rejection.code, rejection.message),
-            Ok(_) if self.drain_deadline.is_some() => Next::Reject(
-                ErrorCode::Draining,
-                "this bridge is shutting down and takes no new requests: send it to the other bridge".to_string(),
-            ),
-            Ok(Request::Action(action)) => Next::Answer(action),
-            Ok(Request::Forward { target, payload }) => match self.by_name.get(target.as_ref()) {
-                Some(&target) => Next::Forward { target, payload },
-                None => Next::Reject(ErrorCode::UnknownTarget, self.unknown_target(&target)),
-            },
-        };
-        let mut frames = frames.drain(..);
-        let Some(client) = frames.next() else { return };
-        match next {
-            Next::Reject(code, message) => self.reject(frontend, client, delimiter, code, &message),
-            Next::Answer(action) => {
-                let body = self.answer(action);
-                self.send_reply(frontend, client, delimiter, [zmq::Message::from(body)]);
-            }
-            Next::Forward { target, payload } => {
-                let payload = frames.skip(payload);
-                self.forward(
-                    frontend,
-                    &dealers[target],
-                    target,
-                    client,
-                    delimiter,
-                    payload,
-                );
-            }
-        }
-    }
-
-    fn unknown_target(&self, target: &str) -> String {
-        let mut names: Vec<&str> = self.backends.iter().map(|b| b.name.as_str()).collect();
-        names.sort_unstable();
-        let shown: String = target.chars().take(64).collect();
-        format!(
-            "no target named {shown:?} on this bridge; configured targets: {}",
-            if names.is_empty() {
-                "none (add [targets.NAME] to the config)".to_string()
-            } else {
-                names.join(", ")
-            }
-        )
-    }
-
-    fn forward(
-        &mut self,
-        frontend: &zmq::Socket,
-        dealer: &zmq::Socket,
-        target: usize,
-        client: zmq::Message,
-        delimiter: bool,
-        payload: impl Iterator<Item = zmq::Message>,
-    ) {
-        let now = Instant::now();
-        let backend = &mut self.backends[target];
-        if backend.in_flight >= self.config.max_in_flight {
-            let message = format!(
-                "target {} already has {} requests in flight (max_in_flight): the backend is not keeping up; retry later",
-                backend.name, backend.in_flight
-            );
-            return self.reject(
-                frontend,
-                client,
-                delimiter,
-                ErrorCode::BackendUnavailable,
-                &message,
-            );
-        }
-        match backend.breaker.admit(now) {
-            Admission::Refused { retry_after } => {
-                let message = format!(
-                    "target {} is failing, so its circuit breaker is open: retry in {:.1} s",
-                    backend.name,
-                    retry_after.as_secs_f64()
-                );
-                return self.reject(
-                    frontend,
-                    client,
-                    delimiter,
-                    ErrorCode::CircuitOpen,
-                    &message,
-                );
-            }
-            Admission::Allowed(transition) => log_transition(backend, transition),
-        }
-        let key = self.table.insert(Pending {
-            client,
-            delimiter,
-            target,
-            sent: now,
-            waiting: false,
-        });
-        let backend = &mut self.backends[target];
-        backend.in_flight += 1;
-        backend.deadlines.push(now + backend.request_timeout, key);
-        let mut payload = payload;
-        let sent = if backend.waiting.is_empty() {
-            send_envelope(dealer, key, &mut payload)
-        } else {
-            // Keep the order: queue behind those already waiting.
-            Err(zmq::Error::EAGAIN)
-        };
-        match sent {
-            Ok(()) => backend.requests_total += 1,
-            Err(zmq::Error::EAGAIN) => {
-                // No backend connected (ZMQ_IMMEDIATE): hold the request
-                // until one is, or until its deadline.
-                if let Some(pending) = self.table.get_mut(key) {
-                    pending.waiting = true;
+    fn apply(&mut self, now: Instant, effects: Vec<Effect>, events: Events) {
+        for effect in effects {
+            match effect {
+                Effect::Bind(port) => {
+                    if port == Port::Primary && self.machine.phase() == Phase::Passive {
+                        info!(
+                            peer = %self.heartbeats.peer_endpoint,
+                            "no running active peer: trying to take the primary port"
+                        );
+                    }
+                    let bound = self.bind(port, events);
+                    self.handle(now, Event::Bound(port, bound), events);
+                    if bound && !self.ready {
+                        self.ready = true;
+                        self.report_ready(port, events);
+                    }
                 }
-                backend.waiting.push_back((key, payload.collect()));
+                Effect::Drain(port) => match &mut self.frontends[port.index()] {
+                    Some(frontend) => {
+                        frontend.draining_until = Some(now + self.state.config.drain_timeout);
+                    }
+                    None => self.handle(now, Event::Released(port), events),
+                },
+                Effect::PublishNow => self.publish(now),
+                Effect::Notify => {
+                    let port = self.frontends[Port::Primary.index()]
+                        .as_ref()
+                        .map_or(self.state.config.primary_port, |f| f.port);
+                    let endpoint = tcp_endpoint(self.state.config.own_host(), port);
+                    self.heartbeats.notify(port, endpoint, self.machine.epoch());
+                }
+                Effect::Exit => self.exit = true,
+                Effect::Changed {
+                    from,
+                    to,
+                    reason,
+                    epoch,
+                } => {
+                    info!(
+                        from = from.as_str(),
+                        to = to.as_str(),
+                        reason = reason.as_str(),
+                        epoch,
+                        failovers_total = self.machine.failovers(),
+                        "role changed"
+                    );
+                    events(json!({
+                        "event": "role", "from": from.as_str(), "to": to.as_str(),
+                        "reason": reason.as_str(), "epoch": epoch,
+                    }));
+                }
+                Effect::BindFailed {
+                    port: Port::Primary,
+                    silent_for,
+                } => warn!(
+                    silent_for_s = silent_for.as_secs_f64(),
+                    bind_failures_total = self.machine.bind_failures(),
+                    "cannot bind the primary port: another process holds it (the active may be hung); staying passive, retrying"
+                ),
+                Effect::BindFailed {
+                    port: Port::Secondary,
+                    ..
+                } => info!("the secondary port is still held (the peer is draining it); retrying"),
             }
+        }
+        self.sync_view(now);
+    }
+
+    /// Bind a frontend port; `false` when the address is in use.
+    fn bind(&mut self, port: Port, events: Events) -> bool {
+        let config = &self.state.config;
+        let endpoint = config.frontend_endpoint(port);
+        match open_frontend(&self.context, config, &endpoint) {
+            Ok(frontend) => {
+                info!(?port, endpoint = %frontend.endpoint, "frontend bound");
+                events(
+                    json!({"event": "bound", "port": port_name(port), "endpoint": frontend.endpoint}),
+                );
+                self.frontends[port.index()] = Some(frontend);
+                true
+            }
+            Err(zmq::Error::EADDRINUSE) => false,
             Err(e) => {
-                // Left in the table as waiting: its deadline answers it.
-                warn!(target_name = %backend.name, error = %e, "cannot send to the backend");
-                if let Some(pending) = self.table.get_mut(key) {
-                    pending.waiting = true;
-                }
+                error!(?port, %endpoint, error = %e, "cannot bind the frontend");
+                false
             }
         }
     }
 
-    /// Send the requests that waited for a backend, now that one is
-    /// connected, in the order they came.
-    fn flush_waiting(&mut self, dealer: &zmq::Socket, target: usize) {
-        let backend = &mut self.backends[target];
-        while let Some((key, frames)) = backend.waiting.pop_front() {
-            let Some(pending) = self.table.get_mut(key) else {
+    /// Close each draining frontend once nothing is in flight on it, or its
+    /// drain deadline has passed.
+    fn finish_drains(&mut self, now: Instant, events: Events) {
+        for port in [Port::Primary, Port::Secondary] {
+            let i = port.index();
+            let done = self.frontends[i].as_ref().is_some_and(|f| {
+                f.draining_until
+                    .is_some_and(|until| self.state.front_in_flight[i] == 0 || now >= until)
+            });
+            if !done {
                 continue;
-            };
-            let mut frames = frames.into_iter();
-            match send_envelope(dealer, key, &mut frames) {
-                Ok(()) => {
-                    pending.waiting = false;
-                    backend.requests_total += 1;
-                }
-                Err(zmq::Error::EAGAIN) => {
-                    backend.waiting.push_front((key, frames.collect()));
-                    return;
-                }
-                Err(e) => {
-                    warn!(target_name = %backend.name, error = %e, "cannot send to the backend");
-                }
             }
+            self.state.answer_left(&self.frontends, port);
+            if let Some(frontend) = self.frontends[i].take() {
+                let _ = frontend.socket.unbind(&frontend.endpoint);
+                info!(?port, endpoint = %frontend.endpoint, "frontend released");
+                events(
+                    json!({"event": "released", "port": port_name(port), "endpoint": frontend.endpoint}),
+                );
+            }
+            self.handle(now, Event::Released(port), events);
         }
     }
 
-    fn on_reply(&mut self, frontend: &zmq::Socket, target: usize, frames: &mut Vec<zmq::Message>) {
-        let key = match frames.as_slice() {
-            [key, delimiter, _, ..] if delimiter.is_empty() => Key::from_bytes(key),
-            _ => None,
+    fn publish(&mut self, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.last_beat);
+        let load = if elapsed.is_zero() {
+            0.0
+        } else {
+            (self.busy.as_secs_f64() / elapsed.as_secs_f64()).clamp(0.0, 1.0)
         };
-        let Some(key) = key else {
-            self.stats.malformed_replies_total += 1;
-            debug!(target = %self.backends[target].name, frames = frames.len(), "dropped a backend message without a bridge envelope");
-            return;
+        self.busy = Duration::ZERO;
+        self.last_beat = now;
+        let role = self.machine.role();
+        let port = match role {
+            Role::Active => Port::Primary,
+            Role::Passive => Port::Secondary,
         };
-        let Some(pending) = self.table.remove(key) else {
-            self.stats.late_replies_total += 1;
-            debug!(target = %self.backends[target].name, "dropped a late reply: its request was already answered");
-            return;
-        };
-        let backend = &mut self.backends[pending.target];
-        backend.in_flight -= 1;
-        backend.replies_total += 1;
-        backend.latency.record(pending.sent.elapsed());
-        let transition = backend.breaker.on_success();
-        log_transition(backend, transition);
-        self.stats.replies_total += 1;
-        self.send_reply(
-            frontend,
-            pending.client,
-            pending.delimiter,
-            frames.drain(2..),
+        let port = self.frontends[port.index()]
+            .as_ref()
+            .map_or(self.state.config.frontend_port(port), |f| f.port);
+        self.heartbeats.publish(
+            now,
+            Beat {
+                role,
+                port,
+                load,
+                epoch: self.machine.epoch(),
+                state: self.machine.state(),
+            },
         );
     }
 
-    /// Answer every request whose deadline has passed with `timeout`.
-    fn expire(&mut self, frontend: &zmq::Socket, now: Instant) {
-        for target in 0..self.backends.len() {
-            while let Some(key) = self.backends[target]
-                .deadlines
-                .pop_expired(now, &self.table)
-            {
-                let Some(pending) = self.table.remove(key) else {
-                    continue;
-                };
-                let backend = &mut self.backends[target];
-                backend.in_flight -= 1;
-                let transition = backend.breaker.on_failure(now);
-                log_transition(backend, transition);
-                let timeout = backend.request_timeout.as_secs_f64();
-                let (code, message) = if pending.waiting {
-                    (
-                        ErrorCode::BackendUnavailable,
-                        format!(
-                            "target {} had no connected backend at {} for {timeout:.3} s (request_timeout): is the service running? The bridge keeps reconnecting",
-                            backend.name, backend.endpoint
-                        ),
-                    )
-                } else {
-                    (
-                        ErrorCode::Timeout,
-                        format!(
-                            "target {} did not answer within {timeout:.3} s (request_timeout); the request may still run there",
-                            backend.name
-                        ),
-                    )
-                };
-                self.reject(frontend, pending.client, pending.delimiter, code, &message);
-            }
-        }
+    /// Copy what the status document shows of the HA side.
+    fn sync_view(&mut self, now: Instant) {
+        let view = &mut self.state.ha;
+        view.role = match self.machine.phase() {
+            Phase::Active => "active",
+            Phase::Passive => "passive",
+            Phase::Listening => "starting",
+            Phase::Stopping => "stopping",
+        };
+        view.node = Some(self.machine.node());
+        view.epoch = self.machine.epoch();
+        view.peer = self.machine.peer();
+        view.peer_alive = self.machine.peer_alive(now);
+        view.failovers = self.machine.failovers();
+        view.bind_failures = self.machine.bind_failures();
+        view.step_downs = self.machine.step_downs();
+        view.rejected = self.heartbeats.rejected;
+        view.frontend_ports = self.frontends.iter().flatten().map(|f| f.port).collect();
     }
 
-    /// At the end of a drain, answer whatever is still in flight.
-    fn finish(&mut self, frontend: &zmq::Socket) {
-        let left: Vec<Pending> = self.table.drain().collect();
-        if !left.is_empty() {
-            warn!(
-                unanswered = left.len(),
-                "drain_timeout passed: answering the rest with `draining`"
-            );
-        }
-        for pending in left {
-            let message = format!(
-                "the bridge stopped before target {} answered: retry on the other bridge",
-                self.backends[pending.target].name
-            );
-            self.reject(
-                frontend,
-                pending.client,
-                pending.delimiter,
-                ErrorCode::Draining,
-                &message,
+    fn report_ready(&self, port: Port, events: Events) {
+        let frontend = self.frontends[port.index()]
+            .as_ref()
+            .map(|f| f.endpoint.clone());
+        let mut targets = serde_json::Map::new();
+        for (backend, dealer) in self.state.backends.iter().zip(&self.dealers) {
+            let connected = writable(dealer);
+            info!(target_name = %backend.name, endpoint = %backend.endpoint, connected, "target");
+            targets.insert(
+                backend.name.clone(),
+                json!({"endpoint": backend.endpoint, "connected": connected}),
             );
         }
         info!(
-            requests_total = self.stats.requests_total,
-            replies_total = self.stats.replies_total,
-            errors_total = self.stats.errors_total.iter().sum::<u64>(),
-            "stopped"
+            version = env!("CARGO_PKG_VERSION"),
+            role = self.state.ha.role,
+            frontend = frontend.as_deref().unwrap_or(""),
+            pid = std::process::id(),
+            "zbridge ready"
         );
-    }
-
-    fn reject(
-        &mut self,
-        frontend: &zmq::Socket,
-        client: zmq::Message,
-        delimiter: bool,
-        code: ErrorCode,
-        message: &str,
-    ) {
-        self.stats.errors_total[code.index()] += 1;
-        debug!(error = %code, message, "request refused");
-        let body = zmq::Message::from(error_reply(code, message));
-        self.send_reply(frontend, client, delimiter, [body]);
-    }
-
-    fn send_reply(
-        &mut self,
-        frontend: &zmq::Socket,
-        client: zmq::Message,
-        delimiter: bool,
-        body: impl IntoIterator<Item = zmq::Message>,
-    ) {
-        if let Err(e) = send_routed(frontend, client, delimiter, body) {
-            self.stats.dropped_replies_total += 1;
-            debug!(error = %e, "reply dropped: the client is gone or not reading");
-        }
-    }
-
-    fn answer(&self, action: Action) -> Vec<u8> {
-        let doc = match action {
-            Action::Ping => json!({
-                "status": "ok", "action": "pong", "role": self.role(), "node": self.node(),
-            }),
-            Action::Status => self.status(),
-        };
-        serde_json::to_vec(&doc).unwrap_or_default()
-    }
-
-    /// The status document (DESIGN §5).
-    fn status(&self) -> serde_json::Value {
-        let errors: serde_json::Map<String, serde_json::Value> = ErrorCode::ALL
-            .iter()
-            .map(|c| {
-                (
-                    c.as_str().to_string(),
-                    self.stats.errors_total[c.index()].into(),
-                )
-            })
-            .collect();
-        let targets: serde_json::Map<String, serde_json::Value> = self
-            .backends
-            .iter()
-            .map(|b| {
-                let doc = json!({
-                    "endpoint": b.endpoint,
-                    "in_flight": b.in_flight,
-                    "waiting_for_backend": b.waiting.iter().filter(|(k, _)| self.table.get(*k).is_some()).count(),
-                    "breaker": b.breaker.state().as_str(),
-                    "requests_total": b.requests_total,
-                    "replies_total": b.replies_total,
-                    "latency_ms": {"p50": b.latency.quantile_ms(0.5), "p99": b.latency.quantile_ms(0.99)},
-                });
-                (b.name.clone(), doc)
-            })
-            .collect();
-        json!({
-            "status": "ok",
+        events(json!({
+            "event": "ready",
             "version": env!("CARGO_PKG_VERSION"),
-            "node": self.node(),
-            "role": self.role(),
-            "uptime_s": self.started.elapsed().as_secs_f64(),
-            "frontend_ports": [self.frontend_port],
-            "draining": self.drain_deadline.is_some(),
-            "requests_total": self.stats.requests_total,
-            "replies_total": self.stats.replies_total,
-            "errors_total": errors,
-            "late_replies_total": self.stats.late_replies_total,
-            "malformed_replies_total": self.stats.malformed_replies_total,
-            "dropped_replies_total": self.stats.dropped_replies_total,
+            "pid": std::process::id(),
+            "node": self.machine.node(),
+            "role": self.state.ha.role,
+            "frontend": frontend,
+            "heartbeat": self.heartbeats.endpoint,
+            "boot": self.heartbeats.boot(),
             "targets": targets,
-        })
+        }));
     }
 }
 
-fn log_transition(backend: &Backend, transition: Option<Transition>) {
-    if let Some(t) = transition {
-        info!(
-            target_name = %backend.name,
-            endpoint = %backend.endpoint,
-            from = %t.from,
-            to = %t.to,
-            reason = t.reason.as_str(),
-            "circuit breaker changed state"
-        );
+fn port_name(port: Port) -> &'static str {
+    match port {
+        Port::Primary => "primary",
+        Port::Secondary => "secondary",
     }
+}
+
+/// Which sockets the last poll found ready.
+#[derive(Default)]
+struct Readiness {
+    stop: bool,
+    heartbeats: bool,
+    frontends: [bool; 2],
+    /// (readable, writable) per target.
+    dealers: Vec<(bool, bool)>,
+}
+
+fn open_frontend(context: &zmq::Context, config: &Config, endpoint: &str) -> zmq::Result<Frontend> {
+    let socket = context.socket(zmq::ROUTER)?;
+    socket.set_router_mandatory(true)?;
+    socket.set_linger(1000)?;
+    // Far above max_message_bytes, so that an oversized request still gets
+    // its `too_large` reply while an absurd one is cut off by the transport
+    // before it reaches memory.
+    let ceiling = config.limits.max_message_bytes.saturating_mul(16);
+    socket.set_maxmsgsize(i64::try_from(ceiling).unwrap_or(i64::MAX))?;
+    socket.set_ipv6(config.bind_host.contains(':'))?;
+    socket.bind(endpoint)?;
+    let bound = socket
+        .get_last_endpoint()?
+        .unwrap_or_else(|_| endpoint.to_string());
+    let port = bound
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
+    Ok(Frontend {
+        socket,
+        endpoint: bound,
+        port,
+        draining_until: None,
+    })
 }
 
 /// Read one whole message without blocking; `false` when none is waiting.
@@ -709,7 +590,7 @@ fn send_envelope<I: Iterator<Item = zmq::Message>>(
     Ok(())
 }
 
-/// Send a reply to a client through the ROUTER, mirroring its delimiter.
+/// Send a reply to a client through a ROUTER, mirroring its delimiter.
 fn send_routed(
     frontend: &zmq::Socket,
     client: zmq::Message,
@@ -734,7 +615,8 @@ fn send_routed(
     Ok(())
 }
 
-fn bound_port(socket: &zmq::Socket) -> anyhow::Result<u16> {
+/// The port a socket was bound to, from its last endpoint.
+pub(crate) fn bound_port(socket: &zmq::Socket) -> anyhow::Result<u16> {
     let endpoint = socket
         .get_last_endpoint()?
         .map_err(|_| anyhow::anyhow!("libzmq reported a non-UTF-8 endpoint"))?;

@@ -3,12 +3,13 @@
 #![allow(dead_code)] // each test module uses a different part
 
 use serde_json::Value;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
-pub use zbridge::lab::{wait_until, BridgeProcess, EchoService, Load, Process, Route};
+pub use zbridge::lab::{
+    free_port, lone_bridge_flags, wait_until, BridgeProcess, EchoService, Load, Process, Route,
+};
 
 pub fn exe() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_zbridge"))
@@ -18,17 +19,13 @@ pub fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// A bridge in the active role on a free port, with the given extra flags.
-/// The seed targets point nowhere unless a flag sets them.
+/// A lone bridge in the active role on a free port, with the given extra
+/// flags. The seed targets point nowhere unless a flag sets them; its peer's
+/// heartbeat port is a free one, so it hears no peer and becomes active
+/// after a short heartbeat_timeout.
 pub fn bridge(extra: &[String]) -> BridgeProcess {
-    let mut args: Vec<String> = [
-        "--mode=active",
-        "--primary-port=0",
-        "--main-pc-addr=",
-        "--pc2-addr=",
-    ]
-    .map(String::from)
-    .to_vec();
+    let mut args = lone_bridge_flags();
+    args.extend(["--main-pc-addr=".into(), "--pc2-addr=".into()]);
     args.extend_from_slice(extra);
     BridgeProcess::spawn(exe(), &args).expect("bridge starts")
 }
@@ -57,14 +54,6 @@ impl Drop for TempConfig {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.0);
     }
-}
-
-/// A port nobody listens on right now.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
 }
 
 /// The pyzmq REP service of tests/peers, on `port` (0: any). Returns it

@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 mod error;
+pub mod heartbeat;
 mod request;
 
 pub use error::{error_reply, ErrorCode, Rejection};

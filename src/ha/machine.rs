@@ -1,0 +1,478 @@
+//! The role machine of DESIGN §2, as pure code: `step(now, event)` returns
+//! the effects the I/O layer must carry out. It never reads a clock, binds a
+//! port or sends a heartbeat; it decides.
+//!
+//! Invariants it keeps: it asks for the primary port only when no running
+//! active peer has been heard for `heartbeat_timeout` (or the peer said it
+//! is leaving); on one host the port itself then decides who is active. Two
+//! actives that hear each other resolve by epoch (a tie: the primary node
+//! stays). A takeover raises the epoch above any epoch heard.
+
+use std::time::{Duration, Instant};
+use zbridge_protocol::heartbeat::{Node, Role, State};
+
+/// The two frontend ports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Port {
+    Primary,
+    Secondary,
+}
+
+impl Port {
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// What the machine is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Start-up of the primary node: waiting to hear its peer.
+    Listening,
+    Active,
+    Passive,
+    Stopping,
+}
+
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Listening => "listening",
+            Phase::Active => "active",
+            Phase::Passive => "passive",
+            Phase::Stopping => "stopping",
+        }
+    }
+}
+
+/// A valid heartbeat from the peer, as the machine needs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Peer {
+    pub role: Role,
+    pub node: Node,
+    pub epoch: u64,
+    pub state: State,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    /// Time passed; check the deadlines.
+    Tick,
+    Heard(Peer),
+    /// The result of a [`Effect::Bind`]: `true` bound, `false` in use.
+    Bound(Port, bool),
+    /// A port asked for with [`Effect::Drain`] is closed.
+    Released(Port),
+    /// SIGTERM or SIGINT.
+    Stop,
+}
+
+/// Why the role changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// Start-up: no active peer heard within heartbeat_timeout.
+    NoActivePeer,
+    /// Start-up: the peer is active.
+    PeerActive,
+    /// The primary port is held by another process.
+    PortHeld,
+    /// No heartbeat from the active peer for heartbeat_timeout.
+    PeerSilent,
+    /// The active peer said it is stopping, or handing over.
+    PeerLeaving,
+    /// Two actives: the peer has the higher epoch (or the tie).
+    HigherEpoch,
+    /// `preempt`: giving the role back to the primary node.
+    Preempt,
+    Stop,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::NoActivePeer => "no_active_peer",
+            Reason::PeerActive => "peer_active",
+            Reason::PortHeld => "primary_port_held",
+            Reason::PeerSilent => "peer_silent",
+            Reason::PeerLeaving => "peer_leaving",
+            Reason::HigherEpoch => "peer_has_higher_epoch",
+            Reason::Preempt => "preempt",
+            Reason::Stop => "stop",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Effect {
+    /// Bind this frontend port; answer with [`Event::Bound`].
+    Bind(Port),
+    /// Refuse new requests on this port with `draining`, answer those in
+    /// flight (bounded by drain_timeout), close it; answer with
+    /// [`Event::Released`].
+    Drain(Port),
+    /// Publish a heartbeat now (it carries [`Machine::state`]).
+    PublishNow,
+    /// Publish a failover notification.
+    Notify,
+    /// Everything is released: end the process.
+    Exit,
+    /// The role changed.
+    Changed {
+        from: Phase,
+        to: Phase,
+        reason: Reason,
+        epoch: u64,
+    },
+    /// The passive wanted the primary port and could not bind it.
+    BindFailed { port: Port, silent_for: Duration },
+}
+
+/// Timings and settings the machine needs from the config.
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    pub node: Node,
+    pub preempt: bool,
+    /// The peer runs on this host: after a takeover the secondary port is
+    /// released so that the peer can rejoin there.
+    pub same_host: bool,
+    pub heartbeat_timeout: Duration,
+    /// Retry interval for a port that the peer is about to release.
+    pub fast_retry: Duration,
+    /// How long a peer that said it is leaving may take to release.
+    pub leave_window: Duration,
+}
+
+pub struct Machine {
+    settings: Settings,
+    phase: Phase,
+    epoch: u64,
+    started: Instant,
+    /// Last evidence that an active peer lives (or when we became passive).
+    active_seen: Instant,
+    peer: Option<(Instant, Peer)>,
+    /// The peer announced it is leaving: take over fast until then.
+    peer_leaving_until: Option<Instant>,
+    bind_pending: [bool; 2],
+    holding: [bool; 2],
+    /// When to try the primary (or secondary) port again.
+    retry_at: [Option<Instant>; 2],
+    /// Draining the primary port to hand it to the primary node.
+    handing_over: bool,
+    failovers: u64,
+    bind_failures: u64,
+    step_downs: u64,
+}
+
+impl Machine {
+    /// A machine starting in `phase` (the primary node listens first; the
+    /// secondary starts passive), and its first effects.
+    pub fn new(settings: Settings, now: Instant) -> (Machine, Vec<Effect>) {
+        let listening = settings.node == Node::Primary;
+        let mut machine = Machine {
+            settings,
+            phase: if listening {
+                Phase::Listening
+            } else {
+                Phase::Passive
+            },
+            epoch: 0,
+            started: now,
+            active_seen: now,
+            peer: None,
+            peer_leaving_until: None,
+            bind_pending: [false; 2],
+            holding: [false; 2],
+            retry_at: [None; 2],
+            handing_over: false,
+            failovers: 0,
+            bind_failures: 0,
+            step_downs: 0,
+        };
+        let mut effects = Vec::new();
+        if !listening {
+            machine.bind(Port::Secondary, &mut effects);
+        }
+        (machine, effects)
+    }
+
+    pub fn phase(&self) -> Phase {
+        self.phase
+    }
+
+    /// The role to publish: a listening or stopping instance is not active.
+    pub fn role(&self) -> Role {
+        match self.phase {
+            Phase::Active => Role::Active,
+            _ => Role::Passive,
+        }
+    }
+
+    pub fn state(&self) -> State {
+        if self.phase == Phase::Stopping {
+            State::Leaving
+        } else if self.handing_over {
+            State::Handover
+        } else {
+            State::Running
+        }
+    }
+
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    pub fn node(&self) -> Node {
+        self.settings.node
+    }
+
+    pub fn peer(&self) -> Option<(Instant, Peer)> {
+        self.peer
+    }
+
+    pub fn failovers(&self) -> u64 {
+        self.failovers
+    }
+
+    pub fn bind_failures(&self) -> u64 {
+        self.bind_failures
+    }
+
+    pub fn step_downs(&self) -> u64 {
+        self.step_downs
+    }
+
+    /// Whether a heartbeat from an active peer arrived within the timeout.
+    pub fn peer_alive(&self, now: Instant) -> bool {
+        self.peer.is_some_and(|(at, _)| {
+            now.saturating_duration_since(at) < self.settings.heartbeat_timeout
+        })
+    }
+
+    /// The next instant at which a [`Event::Tick`] can change something.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        let failover = match self.phase {
+            Phase::Listening => Some(self.started + self.settings.heartbeat_timeout),
+            Phase::Passive if !self.holding[Port::Primary.index()] => {
+                Some(match self.peer_leaving_until {
+                    Some(_) => self.retry_at[0].unwrap_or(self.active_seen),
+                    None => (self.active_seen + self.settings.heartbeat_timeout)
+                        .max(self.retry_at[0].unwrap_or(self.active_seen)),
+                })
+            }
+            _ => None,
+        };
+        let secondary = self.retry_at[Port::Secondary.index()];
+        failover.into_iter().chain(secondary).min()
+    }
+
+    pub fn step(&mut self, now: Instant, event: Event) -> Vec<Effect> {
+        let mut effects = Vec::new();
+        match event {
+            Event::Tick => self.tick(now, &mut effects),
+            Event::Heard(peer) => self.heard(now, peer, &mut effects),
+            Event::Bound(port, ok) => self.bound(now, port, ok, &mut effects),
+            Event::Released(port) => {
+                self.holding[port.index()] = false;
+                if port == Port::Primary {
+                    self.handing_over = false;
+                }
+                self.exit_if_done(&mut effects);
+            }
+            Event::Stop => self.stop(&mut effects),
+        }
+        effects
+    }
+
+    fn tick(&mut self, now: Instant, effects: &mut Vec<Effect>) {
+        let due = |at: Option<Instant>| at.is_none_or(|t| now >= t);
+        match self.phase {
+            Phase::Listening if now >= self.started + self.settings.heartbeat_timeout => {
+                self.bind(Port::Primary, effects);
+            }
+            Phase::Passive if !self.holding[0] && due(self.retry_at[0]) => {
+                if self.peer_leaving_until.is_some_and(|t| now >= t) {
+                    self.peer_leaving_until = None;
+                }
+                let silent = now >= self.active_seen + self.settings.heartbeat_timeout;
+                if silent || self.peer_leaving_until.is_some() {
+                    self.bind(Port::Primary, effects);
+                }
+            }
+            _ => {}
+        }
+        let secondary = Port::Secondary.index();
+        if self.phase == Phase::Passive
+            && !self.holding[secondary]
+            && self.retry_at[secondary].is_some_and(|t| now >= t)
+        {
+            self.bind(Port::Secondary, effects);
+        }
+    }
+
+    fn heard(&mut self, now: Instant, peer: Peer, effects: &mut Vec<Effect>) {
+        self.peer = Some((now, peer));
+        let running_active = peer.role == Role::Active && peer.state == State::Running;
+        let leaving = peer.state != State::Running;
+        if running_active {
+            self.active_seen = now;
+            self.peer_leaving_until = None;
+        }
+        match self.phase {
+            Phase::Listening if running_active => {
+                self.epoch = self.epoch.max(peer.epoch);
+                self.change(Phase::Passive, Reason::PeerActive, effects);
+                self.bind(Port::Secondary, effects);
+            }
+            // A passive or leaving peer: no active to wait for.
+            Phase::Listening => self.bind(Port::Primary, effects),
+            Phase::Passive
+                if (leaving && peer.role == Role::Active) || peer.state == State::Handover =>
+            {
+                if self.peer_leaving_until.is_none() {
+                    self.peer_leaving_until = Some(now + self.settings.leave_window);
+                    self.retry_at[0] = None;
+                }
+                self.bind(Port::Primary, effects);
+            }
+            Phase::Active if running_active => {
+                let peer_wins = peer.epoch > self.epoch
+                    || (peer.epoch == self.epoch && peer.node == Node::Primary);
+                if peer_wins && peer.node != self.settings.node {
+                    self.epoch = peer.epoch;
+                    self.step_downs += 1;
+                    self.give_up_primary(now, Reason::HigherEpoch, effects);
+                }
+            }
+            Phase::Active
+                if self.settings.preempt
+                    && self.settings.node == Node::Secondary
+                    && peer.node == Node::Primary
+                    && peer.role == Role::Passive
+                    && peer.state == State::Running
+                    && !self.handing_over =>
+            {
+                self.handing_over = true;
+                self.give_up_primary(now, Reason::Preempt, effects);
+                effects.push(Effect::PublishNow);
+            }
+            _ => {}
+        }
+    }
+
+    /// Leave the active role: drain the primary port, serve on the
+    /// secondary; the failover timer starts again from now.
+    fn give_up_primary(&mut self, now: Instant, reason: Reason, effects: &mut Vec<Effect>) {
+        self.active_seen = now;
+        self.change(Phase::Passive, reason, effects);
+        effects.push(Effect::Drain(Port::Primary));
+        if !self.holding[Port::Secondary.index()] {
+            self.bind(Port::Secondary, effects);
+        }
+    }
+
+    fn bound(&mut self, now: Instant, port: Port, ok: bool, effects: &mut Vec<Effect>) {
+        let i = port.index();
+        self.bind_pending[i] = false;
+        if ok {
+            self.holding[i] = true;
+            self.retry_at[i] = None;
+        }
+        match (port, ok, self.phase) {
+            (_, true, Phase::Stopping) => effects.push(Effect::Drain(port)),
+            (Port::Primary, true, Phase::Listening) => {
+                self.epoch += 1;
+                self.change(Phase::Active, Reason::NoActivePeer, effects);
+            }
+            (Port::Primary, true, Phase::Passive) => {
+                let reason = if self.peer_leaving_until.take().is_some() {
+                    Reason::PeerLeaving
+                } else {
+                    Reason::PeerSilent
+                };
+                let heard = self.peer.map_or(0, |(_, p)| p.epoch);
+                self.epoch = self.epoch.max(heard) + 1;
+                self.failovers += 1;
+                self.change(Phase::Active, reason, effects);
+                effects.push(Effect::Notify);
+                effects.push(Effect::PublishNow);
+                if self.settings.same_host && self.holding[Port::Secondary.index()] {
+                    effects.push(Effect::Drain(Port::Secondary));
+                }
+            }
+            (Port::Primary, false, Phase::Listening) => {
+                self.active_seen = now;
+                self.change(Phase::Passive, Reason::PortHeld, effects);
+                self.bind(Port::Secondary, effects);
+            }
+            (Port::Primary, false, _) => {
+                self.bind_failures += 1;
+                effects.push(Effect::BindFailed {
+                    port,
+                    silent_for: now.saturating_duration_since(self.active_seen),
+                });
+                let wait = if self.peer_leaving_until.is_some() {
+                    self.settings.fast_retry
+                } else {
+                    self.settings.heartbeat_timeout
+                };
+                self.retry_at[i] = Some(now + wait);
+            }
+            (Port::Secondary, false, _) => {
+                // The peer holds it until it has drained: retry soon.
+                if self.retry_at[i].is_none() {
+                    effects.push(Effect::BindFailed {
+                        port,
+                        silent_for: Duration::ZERO,
+                    });
+                }
+                self.retry_at[i] = Some(now + self.settings.fast_retry);
+            }
+            (_, true, _) => {}
+        }
+    }
+
+    fn stop(&mut self, effects: &mut Vec<Effect>) {
+        if self.phase == Phase::Stopping {
+            return;
+        }
+        self.change(Phase::Stopping, Reason::Stop, effects);
+        effects.push(Effect::PublishNow);
+        for port in [Port::Primary, Port::Secondary] {
+            if self.holding[port.index()] {
+                effects.push(Effect::Drain(port));
+            }
+        }
+        self.exit_if_done(effects);
+    }
+
+    fn exit_if_done(&mut self, effects: &mut Vec<Effect>) {
+        if self.phase == Phase::Stopping
+            && self.holding == [false; 2]
+            && self.bind_pending == [false; 2]
+        {
+            effects.push(Effect::Exit);
+        }
+    }
+
+    fn bind(&mut self, port: Port, effects: &mut Vec<Effect>) {
+        let i = port.index();
+        if !self.bind_pending[i] && !self.holding[i] {
+            self.bind_pending[i] = true;
+            self.retry_at[i] = None;
+            effects.push(Effect::Bind(port));
+        }
+    }
+
+    fn change(&mut self, to: Phase, reason: Reason, effects: &mut Vec<Effect>) {
+        let from = std::mem::replace(&mut self.phase, to);
+        effects.push(Effect::Changed {
+            from,
+            to,
+            reason,
+            epoch: self.epoch,
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,351 @@
+//! Transition tests: (state, event, time) -> (state, effects).
+
+use super::*;
+
+const TIMEOUT: Duration = Duration::from_millis(300);
+const FAST: Duration = Duration::from_millis(20);
+
+fn settings(node: Node, preempt: bool) -> Settings {
+    Settings {
+        node,
+        preempt,
+        same_host: true,
+        heartbeat_timeout: TIMEOUT,
+        fast_retry: FAST,
+        leave_window: Duration::from_secs(2),
+    }
+}
+
+fn ms(t0: Instant, ms: u64) -> Instant {
+    t0 + Duration::from_millis(ms)
+}
+
+fn peer(role: Role, node: Node, epoch: u64, state: State) -> Event {
+    Event::Heard(Peer {
+        role,
+        node,
+        epoch,
+        state,
+    })
+}
+
+fn changed(from: Phase, to: Phase, reason: Reason, epoch: u64) -> Effect {
+    Effect::Changed {
+        from,
+        to,
+        reason,
+        epoch,
+    }
+}
+
+/// A secondary that holds its port and has heard an active primary at t0.
+fn passive_secondary(t0: Instant) -> Machine {
+    let (mut m, effects) = Machine::new(settings(Node::Secondary, false), t0);
+    assert_eq!(effects, [Effect::Bind(Port::Secondary)]);
+    assert_eq!(m.step(t0, Event::Bound(Port::Secondary, true)), []);
+    m.step(t0, peer(Role::Active, Node::Primary, 1, State::Running));
+    m
+}
+
+/// A primary that became active at start-up.
+fn active_primary(t0: Instant, preempt: bool) -> Machine {
+    let (mut m, effects) = Machine::new(settings(Node::Primary, preempt), t0);
+    assert_eq!(effects, []);
+    assert_eq!(m.phase(), Phase::Listening);
+    assert_eq!(m.step(ms(t0, 299), Event::Tick), []);
+    assert_eq!(
+        m.step(ms(t0, 300), Event::Tick),
+        [Effect::Bind(Port::Primary)]
+    );
+    assert_eq!(
+        m.step(ms(t0, 301), Event::Bound(Port::Primary, true)),
+        [changed(
+            Phase::Listening,
+            Phase::Active,
+            Reason::NoActivePeer,
+            1
+        )]
+    );
+    m
+}
+
+#[test]
+fn a_primary_with_no_peer_takes_the_primary_port_after_listening() {
+    let t0 = Instant::now();
+    let m = active_primary(t0, false);
+    assert_eq!(m.role(), Role::Active);
+    assert_eq!(m.epoch(), 1);
+    assert_eq!(m.failovers(), 0, "start-up is not a failover");
+}
+
+#[test]
+fn a_primary_that_hears_an_active_peer_joins_as_passive() {
+    let t0 = Instant::now();
+    let (mut m, _) = Machine::new(settings(Node::Primary, false), t0);
+    assert_eq!(
+        m.step(
+            ms(t0, 50),
+            peer(Role::Active, Node::Secondary, 4, State::Running)
+        ),
+        [
+            changed(Phase::Listening, Phase::Passive, Reason::PeerActive, 4),
+            Effect::Bind(Port::Secondary)
+        ]
+    );
+    // No failback: the active peer keeps beating, nothing happens.
+    m.step(ms(t0, 51), Event::Bound(Port::Secondary, true));
+    for t in (100..2000).step_by(100) {
+        assert_eq!(
+            m.step(
+                ms(t0, t),
+                peer(Role::Active, Node::Secondary, 4, State::Running)
+            ),
+            []
+        );
+        assert_eq!(m.step(ms(t0, t + 1), Event::Tick), []);
+    }
+}
+
+#[test]
+fn a_primary_hearing_a_passive_peer_does_not_wait() {
+    let t0 = Instant::now();
+    let (mut m, _) = Machine::new(settings(Node::Primary, false), t0);
+    assert_eq!(
+        m.step(
+            ms(t0, 10),
+            peer(Role::Passive, Node::Secondary, 0, State::Running)
+        ),
+        [Effect::Bind(Port::Primary)]
+    );
+}
+
+#[test]
+fn a_primary_whose_port_is_held_joins_as_passive() {
+    let t0 = Instant::now();
+    let (mut m, _) = Machine::new(settings(Node::Primary, false), t0);
+    m.step(ms(t0, 300), Event::Tick);
+    assert_eq!(
+        m.step(ms(t0, 301), Event::Bound(Port::Primary, false)),
+        [
+            changed(Phase::Listening, Phase::Passive, Reason::PortHeld, 0),
+            Effect::Bind(Port::Secondary)
+        ]
+    );
+}
+
+#[test]
+fn a_passive_fails_over_after_heartbeat_timeout_of_silence() {
+    let t0 = Instant::now();
+    let mut m = passive_secondary(t0);
+    assert_eq!(m.next_deadline(), Some(ms(t0, 300)));
+    assert_eq!(m.step(ms(t0, 299), Event::Tick), []);
+    assert_eq!(
+        m.step(ms(t0, 300), Event::Tick),
+        [Effect::Bind(Port::Primary)]
+    );
+    assert_eq!(
+        m.step(ms(t0, 301), Event::Bound(Port::Primary, true)),
+        [
+            changed(Phase::Passive, Phase::Active, Reason::PeerSilent, 2),
+            Effect::Notify,
+            Effect::PublishNow,
+            Effect::Drain(Port::Secondary),
+        ]
+    );
+    assert_eq!(m.failovers(), 1);
+    assert_eq!(m.step(ms(t0, 400), Event::Released(Port::Secondary)), []);
+}
+
+#[test]
+fn heartbeats_keep_the_passive_passive() {
+    let t0 = Instant::now();
+    let mut m = passive_secondary(t0);
+    for t in (250..5000).step_by(250) {
+        m.step(
+            ms(t0, t),
+            peer(Role::Active, Node::Primary, 1, State::Running),
+        );
+        assert_eq!(m.step(ms(t0, t + 249), Event::Tick), []);
+    }
+}
+
+#[test]
+fn a_hung_active_holding_the_port_is_retried_every_timeout() {
+    let t0 = Instant::now();
+    let mut m = passive_secondary(t0);
+    m.step(ms(t0, 300), Event::Tick);
+    assert_eq!(
+        m.step(ms(t0, 301), Event::Bound(Port::Primary, false)),
+        [Effect::BindFailed {
+            port: Port::Primary,
+            silent_for: Duration::from_millis(301)
+        }]
+    );
+    assert_eq!(m.phase(), Phase::Passive);
+    assert_eq!(m.step(ms(t0, 600), Event::Tick), []);
+    assert_eq!(
+        m.step(ms(t0, 601), Event::Tick),
+        [Effect::Bind(Port::Primary)]
+    );
+    assert_eq!(m.bind_failures(), 1);
+    // The hung active wakes up and beats again: no takeover.
+    m.step(ms(t0, 602), Event::Bound(Port::Primary, false));
+    m.step(
+        ms(t0, 650),
+        peer(Role::Active, Node::Primary, 1, State::Running),
+    );
+    assert_eq!(m.step(ms(t0, 902), Event::Tick), []);
+}
+
+#[test]
+fn a_leaving_active_is_taken_over_at_once_with_fast_retries() {
+    let t0 = Instant::now();
+    let mut m = passive_secondary(t0);
+    assert_eq!(
+        m.step(
+            ms(t0, 10),
+            peer(Role::Active, Node::Primary, 1, State::Leaving)
+        ),
+        [Effect::Bind(Port::Primary)]
+    );
+    // Still draining: the port is held for a moment.
+    m.step(ms(t0, 11), Event::Bound(Port::Primary, false));
+    assert_eq!(m.next_deadline(), Some(ms(t0, 31)));
+    assert_eq!(
+        m.step(ms(t0, 31), Event::Tick),
+        [Effect::Bind(Port::Primary)]
+    );
+    let effects = m.step(ms(t0, 32), Event::Bound(Port::Primary, true));
+    assert_eq!(
+        effects[0],
+        changed(Phase::Passive, Phase::Active, Reason::PeerLeaving, 2)
+    );
+}
+
+#[test]
+fn two_actives_resolve_by_epoch_and_a_tie_keeps_the_primary() {
+    let t0 = Instant::now();
+    let mut primary = active_primary(t0, false);
+    assert_eq!(
+        primary.step(
+            ms(t0, 400),
+            peer(Role::Active, Node::Secondary, 1, State::Running)
+        ),
+        []
+    );
+    assert_eq!(
+        primary.step(
+            ms(t0, 500),
+            peer(Role::Active, Node::Secondary, 2, State::Running)
+        ),
+        [
+            changed(Phase::Active, Phase::Passive, Reason::HigherEpoch, 2),
+            Effect::Drain(Port::Primary),
+            Effect::Bind(Port::Secondary)
+        ]
+    );
+    assert_eq!(primary.step_downs(), 1);
+
+    let mut secondary = passive_secondary(t0);
+    secondary.step(ms(t0, 300), Event::Tick);
+    secondary.step(ms(t0, 301), Event::Bound(Port::Primary, true));
+    assert_eq!(secondary.epoch(), 2);
+    let effects = secondary.step(
+        ms(t0, 400),
+        peer(Role::Active, Node::Primary, 2, State::Running),
+    );
+    assert_eq!(
+        effects[0],
+        changed(Phase::Active, Phase::Passive, Reason::HigherEpoch, 2)
+    );
+}
+
+#[test]
+fn preempt_hands_the_role_back_to_the_primary_node() {
+    let t0 = Instant::now();
+    for preempt in [false, true] {
+        let (mut m, _) = Machine::new(settings(Node::Secondary, preempt), t0);
+        m.step(t0, Event::Bound(Port::Secondary, true));
+        m.step(ms(t0, 300), Event::Tick);
+        m.step(ms(t0, 301), Event::Bound(Port::Primary, true));
+        m.step(ms(t0, 302), Event::Released(Port::Secondary));
+        let effects = m.step(
+            ms(t0, 400),
+            peer(Role::Passive, Node::Primary, 0, State::Running),
+        );
+        if !preempt {
+            assert_eq!(effects, [], "no failback without preempt");
+            continue;
+        }
+        assert_eq!(
+            effects,
+            [
+                changed(Phase::Active, Phase::Passive, Reason::Preempt, 1),
+                Effect::Drain(Port::Primary),
+                Effect::Bind(Port::Secondary),
+                Effect::PublishNow
+            ]
+        );
+        assert_eq!(m.state(), State::Handover);
+        // The primary still holds the secondary port for a moment.
+        m.step(ms(t0, 401), Event::Bound(Port::Secondary, false));
+        assert_eq!(
+            m.step(ms(t0, 421), Event::Tick),
+            [Effect::Bind(Port::Secondary)]
+        );
+        m.step(ms(t0, 450), Event::Released(Port::Primary));
+        assert_eq!(m.state(), State::Running);
+    }
+    // The primary's side: a handover heartbeat means "take it now".
+    let (mut primary, _) = Machine::new(settings(Node::Primary, true), t0);
+    primary.step(t0, peer(Role::Active, Node::Secondary, 1, State::Running));
+    primary.step(t0, Event::Bound(Port::Secondary, true));
+    assert_eq!(
+        primary.step(
+            ms(t0, 100),
+            peer(Role::Passive, Node::Secondary, 1, State::Handover)
+        ),
+        [Effect::Bind(Port::Primary)]
+    );
+}
+
+#[test]
+fn stop_publishes_leaving_drains_and_exits_when_released() {
+    let t0 = Instant::now();
+    let mut m = active_primary(t0, false);
+    assert_eq!(
+        m.step(ms(t0, 500), Event::Stop),
+        [
+            changed(Phase::Active, Phase::Stopping, Reason::Stop, 1),
+            Effect::PublishNow,
+            Effect::Drain(Port::Primary)
+        ]
+    );
+    assert_eq!(m.state(), State::Leaving);
+    assert_eq!(m.role(), Role::Passive);
+    assert_eq!(
+        m.step(ms(t0, 501), Event::Stop),
+        [],
+        "a second stop changes nothing here"
+    );
+    assert_eq!(
+        m.step(ms(t0, 600), Event::Released(Port::Primary)),
+        [Effect::Exit]
+    );
+}
+
+#[test]
+fn a_stop_during_start_up_exits_once_the_pending_bind_is_undone() {
+    let t0 = Instant::now();
+    let (mut m, _) = Machine::new(settings(Node::Primary, false), t0);
+    m.step(ms(t0, 300), Event::Tick);
+    m.step(ms(t0, 301), Event::Stop);
+    assert_eq!(
+        m.step(ms(t0, 302), Event::Bound(Port::Primary, true)),
+        [Effect::Drain(Port::Primary)]
+    );
+    assert_eq!(
+        m.step(ms(t0, 303), Event::Released(Port::Primary)),
+        [Effect::Exit]
+    );
+}

@@ -1,0 +1,197 @@
+//! High availability: the role machine ([`machine`], pure) and the heartbeat
+//! I/O ([`Heartbeats`]): a PUB socket that publishes this instance's
+//! heartbeats and failover notifications, a SUB socket connected to the
+//! peer's, and the [`Verifier`] every received message passes first. The
+//! relay loop polls the SUB socket and feeds valid heartbeats to the machine.
+
+pub mod machine;
+
+use crate::config::{tcp_endpoint, Config};
+use anyhow::Context as _;
+use std::io::Read;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tracing::{debug, warn};
+use zbridge_protocol::heartbeat::{
+    Heartbeat, Message, Node, Notification, Rejected, Role, State, Verifier,
+};
+
+/// What a heartbeat says about this instance, from the machine and relay.
+pub struct Beat {
+    pub role: Role,
+    pub port: u16,
+    pub load: f64,
+    pub epoch: u64,
+    pub state: State,
+}
+
+pub struct Heartbeats {
+    publisher: zmq::Socket,
+    subscriber: zmq::Socket,
+    verifier: Verifier,
+    token: Option<Vec<u8>>,
+    node: Node,
+    boot: String,
+    seq: u64,
+    started: Instant,
+    interval: Duration,
+    next_publish: Instant,
+    /// Where this instance publishes, and where it listens for its peer.
+    pub endpoint: String,
+    pub peer_endpoint: String,
+    pub rejected: [u64; Rejected::ALL.len()],
+    last_reject_log: Option<Instant>,
+}
+
+impl Heartbeats {
+    pub fn new(context: &zmq::Context, config: &Config, now: Instant) -> anyhow::Result<Self> {
+        let (own_port, peer_port) = config.heartbeat_ports();
+        let publisher = context.socket(zmq::PUB)?;
+        publisher.set_linger(500)?;
+        publisher.set_ipv6(config.bind_host.contains(':'))?;
+        let bind = tcp_endpoint(&config.bind_host, own_port);
+        publisher
+            .bind(&bind)
+            .with_context(|| format!("cannot bind the heartbeat publisher on {bind}"))?;
+        let own_port = crate::relay::bound_port(&publisher)?;
+        let subscriber = context.socket(zmq::SUB)?;
+        subscriber.set_linger(0)?;
+        subscriber.set_ipv6(true)?;
+        subscriber.set_subscribe(b"")?;
+        // A peer that is gone must not be waited for: reconnect quickly.
+        subscriber.set_reconnect_ivl(100)?;
+        subscriber.set_reconnect_ivl_max(1000)?;
+        let peer_endpoint = tcp_endpoint(config.peer_host(), peer_port);
+        subscriber.connect(&peer_endpoint).with_context(|| {
+            format!("cannot connect to the peer's heartbeats at {peer_endpoint}")
+        })?;
+        Ok(Heartbeats {
+            publisher,
+            subscriber,
+            verifier: Verifier::new(config.auth_token.clone(), config.heartbeat_max_skew),
+            token: config.auth_token.clone(),
+            node: config.node(),
+            boot: boot_id(),
+            seq: 0,
+            started: now,
+            interval: config.heartbeat_interval,
+            next_publish: now,
+            endpoint: tcp_endpoint(config.own_host(), own_port),
+            peer_endpoint,
+            rejected: [0; Rejected::ALL.len()],
+            last_reject_log: None,
+        })
+    }
+
+    pub fn subscriber(&self) -> &zmq::Socket {
+        &self.subscriber
+    }
+
+    pub fn boot(&self) -> &str {
+        &self.boot
+    }
+
+    pub fn next_publish(&self) -> Instant {
+        self.next_publish
+    }
+
+    pub fn set_interval(&mut self, interval: Duration) {
+        self.interval = interval;
+    }
+
+    /// Publish a heartbeat now; the next one is due an interval later.
+    pub fn publish(&mut self, now: Instant, beat: Beat) {
+        self.seq += 1;
+        let message = Message::Heartbeat(Heartbeat {
+            timestamp: unix_now(),
+            instance: beat.role,
+            port: beat.port,
+            uptime: now.saturating_duration_since(self.started).as_secs(),
+            load: beat.load,
+            node: self.node,
+            boot: self.boot.clone(),
+            seq: self.seq,
+            epoch: beat.epoch,
+            state: beat.state,
+        });
+        self.send(&message);
+        self.next_publish = now + self.interval;
+    }
+
+    /// Tell the peer and the clients that this instance took over.
+    pub fn notify(&mut self, primary_port: u16, endpoint: String, epoch: u64) {
+        self.seq += 1;
+        let message = Message::FailoverNotification(Notification {
+            timestamp: unix_now(),
+            new_active_port: primary_port,
+            old_active_port: primary_port,
+            node: self.node,
+            endpoints: vec![endpoint],
+            boot: self.boot.clone(),
+            seq: self.seq,
+            epoch,
+        });
+        self.send(&message);
+    }
+
+    fn send(&self, message: &Message) {
+        let frame = message.encode(self.token.as_deref());
+        if let Err(e) = self.publisher.send(frame, zmq::DONTWAIT) {
+            debug!(error = %e, "heartbeat not sent");
+        }
+    }
+
+    /// The valid messages waiting on the subscriber. Invalid ones are
+    /// counted by reason and logged at most once per interval.
+    pub fn receive(&mut self, now: Instant) -> Vec<Message> {
+        let mut valid = Vec::new();
+        while let Ok(frame) = self.subscriber.recv_bytes(zmq::DONTWAIT) {
+            match self.verifier.verify(&frame, unix_now()) {
+                Ok(message) if boot_of(&message) == self.boot => {}
+                Ok(message) => valid.push(message),
+                Err(reason) => {
+                    self.rejected[reason.index()] += 1;
+                    let quiet = self
+                        .last_reject_log
+                        .is_some_and(|t| now.saturating_duration_since(t) < self.interval);
+                    if !quiet {
+                        self.last_reject_log = Some(now);
+                        warn!(
+                            %reason,
+                            from = %self.peer_endpoint,
+                            rejected_total = self.rejected.iter().sum::<u64>(),
+                            "rejected a heartbeat: it neither delays nor causes a failover"
+                        );
+                    }
+                }
+            }
+        }
+        valid
+    }
+}
+
+fn boot_of(message: &Message) -> &str {
+    match message {
+        Message::Heartbeat(h) => &h.boot,
+        Message::FailoverNotification(n) => &n.boot,
+    }
+}
+
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// A random id for this process, so that a restarted peer is told apart.
+fn boot_id() -> String {
+    let mut bytes = [0u8; 8];
+    let random = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes));
+    if random.is_err() {
+        // Unique enough without /dev/urandom: the pid and the clock.
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        bytes = (nanos as u64 ^ u64::from(std::process::id()) << 32).to_le_bytes();
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

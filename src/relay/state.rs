@@ -1,0 +1,497 @@
+//! What the relay loop knows besides its sockets: targets, the in-flight
+//! table, counters; and what it does with a request, a reply or a deadline.
+//! Sockets are lent to it by the loop for each call.
+
+use super::breaker::{Admission, Breaker, Transition};
+use super::inflight::{Deadlines, Key, Table};
+use super::stats::{Histogram, Stats};
+use super::{send_envelope, send_routed, Frontends};
+use crate::config::Config;
+use crate::ha::machine::{Peer, Port};
+use serde_json::{json, Value};
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+use tracing::{debug, info, warn};
+use zbridge_protocol::heartbeat::{Node, Rejected};
+use zbridge_protocol::{error_reply, parse_request, Action, ErrorCode, Request};
+
+pub(super) struct Backend {
+    pub name: String,
+    pub endpoint: String,
+    request_timeout: Duration,
+    breaker: Breaker,
+    deadlines: Deadlines,
+    /// Requests in flight, including those waiting for a connection.
+    in_flight: usize,
+    /// Requests held until a backend is connected, oldest first. An entry
+    /// whose key has left the table (expired) is skipped.
+    pub waiting: VecDeque<(Key, Vec<zmq::Message>)>,
+    requests_total: u64,
+    replies_total: u64,
+    latency: Histogram,
+}
+
+/// A request sent to a backend and not yet answered.
+pub(super) struct Pending {
+    client: zmq::Message,
+    delimiter: bool,
+    /// The frontend the request came in on, and its reply goes out on.
+    frontend: Port,
+    target: usize,
+    sent: Instant,
+    /// Not sent yet: no backend was connected.
+    waiting: bool,
+}
+
+/// What to do with a request, once read.
+enum Next {
+    Reject(ErrorCode, String),
+    Answer(Action),
+    /// Forward body frames from `payload` on to backend `target`.
+    Forward {
+        target: usize,
+        payload: usize,
+    },
+}
+
+/// The high-availability side of the status document, kept up to date by
+/// the loop.
+#[derive(Debug, Clone, Default)]
+pub(super) struct HaView {
+    pub role: &'static str,
+    pub node: Option<Node>,
+    pub epoch: u64,
+    pub peer: Option<(Instant, Peer)>,
+    pub peer_alive: bool,
+    pub failovers: u64,
+    pub bind_failures: u64,
+    pub step_downs: u64,
+    pub rejected: [u64; Rejected::ALL.len()],
+    pub frontend_ports: Vec<u16>,
+}
+
+pub(super) struct State {
+    pub config: Config,
+    started: Instant,
+    pub backends: Vec<Backend>,
+    by_name: HashMap<String, usize>,
+    table: Table<Pending>,
+    stats: Stats,
+    /// Requests in flight by the frontend they came in on.
+    pub front_in_flight: [usize; 2],
+    pub ha: HaView,
+}
+
+impl State {
+    pub fn new(config: Config, now: Instant) -> State {
+        let backends = config
+            .targets
+            .iter()
+            .map(|target| Backend {
+                name: target.name.clone(),
+                endpoint: target.endpoint.clone(),
+                request_timeout: target.request_timeout,
+                breaker: Breaker::new(config.breaker_failure_threshold, config.breaker_open_wait),
+                deadlines: Deadlines::default(),
+                in_flight: 0,
+                waiting: VecDeque::new(),
+                requests_total: 0,
+                replies_total: 0,
+                latency: Histogram::default(),
+            })
+            .collect::<Vec<_>>();
+        let by_name = backends
+            .iter()
+            .enumerate()
+            .map(|(i, b)| (b.name.clone(), i))
+            .collect();
+        State {
+            config,
+            started: now,
+            backends,
+            by_name,
+            table: Table::default(),
+            stats: Stats::default(),
+            front_in_flight: [0; 2],
+            ha: HaView::default(),
+        }
+    }
+
+    /// The earliest request deadline.
+    pub fn next_deadline(&mut self) -> Option<Instant> {
+        let table = &self.table;
+        self.backends
+            .iter_mut()
+            .filter_map(|b| b.deadlines.next(table))
+            .min()
+    }
+
+    pub fn on_request(
+        &mut self,
+        frontends: &Frontends,
+        port: Port,
+        dealers: &[zmq::Socket],
+        frames: &mut Vec<zmq::Message>,
+    ) {
+        self.stats.requests_total += 1;
+        let draining = frontends[port.index()]
+            .as_ref()
+            .is_none_or(|f| f.draining_until.is_some());
+        let parsed = parse_request(&frames[1..], &self.config.limits);
+        let delimiter = parsed.delimiter;
+        let next = match parsed.request {
+            Err(rejection) => Next::Reject(rejection.code, rejection.message),
+            Ok(_) if draining => Next::Reject(
+                ErrorCode::Draining,
+                "this bridge is handing over or shutting down and takes no new requests here: send it to the other bridge".to_string(),
+            ),
+            Ok(Request::Action(action)) => Next::Answer(action),
+            Ok(Request::Forward { target, payload }) => match self.by_name.get(target.as_ref()) {
+                Some(&target) => Next::Forward { target, payload },
+                None => Next::Reject(ErrorCode::UnknownTarget, self.unknown_target(&target)),
+            },
+        };
+        let mut frames = frames.drain(..);
+        let Some(client) = frames.next() else { return };
+        let to = (port, client, delimiter);
+        match next {
+            Next::Reject(code, message) => self.reject(frontends, to, code, &message),
+            Next::Answer(action) => {
+                let body = self.answer(action);
+                self.send_reply(frontends, to, [zmq::Message::from(body)]);
+            }
+            Next::Forward { target, payload } => {
+                let payload = frames.skip(payload);
+                self.forward(frontends, &dealers[target], target, to, payload);
+            }
+        }
+    }
+
+    fn unknown_target(&self, target: &str) -> String {
+        let mut names: Vec<&str> = self.backends.iter().map(|b| b.name.as_str()).collect();
+        names.sort_unstable();
+        let shown: String = target.chars().take(64).collect();
+        format!(
+            "no target named {shown:?} on this bridge; configured targets: {}",
+            if names.is_empty() {
+                "none (add [targets.NAME] to the config)".to_string()
+            } else {
+                names.join(", ")
+            }
+        )
+    }
+
+    fn forward(
+        &mut self,
+        frontends: &Frontends,
+        dealer: &zmq::Socket,
+        target: usize,
+        to: Client,
+        payload: impl Iterator<Item = zmq::Message>,
+    ) {
+        let now = Instant::now();
+        let backend = &mut self.backends[target];
+        if backend.in_flight >= self.config.max_in_flight {
+            let message = format!(
+                "target {} already has {} requests in flight (max_in_flight): the backend is not keeping up; retry later",
+                backend.name, backend.in_flight
+            );
+            return self.reject(frontends, to, ErrorCode::BackendUnavailable, &message);
+        }
+        match backend.breaker.admit(now) {
+            Admission::Refused { retry_after } => {
+                let message = format!(
+                    "target {} is failing, so its circuit breaker is open: retry in {:.1} s",
+                    backend.name,
+                    retry_after.as_secs_f64()
+                );
+                return self.reject(frontends, to, ErrorCode::CircuitOpen, &message);
+            }
+            Admission::Allowed(transition) => log_transition(backend, transition),
+        }
+        let (frontend, client, delimiter) = to;
+        let key = self.table.insert(Pending {
+            client,
+            delimiter,
+            frontend,
+            target,
+            sent: now,
+            waiting: false,
+        });
+        self.front_in_flight[frontend.index()] += 1;
+        let backend = &mut self.backends[target];
+        backend.in_flight += 1;
+        backend.deadlines.push(now + backend.request_timeout, key);
+        let mut payload = payload;
+        let sent = if backend.waiting.is_empty() {
+            send_envelope(dealer, key, &mut payload)
+        } else {
+            // Keep the order: queue behind those already waiting.
+            Err(zmq::Error::EAGAIN)
+        };
+        match sent {
+            Ok(()) => backend.requests_total += 1,
+            Err(zmq::Error::EAGAIN) => {
+                // No backend connected (ZMQ_IMMEDIATE): hold the request
+                // until one is, or until its deadline.
+                if let Some(pending) = self.table.get_mut(key) {
+                    pending.waiting = true;
+                }
+                backend.waiting.push_back((key, payload.collect()));
+            }
+            Err(e) => {
+                // Left in the table as waiting: its deadline answers it.
+                warn!(target_name = %backend.name, error = %e, "cannot send to the backend");
+                if let Some(pending) = self.table.get_mut(key) {
+                    pending.waiting = true;
+                }
+            }
+        }
+    }
+
+    /// Send the requests that waited for a backend, now that one is
+    /// connected, in the order they came.
+    pub fn flush_waiting(&mut self, dealer: &zmq::Socket, target: usize) {
+        let backend = &mut self.backends[target];
+        while let Some((key, frames)) = backend.waiting.pop_front() {
+            let Some(pending) = self.table.get_mut(key) else {
+                continue;
+            };
+            let mut frames = frames.into_iter();
+            match send_envelope(dealer, key, &mut frames) {
+                Ok(()) => {
+                    pending.waiting = false;
+                    backend.requests_total += 1;
+                }
+                Err(zmq::Error::EAGAIN) => {
+                    backend.waiting.push_front((key, frames.collect()));
+                    return;
+                }
+                Err(e) => {
+                    warn!(target_name = %backend.name, error = %e, "cannot send to the backend");
+                }
+            }
+        }
+    }
+
+    /// Take a request out of the table and out of every count.
+    fn take(&mut self, key: Key) -> Option<Pending> {
+        let pending = self.table.remove(key)?;
+        self.backends[pending.target].in_flight -= 1;
+        self.front_in_flight[pending.frontend.index()] -= 1;
+        Some(pending)
+    }
+
+    pub fn on_reply(
+        &mut self,
+        frontends: &Frontends,
+        target: usize,
+        frames: &mut Vec<zmq::Message>,
+    ) {
+        let key = match frames.as_slice() {
+            [key, delimiter, _, ..] if delimiter.is_empty() => Key::from_bytes(key),
+            _ => None,
+        };
+        let Some(key) = key else {
+            self.stats.malformed_replies_total += 1;
+            debug!(target_name = %self.backends[target].name, frames = frames.len(), "dropped a backend message without a bridge envelope");
+            return;
+        };
+        let Some(pending) = self.take(key) else {
+            self.stats.late_replies_total += 1;
+            debug!(target_name = %self.backends[target].name, "dropped a late reply: its request was already answered");
+            return;
+        };
+        let backend = &mut self.backends[pending.target];
+        backend.replies_total += 1;
+        backend.latency.record(pending.sent.elapsed());
+        let transition = backend.breaker.on_success();
+        log_transition(backend, transition);
+        self.stats.replies_total += 1;
+        let to = (pending.frontend, pending.client, pending.delimiter);
+        self.send_reply(frontends, to, frames.drain(2..));
+    }
+
+    /// Answer every request whose deadline has passed.
+    pub fn expire(&mut self, frontends: &Frontends, now: Instant) {
+        for target in 0..self.backends.len() {
+            while let Some(key) = self.backends[target]
+                .deadlines
+                .pop_expired(now, &self.table)
+            {
+                let Some(pending) = self.take(key) else {
+                    continue;
+                };
+                let backend = &mut self.backends[target];
+                let transition = backend.breaker.on_failure(now);
+                log_transition(backend, transition);
+                let timeout = backend.request_timeout.as_secs_f64();
+                let (code, message) = if pending.waiting {
+                    (
+                        ErrorCode::BackendUnavailable,
+                        format!(
+                            "target {} had no connected backend at {} for {timeout:.3} s (request_timeout): is the service running? The bridge keeps reconnecting",
+                            backend.name, backend.endpoint
+                        ),
+                    )
+                } else {
+                    (
+                        ErrorCode::Timeout,
+                        format!(
+                            "target {} did not answer within {timeout:.3} s (request_timeout); the request may still run there",
+                            backend.name
+                        ),
+                    )
+                };
+                let to = (pending.frontend, pending.client, pending.delimiter);
+                self.reject(frontends, to, code, &message);
+            }
+        }
+    }
+
+    /// At the end of a frontend's drain, answer what is still in flight on it.
+    pub fn answer_left(&mut self, frontends: &Frontends, port: Port) {
+        let left = self.table.remove_where(|p| p.frontend == port);
+        if !left.is_empty() {
+            warn!(
+                unanswered = left.len(),
+                ?port,
+                "drain_timeout passed: answering the rest with `draining`"
+            );
+        }
+        for pending in left {
+            self.backends[pending.target].in_flight -= 1;
+            self.front_in_flight[port.index()] -= 1;
+            let message = format!(
+                "the bridge stopped before target {} answered: retry on the other bridge",
+                self.backends[pending.target].name
+            );
+            let to = (pending.frontend, pending.client, pending.delimiter);
+            self.reject(frontends, to, ErrorCode::Draining, &message);
+        }
+    }
+
+    pub fn log_totals(&self) {
+        info!(
+            requests_total = self.stats.requests_total,
+            replies_total = self.stats.replies_total,
+            errors_total = self.stats.errors_total.iter().sum::<u64>(),
+            "stopped"
+        );
+    }
+
+    fn reject(&mut self, frontends: &Frontends, to: Client, code: ErrorCode, message: &str) {
+        self.stats.errors_total[code.index()] += 1;
+        debug!(error = %code, message, "request refused");
+        let body = zmq::Message::from(error_reply(code, message));
+        self.send_reply(frontends, to, [body]);
+    }
+
+    fn send_reply(
+        &mut self,
+        frontends: &Frontends,
+        (port, client, delimiter): Client,
+        body: impl IntoIterator<Item = zmq::Message>,
+    ) {
+        let sent = match &frontends[port.index()] {
+            Some(frontend) => send_routed(&frontend.socket, client, delimiter, body),
+            None => Err(zmq::Error::ENOTSOCK),
+        };
+        if let Err(e) = sent {
+            self.stats.dropped_replies_total += 1;
+            debug!(error = %e, "reply dropped: the client is gone or not reading");
+        }
+    }
+
+    fn answer(&self, action: Action) -> Vec<u8> {
+        let doc = match action {
+            Action::Ping => json!({
+                "status": "ok", "action": "pong", "role": self.ha.role, "node": self.ha.node,
+            }),
+            Action::Status => self.status(),
+        };
+        serde_json::to_vec(&doc).unwrap_or_default()
+    }
+
+    /// The status document (DESIGN §5).
+    fn status(&self) -> Value {
+        let errors: serde_json::Map<String, Value> = ErrorCode::ALL
+            .iter()
+            .map(|c| {
+                (
+                    c.as_str().to_string(),
+                    self.stats.errors_total[c.index()].into(),
+                )
+            })
+            .collect();
+        let rejected: serde_json::Map<String, Value> = Rejected::ALL
+            .iter()
+            .map(|r| (r.as_str().to_string(), self.ha.rejected[r.index()].into()))
+            .collect();
+        let targets: serde_json::Map<String, Value> = self
+            .backends
+            .iter()
+            .map(|b| {
+                let doc = json!({
+                    "endpoint": b.endpoint,
+                    "in_flight": b.in_flight,
+                    "waiting_for_backend": b.waiting.iter().filter(|(k, _)| self.table.get(*k).is_some()).count(),
+                    "breaker": b.breaker.state().as_str(),
+                    "requests_total": b.requests_total,
+                    "replies_total": b.replies_total,
+                    "latency_ms": {"p50": b.latency.quantile_ms(0.5), "p99": b.latency.quantile_ms(0.99)},
+                });
+                (b.name.clone(), doc)
+            })
+            .collect();
+        let peer = self.ha.peer.map(|(at, p)| {
+            json!({
+                "role": p.role,
+                "node": p.node,
+                "epoch": p.epoch,
+                "state": p.state,
+                "last_heartbeat_age_s": at.elapsed().as_secs_f64(),
+                "alive": self.ha.peer_alive,
+            })
+        });
+        json!({
+            "status": "ok",
+            "version": env!("CARGO_PKG_VERSION"),
+            "node": self.ha.node,
+            "role": self.ha.role,
+            "epoch": self.ha.epoch,
+            "uptime_s": self.started.elapsed().as_secs_f64(),
+            "frontend_ports": self.ha.frontend_ports,
+            "peer": peer.unwrap_or(json!({"alive": false})),
+            "redundancy": if self.ha.peer_alive { "ok" } else { "degraded" },
+            "failovers_total": self.ha.failovers,
+            "primary_bind_failures_total": self.ha.bind_failures,
+            "step_downs_total": self.ha.step_downs,
+            "heartbeats_rejected_total": rejected,
+            "requests_total": self.stats.requests_total,
+            "replies_total": self.stats.replies_total,
+            "errors_total": errors,
+            "late_replies_total": self.stats.late_replies_total,
+            "malformed_replies_total": self.stats.malformed_replies_total,
+            "dropped_replies_total": self.stats.dropped_replies_total,
+            "targets": targets,
+        })
+    }
+}
+
+/// Where a reply goes: the frontend, the client's routing id, and whether
+/// it sent a delimiter.
+type Client = (Port, zmq::Message, bool);
+
+fn log_transition(backend: &Backend, transition: Option<Transition>) {
+    if let Some(t) = transition {
+        info!(
+            target_name = %backend.name,
+            endpoint = %backend.endpoint,
+            from = %t.from,
+            to = %t.to,
+            reason = t.reason.as_str(),
+            "circuit breaker changed state"
+        );
+    }
+}
