@@ -58,6 +58,8 @@ pub fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> boo
 pub struct Process {
     child: Child,
     log: Arc<Mutex<Vec<String>>>,
+    /// stdout lines, with the time each was read.
+    out: Arc<Mutex<Vec<(Instant, String)>>>,
 }
 
 impl Process {
@@ -75,10 +77,15 @@ impl Process {
             .spawn()
             .with_context(|| format!("cannot start {name}"))?;
         let log = Arc::new(Mutex::new(Vec::new()));
+        let out = Arc::new(Mutex::new(Vec::new()));
         let (lines, ready_rx) = mpsc::channel();
         if let Some(stdout) = child.stdout.take() {
+            let out = Arc::clone(&out);
             std::thread::spawn(move || {
                 for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                    if let Ok(mut out) = out.lock() {
+                        out.push((Instant::now(), line.clone()));
+                    }
                     let _ = lines.send(line);
                 }
             });
@@ -93,7 +100,7 @@ impl Process {
                 }
             });
         }
-        let mut process = Process { child, log };
+        let mut process = Process { child, log, out };
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -118,6 +125,25 @@ impl Process {
     /// The log lines (stderr) so far.
     pub fn log(&self) -> Vec<String> {
         self.log.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    /// The first JSON line on stdout that satisfies `pred`, with the time
+    /// it was read; waits up to `timeout` for it.
+    pub fn wait_for_event(
+        &self,
+        timeout: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Option<(Instant, Value)> {
+        let mut found = None;
+        wait_until(timeout, || {
+            let out = self.out.lock().map(|o| o.clone()).unwrap_or_default();
+            found = out.into_iter().find_map(|(at, line)| {
+                let doc: Value = serde_json::from_str(&line).ok()?;
+                pred(&doc).then_some((at, doc))
+            });
+            found.is_some()
+        });
+        found
     }
 
     /// Wait until a log line contains `needle`.
@@ -521,4 +547,165 @@ pub fn error_code(frame: &[u8]) -> Option<String> {
     }
     let doc: Value = serde_json::from_slice(frame).ok()?;
     doc["error"].as_str().map(str::to_string)
+}
+
+/// A plain client with retry across bridge endpoints, as an agent without
+/// the client library would write it ("lazy pirate"): one request at a
+/// time, paced at `rate`; an attempt that times out, finds no connection or
+/// gets an error reply is sent again, with the same payload, to the next
+/// endpoint. A socket that timed out is replaced, so a late reply can never
+/// be taken for the answer to a later request.
+#[derive(Debug, Clone)]
+pub struct Retrying {
+    pub endpoints: Vec<String>,
+    pub target: String,
+    /// Requests per second.
+    pub rate: f64,
+    pub duration: Duration,
+    pub attempt_timeout: Duration,
+    /// A request not answered after this long counts as lost.
+    pub give_up: Duration,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct RetryingReport {
+    pub sent: u64,
+    pub ok: u64,
+    pub lost: u64,
+    /// Attempts beyond the first, over all requests.
+    pub retries: u64,
+    /// Times the client moved to another endpoint.
+    pub switches: u64,
+    /// The longest time a request waited for its answer: the gap a caller saw.
+    pub max_wait: Duration,
+    /// When (since start) the longest wait began.
+    pub max_wait_at: Duration,
+    /// Answered requests per 100 ms slice.
+    pub timeline: Vec<u64>,
+    pub errors: BTreeMap<String, u64>,
+}
+
+impl Retrying {
+    fn socket(&self, context: &zmq::Context, endpoint: &str) -> zmq::Result<zmq::Socket> {
+        let socket = context.socket(zmq::DEALER)?;
+        socket.set_linger(0)?;
+        // Fail at once where nothing is connected, and reconnect quickly to
+        // a port that another process has just taken over.
+        socket.set_immediate(true)?;
+        socket.set_reconnect_ivl(10)?;
+        socket.set_reconnect_ivl_max(100)?;
+        socket.connect(endpoint)?;
+        Ok(socket)
+    }
+
+    /// One attempt: `Ok(true)` answered, `Ok(false)` try elsewhere.
+    fn attempt(
+        &self,
+        socket: &zmq::Socket,
+        payload: &[u8],
+        report: &mut RetryingReport,
+    ) -> anyhow::Result<bool> {
+        let deadline = Instant::now() + self.attempt_timeout;
+        let left = |d: Instant| d.saturating_duration_since(Instant::now()).as_millis() as i64;
+        // Wait for a connection (ZMQ_IMMEDIATE): none within the attempt
+        // timeout means this endpoint is down.
+        if socket.poll(zmq::POLLOUT, left(deadline).max(1))? == 0 {
+            return Ok(false);
+        }
+        if socket
+            .send_multipart([self.target.as_bytes(), payload], zmq::DONTWAIT)
+            .is_err()
+        {
+            return Ok(false);
+        }
+        loop {
+            // Wait in short slices: a connection that drops while we wait
+            // (the socket stops being writable, ZMQ_IMMEDIATE) means the
+            // request died with it; retry now rather than at the deadline.
+            let slice = left(deadline).clamp(0, 5);
+            if socket.poll(zmq::POLLIN, slice.max(1))? == 0 {
+                let connected = socket.get_events()?.contains(zmq::POLLOUT);
+                if !connected || Instant::now() >= deadline {
+                    return Ok(false);
+                }
+                continue;
+            }
+            let reply = socket.recv_multipart(0)?;
+            if let [frame] = reply.as_slice() {
+                if frame == payload {
+                    return Ok(true);
+                }
+                if let Some(code) = error_code(frame) {
+                    *report.errors.entry(code).or_default() += 1;
+                    return Ok(false);
+                }
+            }
+            if Instant::now() >= deadline {
+                return Ok(false);
+            }
+        }
+    }
+
+    pub fn run(&self) -> anyhow::Result<RetryingReport> {
+        let context = zmq::Context::new();
+        let mut sockets: Vec<Option<zmq::Socket>> = self.endpoints.iter().map(|_| None).collect();
+        let mut report = RetryingReport::default();
+        let mut current = 0;
+        let start = Instant::now();
+        let interval = Duration::from_secs_f64(1.0 / self.rate.max(0.001));
+        let mut next_send = start;
+        let mut id = 0u64;
+        while next_send < start + self.duration {
+            if let Some(wait) = next_send.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+            id += 1;
+            report.sent += 1;
+            let payload = format!("{id:016x}").into_bytes();
+            let first = Instant::now();
+            let mut endpoint = current;
+            let mut answered = false;
+            while first.elapsed() < self.give_up {
+                let socket = match &sockets[endpoint] {
+                    Some(s) => s,
+                    None => {
+                        sockets[endpoint].insert(self.socket(&context, &self.endpoints[endpoint])?)
+                    }
+                };
+                if self.attempt(socket, &payload, &mut report)? {
+                    answered = true;
+                    break;
+                }
+                // Drop the socket: whatever it still receives is stale.
+                sockets[endpoint] = None;
+                report.retries += 1;
+                endpoint = (endpoint + 1) % self.endpoints.len();
+            }
+            let waited = first.elapsed();
+            if waited > report.max_wait {
+                report.max_wait = waited;
+                report.max_wait_at = first - start;
+            }
+            if answered {
+                report.ok += 1;
+                let slot = ((Instant::now() - start).as_millis() / 100) as usize;
+                if report.timeline.len() <= slot {
+                    report.timeline.resize(slot + 1, 0);
+                }
+                report.timeline[slot] += 1;
+                if endpoint != current {
+                    report.switches += 1;
+                    current = endpoint;
+                }
+            } else {
+                report.lost += 1;
+            }
+            next_send += interval;
+            if next_send < Instant::now() {
+                // Behind schedule after a long wait: do not burst to catch up.
+                next_send = Instant::now();
+            }
+        }
+        Ok(report)
+    }
 }

@@ -6,4 +6,5 @@ mod cli;
 mod drain;
 mod errors;
 mod garbage;
+mod ha;
 mod relay;

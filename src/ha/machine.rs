@@ -199,10 +199,13 @@ impl Machine {
         self.phase
     }
 
-    /// The role to publish: a listening or stopping instance is not active.
+    /// The role to publish: active while holding the primary port as the
+    /// active, including while stopping (its `leaving` heartbeat must say
+    /// that the active is going).
     pub fn role(&self) -> Role {
         match self.phase {
             Phase::Active => Role::Active,
+            Phase::Stopping if self.holding[Port::Primary.index()] => Role::Active,
             _ => Role::Passive,
         }
     }

@@ -46,8 +46,12 @@ pub(crate) struct Frontend {
     endpoint: String,
     port: u16,
     /// Set while draining: new requests get `draining`; closed at this
-    /// deadline or once nothing is in flight on it.
+    /// deadline or once nothing is in flight on it...
     draining_until: Option<Instant>,
+    /// ...but not before this: a port given up after a takeover keeps
+    /// answering `draining` for a moment, so that clients caught in the
+    /// handover are told where to go instead of meeting a closed port.
+    open_until: Option<Instant>,
 }
 
 /// The frontends by [`Port`] index.
@@ -257,7 +261,8 @@ impl Relay {
             .frontends
             .iter()
             .flatten()
-            .filter_map(|f| f.draining_until);
+            .flat_map(|f| [f.draining_until, f.open_until])
+            .flatten();
         let next = self
             .state
             .next_deadline()
@@ -319,7 +324,15 @@ impl Relay {
                 }
                 Effect::Drain(port) => match &mut self.frontends[port.index()] {
                     Some(frontend) => {
-                        frontend.draining_until = Some(now + self.state.config.drain_timeout);
+                        let config = &self.state.config;
+                        frontend.draining_until = Some(now + config.drain_timeout);
+                        // The primary port must move to the peer at once;
+                        // the secondary port can linger for the stragglers.
+                        let linger = match (port, self.machine.phase()) {
+                            (Port::Secondary, Phase::Active) => config.heartbeat_timeout,
+                            _ => Duration::ZERO,
+                        };
+                        frontend.open_until = Some(now + linger.min(config.drain_timeout));
                     }
                     None => self.handle(now, Event::Released(port), events),
                 },
@@ -394,9 +407,11 @@ impl Relay {
     fn finish_drains(&mut self, now: Instant, events: Events) {
         for port in [Port::Primary, Port::Secondary] {
             let i = port.index();
+            let idle = self.state.front_in_flight[i] == 0;
             let done = self.frontends[i].as_ref().is_some_and(|f| {
-                f.draining_until
-                    .is_some_and(|until| self.state.front_in_flight[i] == 0 || now >= until)
+                f.draining_until.is_some_and(|until| {
+                    now >= until || (idle && f.open_until.is_none_or(|t| now >= t))
+                })
             });
             if !done {
                 continue;
@@ -445,12 +460,7 @@ impl Relay {
     /// Copy what the status document shows of the HA side.
     fn sync_view(&mut self, now: Instant) {
         let view = &mut self.state.ha;
-        view.role = match self.machine.phase() {
-            Phase::Active => "active",
-            Phase::Passive => "passive",
-            Phase::Listening => "starting",
-            Phase::Stopping => "stopping",
-        };
+        view.role = role_name(self.machine.phase());
         view.node = Some(self.machine.node());
         view.epoch = self.machine.epoch();
         view.peer = self.machine.peer();
@@ -477,7 +487,7 @@ impl Relay {
         }
         info!(
             version = env!("CARGO_PKG_VERSION"),
-            role = self.state.ha.role,
+            role = role_name(self.machine.phase()),
             frontend = frontend.as_deref().unwrap_or(""),
             pid = std::process::id(),
             "zbridge ready"
@@ -487,12 +497,22 @@ impl Relay {
             "version": env!("CARGO_PKG_VERSION"),
             "pid": std::process::id(),
             "node": self.machine.node(),
-            "role": self.state.ha.role,
+            "role": role_name(self.machine.phase()),
             "frontend": frontend,
             "heartbeat": self.heartbeats.endpoint,
             "boot": self.heartbeats.boot(),
             "targets": targets,
         }));
+    }
+}
+
+/// The role as the status document and the events name it.
+fn role_name(phase: Phase) -> &'static str {
+    match phase {
+        Phase::Active => "active",
+        Phase::Passive => "passive",
+        Phase::Listening => "starting",
+        Phase::Stopping => "stopping",
     }
 }
 
@@ -537,6 +557,7 @@ fn open_frontend(context: &zmq::Context, config: &Config, endpoint: &str) -> zmq
         endpoint: bound,
         port,
         draining_until: None,
+        open_until: None,
     })
 }
 

@@ -173,3 +173,139 @@ pub fn status(endpoint: &str) -> Value {
     let reply = Dealer::connect(endpoint).call(&[br#"{"action":"status"}"#]);
     serde_json::from_slice(&reply[0]).expect("status is JSON")
 }
+
+/// Heartbeat timings of the pair tests: 100 ms / 300 ms.
+pub const INTERVAL: Duration = Duration::from_millis(100);
+pub const TIMEOUT: Duration = Duration::from_millis(300);
+
+/// Two bridges on one host, on free ports, relaying to an echo service as
+/// target `pc2`. Started one by one by the test; killed when dropped.
+pub struct Pair {
+    pub ports: [u16; 4],
+    pub flags: Vec<String>,
+    pub service: EchoService,
+}
+
+impl Pair {
+    pub fn new(extra: &[&str]) -> Pair {
+        let service = EchoService::start(None).unwrap();
+        let ports = [free_port(), free_port(), free_port(), free_port()];
+        let mut flags = vec![
+            format!("--primary-port={}", ports[0]),
+            format!("--secondary-port={}", ports[1]),
+            format!("--primary-heartbeat-port={}", ports[2]),
+            format!("--secondary-heartbeat-port={}", ports[3]),
+            format!("--heartbeat-interval={}", INTERVAL.as_secs_f64()),
+            format!("--heartbeat-timeout={}", TIMEOUT.as_secs_f64()),
+            "--main-pc-addr=".into(),
+            format!("--pc2-addr={}", service.endpoint),
+        ];
+        flags.extend(extra.iter().map(|f| f.to_string()));
+        Pair {
+            ports,
+            flags,
+            service,
+        }
+    }
+
+    pub fn primary_endpoint(&self) -> String {
+        format!("tcp://127.0.0.1:{}", self.ports[0])
+    }
+
+    pub fn secondary_endpoint(&self) -> String {
+        format!("tcp://127.0.0.1:{}", self.ports[1])
+    }
+
+    /// The heartbeat endpoint of the primary (`true`) or secondary instance.
+    pub fn heartbeat_endpoint(&self, primary: bool) -> String {
+        format!(
+            "tcp://127.0.0.1:{}",
+            self.ports[if primary { 2 } else { 3 }]
+        )
+    }
+
+    /// Start an instance (`active` = the primary node, `passive` = the
+    /// secondary) and wait for its ready line.
+    pub fn start(&self, mode: &str) -> BridgeProcess {
+        let mut args = vec![format!("--mode={mode}")];
+        args.extend(self.flags.iter().cloned());
+        BridgeProcess::spawn(exe(), &args).expect("bridge starts")
+    }
+
+    /// Start the primary, then the secondary, and wait until each hears
+    /// the other.
+    pub fn start_both(&self) -> (BridgeProcess, BridgeProcess) {
+        let primary = self.start("active");
+        assert_eq!(primary.ready["role"], "active");
+        let secondary = self.start("passive");
+        assert_eq!(secondary.ready["role"], "passive");
+        assert_eq!(secondary.frontend, self.secondary_endpoint());
+        for endpoint in [self.primary_endpoint(), self.secondary_endpoint()] {
+            assert!(
+                wait_until(Duration::from_secs(5), || status(&endpoint)["peer"]
+                    ["alive"]
+                    == true),
+                "{endpoint} hears its peer"
+            );
+        }
+        (primary, secondary)
+    }
+}
+
+/// The role a bridge reports through `endpoint`, or `None` if it does not
+/// answer within `timeout`.
+pub fn role_at(endpoint: &str, timeout: Duration) -> Option<String> {
+    let client = Dealer::connect(endpoint);
+    client.send(&[br#"{"action":"ping"}"#]);
+    let reply = client.recv(timeout)?;
+    let doc: Value = serde_json::from_slice(reply.last()?).ok()?;
+    doc["role"].as_str().map(str::to_string)
+}
+
+/// A SUB socket on a heartbeat endpoint that has received a first message.
+pub struct Listener {
+    _context: zmq::Context,
+    socket: zmq::Socket,
+}
+
+impl Listener {
+    pub fn new(endpoint: &str) -> Listener {
+        let context = zmq::Context::new();
+        let socket = context.socket(zmq::SUB).unwrap();
+        socket.set_subscribe(b"").unwrap();
+        socket.connect(endpoint).unwrap();
+        let listener = Listener {
+            _context: context,
+            socket,
+        };
+        assert!(
+            listener.next(Duration::from_secs(5)).is_some(),
+            "heartbeats on {endpoint}"
+        );
+        listener
+    }
+
+    pub fn next(&self, timeout: Duration) -> Option<Value> {
+        if self
+            .socket
+            .poll(zmq::POLLIN, timeout.as_millis() as i64)
+            .ok()?
+            == 0
+        {
+            return None;
+        }
+        serde_json::from_slice(&self.socket.recv_bytes(0).ok()?).ok()
+    }
+
+    /// The first message of type `kind` within `timeout`.
+    pub fn wait_for(&self, kind: &str, timeout: Duration) -> Option<Value> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let message = self.next(left)?;
+            if message["type"] == kind {
+                return Some(message);
+            }
+        }
+    }
+}

@@ -322,7 +322,11 @@ fn stop_publishes_leaving_drains_and_exits_when_released() {
         ]
     );
     assert_eq!(m.state(), State::Leaving);
-    assert_eq!(m.role(), Role::Passive);
+    assert_eq!(
+        m.role(),
+        Role::Active,
+        "the leaving heartbeat comes from the active"
+    );
     assert_eq!(
         m.step(ms(t0, 501), Event::Stop),
         [],

@@ -1,0 +1,181 @@
+//! High availability with real processes, killed for real: kill -9,
+//! SIGSTOP/SIGCONT, restarts, preempt, graceful handover under load.
+
+use crate::support::*;
+use std::time::{Duration, Instant};
+use zbridge::lab::Retrying;
+
+fn bound_primary(e: &serde_json::Value) -> bool {
+    e["event"] == "bound" && e["port"] == "primary"
+}
+
+#[test]
+fn kill_9_of_the_active_hands_the_primary_port_to_the_passive_in_time() {
+    let pair = Pair::new(&[]);
+    let (primary, secondary) = pair.start_both();
+    let notifications = Listener::new(&pair.heartbeat_endpoint(false));
+
+    let killed = Instant::now();
+    primary.signal("KILL").unwrap();
+    let (at, _) = secondary
+        .wait_for_event(Duration::from_secs(5), bound_primary)
+        .expect("the passive binds the primary port");
+    let took = at - killed;
+    assert!(
+        took <= TIMEOUT + INTERVAL,
+        "took {took:?}, more than heartbeat_timeout + heartbeat_interval"
+    );
+    drop(primary);
+
+    // A plain pyzmq REQ client that only knows the primary port.
+    let replies = py_client("req", &pair.primary_endpoint(), &[vec![b"pc2", b"after"]]);
+    assert_eq!(replies, [vec![b"after".to_vec()]]);
+
+    let note = notifications
+        .wait_for("failover_notification", Duration::from_secs(5))
+        .expect("a failover notification");
+    assert_eq!(note["node"], "secondary");
+    assert_eq!(note["new_active_port"], pair.ports[0]);
+    assert_eq!(note["endpoints"][0], pair.primary_endpoint());
+    let status = status(&pair.primary_endpoint());
+    assert_eq!(status["role"], "active");
+    assert_eq!(status["failovers_total"], 1);
+    assert_eq!(status["epoch"], 2);
+    assert!(secondary.wait_for_log("peer_silent", Duration::from_secs(1)));
+}
+
+#[test]
+fn a_hung_active_keeps_its_port_and_after_sigcont_there_is_one_active() {
+    let pair = Pair::new(&[]);
+    let (primary, secondary) = pair.start_both();
+    primary.signal("STOP").unwrap();
+    let guard = scopeguard(&primary);
+    assert!(
+        secondary.wait_for_log("cannot bind the primary port", Duration::from_secs(5)),
+        "the passive logs that the bind failed"
+    );
+    let doc = status(&pair.secondary_endpoint());
+    assert_eq!(doc["role"], "passive");
+    assert!(doc["primary_bind_failures_total"].as_u64().unwrap() >= 1);
+    primary.signal("CONT").unwrap();
+    drop(guard);
+    assert!(wait_until(Duration::from_secs(5), || {
+        status(&pair.secondary_endpoint())["peer"]["alive"] == true
+    }));
+    // Exactly one active, and it stays so over several timeouts.
+    let until = Instant::now() + TIMEOUT * 4;
+    while Instant::now() < until {
+        assert_eq!(status(&pair.primary_endpoint())["role"], "active");
+        assert_eq!(status(&pair.secondary_endpoint())["role"], "passive");
+    }
+}
+
+/// Resume a stopped process if the test fails while it is stopped, so
+/// that its Drop can kill it.
+fn scopeguard(process: &BridgeProcess) -> impl Drop + '_ {
+    struct Cont<'a>(&'a BridgeProcess);
+    impl Drop for Cont<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.signal("CONT");
+        }
+    }
+    Cont(process)
+}
+
+#[test]
+fn a_restarted_primary_joins_as_passive_and_does_not_take_the_role_back() {
+    let pair = Pair::new(&[]);
+    let (primary, secondary) = pair.start_both();
+    primary.signal("KILL").unwrap();
+    drop(primary);
+    secondary
+        .wait_for_event(Duration::from_secs(5), bound_primary)
+        .expect("takeover");
+    secondary
+        .wait_for_event(Duration::from_secs(5), |e| {
+            e["event"] == "released" && e["port"] == "secondary"
+        })
+        .expect("the secondary port is released for the peer");
+
+    let restarted = pair.start("active");
+    assert_eq!(restarted.ready["role"], "passive");
+    assert_eq!(restarted.frontend, pair.secondary_endpoint());
+    let until = Instant::now() + TIMEOUT * 4;
+    while Instant::now() < until {
+        assert_eq!(
+            role_at(&pair.primary_endpoint(), Duration::from_secs(2)).as_deref(),
+            Some("active")
+        );
+        assert_eq!(
+            role_at(&pair.secondary_endpoint(), Duration::from_secs(2)).as_deref(),
+            Some("passive")
+        );
+    }
+    assert_eq!(status(&pair.primary_endpoint())["node"], "secondary");
+}
+
+#[test]
+fn with_preempt_the_restarted_primary_takes_the_role_back_by_handover() {
+    let pair = Pair::new(&["--preempt=true"]);
+    let (primary, secondary) = pair.start_both();
+    primary.signal("KILL").unwrap();
+    drop(primary);
+    secondary
+        .wait_for_event(Duration::from_secs(5), bound_primary)
+        .expect("takeover");
+
+    let restarted = pair.start("active");
+    restarted
+        .wait_for_event(Duration::from_secs(5), bound_primary)
+        .expect("the primary takes its port back");
+    secondary
+        .wait_for_event(Duration::from_secs(5), |e| {
+            e["event"] == "role" && e["reason"] == "preempt"
+        })
+        .expect("the secondary hands over");
+    assert!(wait_until(Duration::from_secs(5), || {
+        role_at(&pair.secondary_endpoint(), Duration::from_secs(1)).as_deref() == Some("passive")
+    }));
+    let doc = status(&pair.primary_endpoint());
+    assert_eq!(doc["node"], "primary");
+    assert_eq!(doc["role"], "active");
+    assert_eq!(doc["epoch"], 3, "every takeover raises the epoch");
+}
+
+#[test]
+fn sigterm_of_the_active_under_load_loses_nothing() {
+    let pair = Pair::new(&[]);
+    let (mut primary, secondary) = pair.start_both();
+    let client = Retrying {
+        endpoints: vec![pair.primary_endpoint(), pair.secondary_endpoint()],
+        target: "pc2".into(),
+        rate: 500.0,
+        duration: Duration::from_secs(3),
+        attempt_timeout: Duration::from_millis(500),
+        give_up: Duration::from_secs(5),
+    };
+    let load = std::thread::spawn(move || client.run().unwrap());
+    // Let the load run for a second before the handover.
+    std::thread::sleep(Duration::from_secs(1));
+    primary.signal("TERM").unwrap();
+    let exit = primary.wait_exit(Duration::from_secs(10)).expect("exits");
+    assert!(exit.success(), "{exit:?}");
+    secondary
+        .wait_for_event(Duration::from_secs(5), |e| {
+            e["event"] == "role" && e["reason"] == "peer_leaving"
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "the passive takes over at once, without waiting for a timeout; its log:\n{}",
+                secondary.log().join("\n")
+            )
+        });
+    let report = load.join().unwrap();
+    assert_eq!(report.lost, 0, "{report:?}");
+    assert!(report.ok >= 1000, "{report:?}");
+    assert!(
+        report.max_wait < Duration::from_millis(100),
+        "client-visible gap {:?}: {report:?}",
+        report.max_wait
+    );
+}
