@@ -133,9 +133,15 @@ fn with_preempt_the_restarted_primary_takes_the_role_back_by_handover() {
             e["event"] == "role" && e["reason"] == "preempt"
         })
         .expect("the secondary hands over");
-    assert!(wait_until(Duration::from_secs(5), || {
-        role_at(&pair.secondary_endpoint(), Duration::from_secs(1)).as_deref() == Some("passive")
-    }));
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            role_at(&pair.secondary_endpoint(), Duration::from_secs(1)).as_deref()
+                == Some("passive")
+        }),
+        "the secondary serves as passive again; its log:\n{}\nthe primary's:\n{}",
+        secondary.log().join("\n"),
+        restarted.log().join("\n")
+    );
     let doc = status(&pair.primary_endpoint());
     assert_eq!(doc["node"], "primary");
     assert_eq!(doc["role"], "active");

@@ -264,7 +264,10 @@ impl Machine {
             }
             _ => None,
         };
-        let secondary = self.retry_at[Port::Secondary.index()];
+        let secondary = match self.phase {
+            Phase::Passive => self.retry_at[Port::Secondary.index()],
+            _ => None,
+        };
         failover.into_iter().chain(secondary).min()
     }
 
@@ -278,6 +281,12 @@ impl Machine {
                 self.holding[port.index()] = false;
                 if port == Port::Primary {
                     self.handing_over = false;
+                }
+                // A passive serves on the secondary port: one that was
+                // lingering after a takeover when the role went back is
+                // needed again.
+                if port == Port::Secondary && self.phase == Phase::Passive {
+                    self.bind(Port::Secondary, &mut effects);
                 }
                 self.exit_if_done(&mut effects);
             }

@@ -310,6 +310,49 @@ fn preempt_hands_the_role_back_to_the_primary_node() {
 }
 
 #[test]
+fn a_passive_whose_lingering_secondary_port_closes_binds_it_again() {
+    let t0 = Instant::now();
+    let (mut m, _) = Machine::new(settings(Node::Secondary, true), t0);
+    m.step(t0, Event::Bound(Port::Secondary, true));
+    m.step(ms(t0, 300), Event::Tick);
+    let effects = m.step(ms(t0, 301), Event::Bound(Port::Primary, true));
+    assert!(effects.contains(&Effect::Drain(Port::Secondary)));
+    // The primary node returns while the secondary port still lingers.
+    let effects = m.step(
+        ms(t0, 350),
+        peer(Role::Passive, Node::Primary, 0, State::Running),
+    );
+    assert!(
+        !effects.contains(&Effect::Bind(Port::Secondary)),
+        "still held"
+    );
+    assert_eq!(
+        m.step(ms(t0, 601), Event::Released(Port::Secondary)),
+        [Effect::Bind(Port::Secondary)]
+    );
+}
+
+#[test]
+fn an_active_has_no_secondary_retry_deadline() {
+    let t0 = Instant::now();
+    let (mut m, _) = Machine::new(settings(Node::Primary, false), t0);
+    m.step(t0, peer(Role::Active, Node::Secondary, 1, State::Running));
+    m.step(t0, Event::Bound(Port::Secondary, false));
+    assert_eq!(
+        m.next_deadline(),
+        Some(ms(t0, 20)),
+        "retrying the secondary port"
+    );
+    m.step(
+        ms(t0, 10),
+        peer(Role::Active, Node::Secondary, 1, State::Leaving),
+    );
+    m.step(ms(t0, 11), Event::Bound(Port::Primary, true));
+    assert_eq!(m.phase(), Phase::Active);
+    assert_eq!(m.next_deadline(), None, "nothing to wait for: no busy loop");
+}
+
+#[test]
 fn stop_publishes_leaving_drains_and_exits_when_released() {
     let t0 = Instant::now();
     let mut m = active_primary(t0, false);
