@@ -62,10 +62,11 @@ pub enum Command {
         #[command(subcommand)]
         what: crate::bench::What,
     },
-    /// Run a bridge, two demo services and a client load on loopback.
+    /// Run a pair of bridges, two demo services and a client load on
+    /// loopback, and kill the active mid-run.
     Demo {
-        /// Seconds of load.
-        #[arg(long, default_value_t = 5)]
+        /// Seconds of load (the kill comes after a third of them).
+        #[arg(long, default_value_t = 6)]
         seconds: u64,
     },
 }

@@ -1,105 +1,119 @@
 //! `zbridge demo`: the first thing a newcomer runs. On loopback, with ports
-//! the OS picks: a bridge process, two demo services (`main_pc`, `pc2`) and a
-//! client load; prints what happened, cleans up every process, exits 0.
+//! the OS picks: a primary and a secondary bridge, two demo services
+//! (`main_pc`, `pc2`), two clients at a steady rate; the active is killed
+//! with SIGKILL mid-run. Prints what happened, cleans up every process it
+//! started, exits 0 (1 if a request was lost).
 
-use crate::lab::{error_code, lone_bridge_flags, BridgeProcess, EchoService, Load, Route};
+use crate::lab::{ask, Failover, Fault, RetryingReport};
 use std::time::Duration;
 
 pub fn run(seconds: u64) -> anyhow::Result<()> {
-    let main_pc = EchoService::start(Some("main_pc"))?;
-    let pc2 = EchoService::start(Some("pc2"))?;
     let exe = std::env::current_exe()?;
-    let mut flags = lone_bridge_flags();
-    flags.extend([
-        format!("--main-pc-addr={}", main_pc.endpoint),
-        format!("--pc2-addr={}", pc2.endpoint),
-        "--log-level=warn".into(),
-    ]);
-    let bridge = BridgeProcess::spawn(&exe, &flags)?;
-    println!("zbridge demo: one bridge, two services, a client load, all on loopback\n");
-    println!("  bridge   {}  (pid {})", bridge.frontend, bridge.pid());
-    println!("  main_pc  {}  (a demo echo service)", main_pc.endpoint);
-    println!("  pc2      {}  (a demo echo service)\n", pc2.endpoint);
-
-    // One request of each kind, as an agent would send it.
-    let context = zmq::Context::new();
-    let req = context.socket(zmq::REQ)?;
-    req.set_linger(0)?;
-    req.set_rcvtimeo(5000)?;
-    req.connect(&bridge.frontend)?;
-    for (what, frames) in [
-        (
-            "JSON request",
-            vec![br#"{"target":"pc2","text":"hello"}"#.to_vec()],
+    let total = Duration::from_secs(seconds.max(3));
+    let before = total / 3;
+    let scenario = Failover {
+        fault: Fault::Kill,
+        heartbeat_interval: Duration::from_millis(100),
+        heartbeat_timeout: Duration::from_millis(500),
+        rate: 500.0,
+        before,
+        after: total - before,
+        stopped_for: Duration::ZERO,
+    };
+    println!(
+        "zbridge demo: a redundant pair of bridges, two services and two clients, on loopback"
+    );
+    println!(
+        "heartbeats every {} ms; the passive takes over after {} ms without one\n",
+        scenario.heartbeat_interval.as_millis(),
+        scenario.heartbeat_timeout.as_millis()
+    );
+    let report = scenario.run(&exe, &mut |primary| show_requests(primary))?;
+    println!(
+        "\nload: client A knows both bridges ({}, {}), client B only the primary port;\n\
+         each sends {} requests/s for {} s; after {:.1} s the active gets kill -9.\n",
+        report.primary_endpoint,
+        report.secondary_endpoint,
+        scenario.rate,
+        total.as_secs(),
+        before.as_secs_f64()
+    );
+    println!("  time     client A answered    client B answered    (per 200 ms)");
+    let rows = report
+        .both
+        .timeline
+        .len()
+        .max(report.primary_only.timeline.len());
+    for row in (0..rows).step_by(2) {
+        let a = window(&report.both, row);
+        let b = window(&report.primary_only, row);
+        println!(
+            "  {:>4.1}s  {:>4} {:<12}     {:>4} {:<12}",
+            row as f64 / 10.0,
+            a,
+            "#".repeat((a / 10) as usize),
+            b,
+            "#".repeat((b / 10) as usize)
+        );
+    }
+    println!("\nwhat happened:");
+    match report.takeover {
+        Some(t) => println!(
+            "  the passive bridge held the primary port {} ms after the kill",
+            t.as_millis()
         ),
-        (
-            "multipart request",
-            vec![b"main_pc".to_vec(), b"hello".to_vec()],
-        ),
-        ("unknown target", vec![br#"{"target":"pc3"}"#.to_vec()]),
-        ("not JSON", vec![b"hello?".to_vec()]),
-        ("bridge ping", vec![br#"{"action":"ping"}"#.to_vec()]),
+        None => println!("  the passive bridge did not take over (this is a bug)"),
+    }
+    for (name, r) in [
+        ("A (both bridges)", &report.both),
+        ("B (primary only)", &report.primary_only),
     ] {
-        req.send_multipart(&frames, 0)?;
-        let reply = req.recv_multipart(0)?;
-        let shown: Vec<String> = reply
-            .iter()
-            .map(|f| String::from_utf8_lossy(f).into_owned())
-            .collect();
-        let sent: Vec<String> = frames
-            .iter()
-            .map(|f| String::from_utf8_lossy(f).into_owned())
-            .collect();
-        println!("  {what:<18} {sent:?}\n  {:<18} -> {shown:?}", "");
+        println!(
+            "  client {name}: sent {}, answered {}, lost {}, longest wait for an answer {} ms",
+            r.sent,
+            r.ok,
+            r.lost,
+            r.max_wait.as_millis()
+        );
     }
-
-    let clients = 4;
-    let in_flight = 8;
-    println!("\nload: {clients} DEALER clients x {in_flight} in flight, JSON requests to main_pc and pc2, {seconds} s");
-    let mut report = Load {
-        endpoint: bridge.frontend.clone(),
-        targets: vec!["main_pc".into(), "pc2".into()],
-        path: Route::Json,
-        clients,
-        in_flight,
-        requests: u64::MAX,
-        duration: Duration::from_secs(seconds),
-        payload_bytes: 100,
-        settle: Duration::from_secs(5),
-        tagged: true,
+    if let Some(role) = &report.rejoined_as {
+        println!(
+            "  the killed primary was restarted: it joined as {role} (no failback by default)"
+        );
     }
-    .run()?;
-    println!("  second    answered/s   errors");
-    for (i, (ok, errors)) in report.timeline.iter().enumerate() {
-        println!("  {:>6} {ok:>13} {errors:>8}", i + 1);
-    }
-    println!(
-        "\n  sent {}, answered {}, errors {}, lost {}, mixed up {}",
-        report.sent,
-        report.ok,
-        report.errors.values().sum::<u64>(),
-        report.lost,
-        report.mismatched
-    );
-    println!(
-        "  latency p50 {:.3} ms, p99 {:.3} ms, {:.0} requests/s",
-        report.quantile_ms(0.5),
-        report.quantile_ms(0.99),
-        report.throughput()
-    );
-
-    req.send(&br#"{"action":"status"}"#[..], 0)?;
-    let status: serde_json::Value = serde_json::from_slice(&req.recv_bytes(0)?)?;
-    if let Some(code) = error_code(status.to_string().as_bytes()) {
-        anyhow::bail!("the bridge refused the status action: {code}");
-    }
-    println!(
-        "\nbridge status: role {}, {} requests, {} replies relayed, targets {}",
-        status["role"], status["requests_total"], status["replies_total"], status["targets"]
-    );
-    println!("\nTry it yourself: zbridge run --mode active, then zbridge status.");
-    if report.lost > 0 || report.mismatched > 0 {
-        anyhow::bail!("requests were lost or mixed up: this is a bug, please report it");
+    println!("\nTry it yourself: README.md, \"A two-minute tour\".");
+    if report.both.lost + report.primary_only.lost > 0 {
+        anyhow::bail!("requests were lost: this is a bug, please report it");
     }
     Ok(())
+}
+
+/// Answers in the 200 ms from 100 ms slice `row` on.
+fn window(report: &RetryingReport, row: usize) -> u64 {
+    report.timeline.iter().skip(row).take(2).sum()
+}
+
+/// One request of each kind, as an agent would send it.
+fn show_requests(primary: &str) {
+    println!("requests an agent can send (to the active bridge, {primary}):");
+    let examples: [(&str, &[&[u8]]); 5] = [
+        ("JSON request", &[br#"{"target":"pc2","text":"hello"}"#]),
+        ("multipart request", &[b"main_pc", b"hello"]),
+        ("unknown target", &[br#"{"target":"pc3"}"#]),
+        ("not JSON", &[b"hello?"]),
+        ("bridge ping", &[br#"{"action":"ping"}"#]),
+    ];
+    for (what, frames) in examples {
+        let shown = |frames: &[Vec<u8>]| -> Vec<String> {
+            frames
+                .iter()
+                .map(|f| String::from_utf8_lossy(f).into_owned())
+                .collect()
+        };
+        let sent = shown(&frames.iter().map(|f| f.to_vec()).collect::<Vec<_>>());
+        let reply = ask(primary, frames, Duration::from_secs(5))
+            .map(|r| shown(&r))
+            .unwrap_or_else(|| vec!["(no answer)".into()]);
+        println!("  {what:<18} {sent:?}\n  {:<18} -> {reply:?}", "");
+    }
 }

@@ -39,6 +39,29 @@ pub fn lone_bridge_flags() -> Vec<String> {
     flags
 }
 
+/// Send one request on a fresh DEALER and wait up to `timeout` for the reply.
+pub fn ask(endpoint: &str, frames: &[&[u8]], timeout: Duration) -> Option<Vec<Vec<u8>>> {
+    let context = zmq::Context::new();
+    let socket = context.socket(zmq::DEALER).ok()?;
+    socket.set_linger(0).ok()?;
+    socket.connect(endpoint).ok()?;
+    socket.send_multipart(frames, 0).ok()?;
+    if socket.poll(zmq::POLLIN, timeout.as_millis() as i64).ok()? == 0 {
+        return None;
+    }
+    socket.recv_multipart(0).ok()
+}
+
+/// A bridge's status document, asked through its frontend.
+pub fn status(endpoint: &str) -> Option<Value> {
+    let reply = ask(
+        endpoint,
+        &[br#"{"action":"status"}"#],
+        Duration::from_secs(2),
+    )?;
+    serde_json::from_slice(reply.last()?).ok()
+}
+
 /// Retry `condition` until it holds or `timeout` passes.
 pub fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
@@ -707,5 +730,158 @@ impl Retrying {
             }
         }
         Ok(report)
+    }
+}
+
+/// How the active bridge is made to fail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// kill -9: the process dies, the kernel closes its sockets.
+    Kill,
+    /// SIGSTOP for a while, then SIGCONT: a hung active holding its port.
+    Stop,
+    /// SIGTERM: a planned handover.
+    Term,
+}
+
+impl Fault {
+    pub fn name(self) -> &'static str {
+        match self {
+            Fault::Kill => "kill -9",
+            Fault::Stop => "SIGSTOP+SIGCONT",
+            Fault::Term => "SIGTERM",
+        }
+    }
+}
+
+/// A pair on loopback with two services, two retrying clients (one knows
+/// only the primary port, one knows both), and one fault of the active.
+pub struct Failover {
+    pub fault: Fault,
+    pub heartbeat_interval: Duration,
+    pub heartbeat_timeout: Duration,
+    /// Requests per second of each client.
+    pub rate: f64,
+    /// Load before the fault, and after it.
+    pub before: Duration,
+    pub after: Duration,
+    /// How long a stopped active stays stopped.
+    pub stopped_for: Duration,
+}
+
+pub struct FailoverReport {
+    /// From the fault to the passive holding the primary port.
+    pub takeover: Option<Duration>,
+    /// From the fault to the passive logging that it noticed.
+    pub detection: Option<Duration>,
+    pub primary_only: RetryingReport,
+    pub both: RetryingReport,
+    pub primary_endpoint: String,
+    pub secondary_endpoint: String,
+    /// The restarted primary's role (kill -9 only).
+    pub rejoined_as: Option<String>,
+}
+
+impl Failover {
+    /// Run the scenario; `before_load` is called with the primary's
+    /// endpoint once the pair is up.
+    pub fn run(
+        &self,
+        exe: &Path,
+        before_load: &mut dyn FnMut(&str),
+    ) -> anyhow::Result<FailoverReport> {
+        let main_pc = EchoService::start(None)?;
+        let pc2 = EchoService::start(None)?;
+        let ports = [free_port(), free_port(), free_port(), free_port()];
+        let endpoint = |p: u16| format!("tcp://127.0.0.1:{p}");
+        let flags = |mode: &str| {
+            vec![
+                format!("--mode={mode}"),
+                format!("--primary-port={}", ports[0]),
+                format!("--secondary-port={}", ports[1]),
+                format!("--primary-heartbeat-port={}", ports[2]),
+                format!("--secondary-heartbeat-port={}", ports[3]),
+                format!(
+                    "--heartbeat-interval={}",
+                    self.heartbeat_interval.as_secs_f64()
+                ),
+                format!(
+                    "--heartbeat-timeout={}",
+                    self.heartbeat_timeout.as_secs_f64()
+                ),
+                format!("--main-pc-addr={}", main_pc.endpoint),
+                format!("--pc2-addr={}", pc2.endpoint),
+            ]
+        };
+        let primary = BridgeProcess::spawn(exe, &flags("active"))?;
+        let mut primary = Some(primary);
+        let secondary = BridgeProcess::spawn(exe, &flags("passive"))?;
+        if !wait_until(self.heartbeat_timeout * 10, || {
+            status(&secondary.frontend).is_some_and(|s| s["peer"]["alive"] == true)
+        }) {
+            bail!("the secondary does not hear the primary");
+        }
+        before_load(&endpoint(ports[0]));
+        let client = |endpoints: Vec<String>| Retrying {
+            endpoints,
+            target: "pc2".into(),
+            rate: self.rate,
+            duration: self.before + self.after,
+            attempt_timeout: self.heartbeat_timeout.min(Duration::from_millis(500)),
+            give_up: Duration::from_secs(30),
+        };
+        let primary_only = client(vec![endpoint(ports[0])]);
+        let both = client(vec![endpoint(ports[0]), endpoint(ports[1])]);
+        let loads = [primary_only, both].map(|c| std::thread::spawn(move || c.run()));
+        std::thread::sleep(self.before);
+        let signal = match self.fault {
+            Fault::Kill => "KILL",
+            Fault::Stop => "STOP",
+            Fault::Term => "TERM",
+        };
+        let faulted = Instant::now();
+        if let Some(p) = &primary {
+            p.signal(signal)?;
+        }
+        if self.fault == Fault::Stop {
+            std::thread::sleep(self.stopped_for);
+            if let Some(p) = &primary {
+                p.signal("CONT")?;
+            }
+        }
+        let takeover = secondary
+            .wait_for_event(self.after, |e| {
+                e["event"] == "bound" && e["port"] == "primary"
+            })
+            .map(|(at, _)| at.saturating_duration_since(faulted));
+        let detection = secondary
+            .wait_for_event(self.after, |e| {
+                (e["event"] == "bound" || e["event"] == "bind_failed") && e["port"] == "primary"
+            })
+            .map(|(at, _)| at.saturating_duration_since(faulted));
+        let mut reports = Vec::new();
+        for load in loads {
+            reports.push(
+                load.join()
+                    .map_err(|_| anyhow::anyhow!("a client thread panicked"))??,
+            );
+        }
+        let mut rejoined_as = None;
+        if self.fault == Fault::Kill {
+            drop(primary.take());
+            let restarted = BridgeProcess::spawn(exe, &flags("active"))?;
+            rejoined_as = restarted.ready["role"].as_str().map(str::to_string);
+        }
+        let both = reports.pop().unwrap_or_default();
+        let primary_only = reports.pop().unwrap_or_default();
+        Ok(FailoverReport {
+            takeover,
+            detection,
+            primary_only,
+            both,
+            primary_endpoint: endpoint(ports[0]),
+            secondary_endpoint: endpoint(ports[1]),
+            rejoined_as,
+        })
     }
 }

@@ -367,11 +367,14 @@ impl Relay {
                 Effect::BindFailed {
                     port: Port::Primary,
                     silent_for,
-                } => warn!(
-                    silent_for_s = silent_for.as_secs_f64(),
-                    bind_failures_total = self.machine.bind_failures(),
-                    "cannot bind the primary port: another process holds it (the active may be hung); staying passive, retrying"
-                ),
+                } => {
+                    warn!(
+                        silent_for_s = silent_for.as_secs_f64(),
+                        bind_failures_total = self.machine.bind_failures(),
+                        "cannot bind the primary port: another process holds it (the active may be hung); staying passive, retrying"
+                    );
+                    events(json!({"event": "bind_failed", "port": "primary"}));
+                }
                 Effect::BindFailed {
                     port: Port::Secondary,
                     ..

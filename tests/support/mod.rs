@@ -170,8 +170,7 @@ pub fn error_of(reply: &[Vec<u8>]) -> (String, String) {
 
 /// The bridge's status document, asked through its frontend.
 pub fn status(endpoint: &str) -> Value {
-    let reply = Dealer::connect(endpoint).call(&[br#"{"action":"status"}"#]);
-    serde_json::from_slice(&reply[0]).expect("status is JSON")
+    zbridge::lab::status(endpoint).expect("a status document")
 }
 
 /// Heartbeat timings of the pair tests: 100 ms / 300 ms.
@@ -255,9 +254,7 @@ impl Pair {
 /// The role a bridge reports through `endpoint`, or `None` if it does not
 /// answer within `timeout`.
 pub fn role_at(endpoint: &str, timeout: Duration) -> Option<String> {
-    let client = Dealer::connect(endpoint);
-    client.send(&[br#"{"action":"ping"}"#]);
-    let reply = client.recv(timeout)?;
+    let reply = zbridge::lab::ask(endpoint, &[br#"{"action":"ping"}"#], timeout)?;
     let doc: Value = serde_json::from_slice(reply.last()?).ok()?;
     doc["role"].as_str().map(str::to_string)
 }
