@@ -228,6 +228,12 @@ impl BridgeProcess {
     pub fn spawn(exe: &Path, args: &[String]) -> anyhow::Result<BridgeProcess> {
         let mut command = Command::new(exe);
         command.arg("run").args(args);
+        BridgeProcess::start(command)
+    }
+
+    /// Start a command that runs `zbridge run` (e.g. inside a network
+    /// namespace) and wait for its ready line.
+    pub fn start(command: Command) -> anyhow::Result<BridgeProcess> {
         let (process, line) = Process::spawn(command, |line| {
             serde_json::from_str::<Value>(line).is_ok_and(|doc| doc["event"] == "ready")
         })?;

@@ -185,3 +185,93 @@ fn sigterm_of_the_active_under_load_loses_nothing() {
         report.max_wait
     );
 }
+
+#[test]
+fn forged_stale_and_replayed_heartbeats_neither_delay_nor_cause_a_failover() {
+    use zbridge_protocol::heartbeat::{Heartbeat, Message, Node, Role, State};
+    let pair = Pair::new(&["--auth-token=s3cret", "--heartbeat-max-skew=0.2"]);
+    let (primary, secondary) = pair.start_both();
+
+    // Real, signed heartbeats of the active, captured for replay.
+    let tap = Listener::new(&pair.heartbeat_endpoint(true));
+    let captured: Vec<Vec<u8>> = (0..5)
+        .filter_map(|_| tap.next(Duration::from_secs(2)))
+        .map(|v| v.to_string().into_bytes())
+        .collect();
+    assert_eq!(captured.len(), 5);
+    assert!(captured
+        .iter()
+        .all(|c| String::from_utf8_lossy(c).contains("\"auth\"")));
+
+    let killed = Instant::now();
+    primary.signal("KILL").unwrap();
+    drop(primary);
+    // The forger takes the dead active's heartbeat port and claims to be
+    // a running active, every way it can without the token.
+    let context = zmq::Context::new();
+    let forger = context.socket(zmq::PUB).unwrap();
+    forger.set_linger(0).unwrap();
+    assert!(wait_until(Duration::from_secs(2), || forger
+        .bind(&pair.heartbeat_endpoint(true))
+        .is_ok()));
+    let forged = |seq: u64| {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64();
+        Message::Heartbeat(Heartbeat {
+            timestamp: now,
+            instance: Role::Active,
+            port: pair.ports[0],
+            uptime: 100,
+            load: 0.1,
+            node: Node::Primary,
+            boot: "forger".into(),
+            seq,
+            epoch: 99,
+            state: State::Running,
+        })
+    };
+    let mut seq = 0;
+    let taken = loop {
+        seq += 1;
+        forger.send(forged(seq).encode(None), 0).unwrap();
+        forger.send(forged(seq).encode(Some(b"guess")), 0).unwrap();
+        for frame in &captured {
+            forger.send(&frame[..], 0).unwrap();
+        }
+        if let Some((at, _)) = secondary.wait_for_event(Duration::from_millis(10), bound_primary) {
+            break at;
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(5),
+            "no failover under forged heartbeats"
+        );
+    };
+    let took = taken - killed;
+    assert!(
+        took <= TIMEOUT + INTERVAL,
+        "took {took:?} under forged heartbeats"
+    );
+    // Keep forging for a moment: the new active must not step down either.
+    for _ in 0..20 {
+        seq += 1;
+        forger.send(forged(seq).encode(None), 0).unwrap();
+        forger.send(forged(seq).encode(Some(b"guess")), 0).unwrap();
+        for frame in &captured {
+            forger.send(&frame[..], 0).unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let doc = status(&pair.primary_endpoint());
+    assert_eq!(doc["role"], "active");
+    assert_eq!(doc["node"], "secondary");
+    let rejected = &doc["heartbeats_rejected_total"];
+    for reason in ["missing_auth", "bad_auth"] {
+        assert!(rejected[reason].as_u64().unwrap() > 0, "{reason}: {doc}");
+    }
+    assert!(
+        rejected["replay"].as_u64().unwrap() + rejected["stale"].as_u64().unwrap() > 0,
+        "captured heartbeats are replays or stale: {doc}"
+    );
+}

@@ -7,4 +7,5 @@ mod drain;
 mod errors;
 mod garbage;
 mod ha;
+mod netns;
 mod relay;

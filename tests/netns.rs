@@ -1,0 +1,180 @@
+//! Two hosts: each bridge in its own network namespace, made and deleted by
+//! the test, joined by a veth pair with addresses only inside them. Needs
+//! root (CI runs as root).
+
+use crate::support::*;
+use serde_json::Value;
+use std::process::Command;
+use std::time::Duration;
+
+const ADDR: [&str; 2] = ["10.231.7.1", "10.231.7.2"];
+
+/// Two namespaces joined by a veth pair; deleted when dropped.
+struct Hosts {
+    ns: [String; 2],
+    veth: [String; 2],
+}
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("run ip");
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl Hosts {
+    fn new() -> Hosts {
+        let id = std::process::id() % 100_000;
+        let hosts = Hosts {
+            ns: [format!("zbridge-a-{id}"), format!("zbridge-b-{id}")],
+            veth: [format!("zba{id}"), format!("zbb{id}")],
+        };
+        for ns in &hosts.ns {
+            ip(&["netns", "add", ns]);
+        }
+        ip(&[
+            "link",
+            "add",
+            &hosts.veth[0],
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &hosts.veth[1],
+        ]);
+        for i in 0..2 {
+            ip(&["link", "set", &hosts.veth[i], "netns", &hosts.ns[i]]);
+            ip(&[
+                "-n",
+                &hosts.ns[i],
+                "addr",
+                "add",
+                &format!("{}/24", ADDR[i]),
+                "dev",
+                &hosts.veth[i],
+            ]);
+            ip(&["-n", &hosts.ns[i], "link", "set", "lo", "up"]);
+        }
+        hosts.link(true);
+        hosts
+    }
+
+    /// Bring the link between the two hosts up or down.
+    fn link(&self, up: bool) {
+        for i in 0..2 {
+            let state = if up { "up" } else { "down" };
+            ip(&["-n", &self.ns[i], "link", "set", &self.veth[i], state]);
+        }
+    }
+
+    fn command(&self, host: usize, program: &std::path::Path) -> Command {
+        let mut command = Command::new("ip");
+        command.args(["netns", "exec", &self.ns[host]]).arg(program);
+        command
+    }
+
+    /// A bridge on host 0 (primary) or 1 (secondary).
+    fn bridge(&self, host: usize) -> BridgeProcess {
+        let mut command = self.command(host, exe());
+        command.args([
+            "run",
+            if host == 0 {
+                "--mode=active"
+            } else {
+                "--mode=passive"
+            },
+            &format!("--bind-host={}", ADDR[host]),
+            &format!("--primary-host={}", ADDR[0]),
+            &format!("--secondary-host={}", ADDR[1]),
+            "--heartbeat-interval=0.1",
+            "--heartbeat-timeout=0.3",
+            "--main-pc-addr=",
+            "--pc2-addr=",
+        ]);
+        BridgeProcess::start(command).expect("bridge starts in its namespace")
+    }
+
+    /// The status of the bridge on `host`, serving on `port`.
+    fn status(&self, host: usize, port: u16) -> Option<Value> {
+        let out = self
+            .command(host, exe())
+            .args(["status", "--timeout=1", "--endpoint"])
+            .arg(format!("tcp://{}:{port}", ADDR[host]))
+            .output()
+            .ok()?;
+        serde_json::from_slice(&out.stdout).ok()
+    }
+
+    /// The role of each host's bridge (by whichever port it serves on).
+    fn roles(&self) -> [Option<String>; 2] {
+        [0, 1].map(|host| {
+            [5600, 5601]
+                .iter()
+                .find_map(|&port| self.status(host, port))
+                .and_then(|s| s["role"].as_str().map(str::to_string))
+        })
+    }
+}
+
+impl Drop for Hosts {
+    fn drop(&mut self) {
+        // Deleting a namespace deletes the veth end inside it.
+        for ns in &self.ns {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+#[test]
+fn a_cut_link_makes_two_actives_and_the_healed_link_leaves_one_by_epoch() {
+    let hosts = Hosts::new();
+    let primary = hosts.bridge(0);
+    let secondary = hosts.bridge(1);
+    assert!(
+        wait_until(Duration::from_secs(10), || hosts.roles()
+            == [Some("active".into()), Some("passive".into())]),
+        "{:?}",
+        hosts.roles()
+    );
+    assert!(wait_until(Duration::from_secs(5), || hosts
+        .status(1, 5601)
+        .is_some_and(|s| s["peer"]["alive"] == true)));
+
+    hosts.link(false);
+    secondary
+        .wait_for_event(Duration::from_secs(5), |e| {
+            e["event"] == "bound" && e["port"] == "primary"
+        })
+        .expect("the secondary becomes active on its host");
+    assert_eq!(
+        hosts.roles(),
+        [Some("active".into()), Some("active".into())]
+    );
+
+    hosts.link(true);
+    assert!(
+        wait_until(Duration::from_secs(30), || hosts.roles()
+            == [Some("passive".into()), Some("active".into())]),
+        "one active after the heal, the one with the higher epoch: {:?}\n{}",
+        hosts.roles(),
+        primary.log().join("\n")
+    );
+    primary
+        .wait_for_event(Duration::from_secs(1), |e| {
+            e["event"] == "role" && e["reason"] == "peer_has_higher_epoch"
+        })
+        .expect("the primary stepped down by the epoch rule");
+    // And it stays that way.
+    for _ in 0..5 {
+        assert_eq!(
+            hosts.roles(),
+            [Some("passive".into()), Some("active".into())]
+        );
+    }
+    let doc = hosts.status(1, 5600).expect("status of the new active");
+    assert_eq!(doc["epoch"], 2);
+    assert_eq!(doc["redundancy"], "ok");
+}
