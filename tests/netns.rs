@@ -45,18 +45,10 @@ impl Hosts {
             "name",
             &hosts.veth[1],
         ]);
-        for i in 0..2 {
-            ip(&["link", "set", &hosts.veth[i], "netns", &hosts.ns[i]]);
-            ip(&[
-                "-n",
-                &hosts.ns[i],
-                "addr",
-                "add",
-                &format!("{}/24", ADDR[i]),
-                "dev",
-                &hosts.veth[i],
-            ]);
-            ip(&["-n", &hosts.ns[i], "link", "set", "lo", "up"]);
+        for ((ns, veth), addr) in hosts.ns.iter().zip(&hosts.veth).zip(ADDR) {
+            ip(&["link", "set", veth, "netns", ns]);
+            ip(&["-n", ns, "addr", "add", &format!("{addr}/24"), "dev", veth]);
+            ip(&["-n", ns, "link", "set", "lo", "up"]);
         }
         hosts.link(true);
         hosts
@@ -64,9 +56,9 @@ impl Hosts {
 
     /// Bring the link between the two hosts up or down.
     fn link(&self, up: bool) {
-        for i in 0..2 {
-            let state = if up { "up" } else { "down" };
-            ip(&["-n", &self.ns[i], "link", "set", &self.veth[i], state]);
+        let state = if up { "up" } else { "down" };
+        for (ns, veth) in self.ns.iter().zip(&self.veth) {
+            ip(&["-n", ns, "link", "set", veth, state]);
         }
     }
 
