@@ -5,7 +5,9 @@
 //! for a relay) and a real `zbridge run` process on its JSON and multipart
 //! paths, and prints ratios. Every load is bounded in count and time.
 
-use crate::lab::{lone_bridge_flags, BridgeProcess, EchoService, Load, LoadReport, Route};
+use crate::lab::{
+    lone_bridge_flags, BridgeProcess, EchoService, Failover, Fault, Load, LoadReport, Route,
+};
 use anyhow::Context as _;
 use serde_json::json;
 use std::thread::JoinHandle;
@@ -28,6 +30,13 @@ pub enum What {
         #[arg(long, default_value_t = 3)]
         rounds: usize,
     },
+    /// Failover of a live pair: kill -9, SIGSTOP+SIGCONT and SIGTERM of the
+    /// active, with default and with fast heartbeat timings.
+    Failover {
+        /// Requests per second of each of the two clients.
+        #[arg(long, default_value_t = 500.0)]
+        rate: f64,
+    },
 }
 
 pub fn run(what: What) -> anyhow::Result<()> {
@@ -38,6 +47,7 @@ pub fn run(what: What) -> anyhow::Result<()> {
             memory_requests,
             rounds,
         } => relay(seconds, latency_requests, memory_requests, rounds.max(1)),
+        What::Failover { rate } => failover(rate),
     }
 }
 
@@ -280,5 +290,61 @@ fn check(name: &str, r: &LoadReport) -> anyhow::Result<()> {
             r.errors
         );
     }
+    Ok(())
+}
+
+fn failover(rate: f64) -> anyhow::Result<()> {
+    let exe = std::env::current_exe()?;
+    println!("zbridge bench failover: a pair on loopback, two clients at {rate} requests/s each:");
+    println!("one knows both bridges, one only the primary port; each retries on no answer.\n");
+    println!(
+        "{:<16} {:>11} {:>10} {:>10} {:>13} {:>13} {:>6}",
+        "fault", "timings", "detect ms", "serve ms", "gap ms (1 ep)", "gap ms (2 ep)", "lost"
+    );
+    let mut rows = Vec::new();
+    for (timings, interval, timeout) in [("1.0 s / 3.0 s", 1000, 3000), ("0.1 s / 0.3 s", 100, 300)]
+    {
+        for fault in [Fault::Kill, Fault::Stop, Fault::Term] {
+            let interval = Duration::from_millis(interval);
+            let timeout = Duration::from_millis(timeout);
+            let scenario = Failover {
+                fault,
+                heartbeat_interval: interval,
+                heartbeat_timeout: timeout,
+                rate,
+                before: Duration::from_secs(1),
+                after: timeout * 2 + Duration::from_secs(2),
+                stopped_for: timeout * 2,
+            };
+            let r = scenario.run(&exe, &mut |_| {})?;
+            let ms = |d: Option<Duration>| d.map_or("-".to_string(), |d| d.as_millis().to_string());
+            let lost = r.primary_only.lost + r.both.lost;
+            println!(
+                "{:<16} {:>11} {:>10} {:>10} {:>13} {:>13} {:>6}",
+                fault.name(),
+                timings,
+                ms(r.detection),
+                ms(r.takeover),
+                r.primary_only.max_wait.as_millis(),
+                r.both.max_wait.as_millis(),
+                lost
+            );
+            rows.push(json!({
+                "fault": fault.name(),
+                "heartbeat_interval_ms": interval.as_millis() as u64,
+                "heartbeat_timeout_ms": timeout.as_millis() as u64,
+                "detection_ms": r.detection.map(|d| d.as_secs_f64() * 1e3),
+                "takeover_ms": r.takeover.map(|d| d.as_secs_f64() * 1e3),
+                "gap_primary_only_ms": r.primary_only.max_wait.as_secs_f64() * 1e3,
+                "gap_both_ms": r.both.max_wait.as_secs_f64() * 1e3,
+                "sent": r.primary_only.sent + r.both.sent,
+                "lost": lost,
+            }));
+        }
+    }
+    println!("\ndetect: the fault until the passive acts (takes the port, or finds it held);");
+    println!("serve: the fault until the passive holds the primary port (SIGSTOP: it never does, by design);");
+    println!("gap: the longest a request waited for its answer, for a client of 1 or 2 endpoints.");
+    println!("{}", json!({"bench": "failover", "rows": rows}));
     Ok(())
 }
