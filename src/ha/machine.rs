@@ -365,7 +365,6 @@ impl Machine {
             {
                 self.handing_over = true;
                 self.give_up_primary(now, Reason::Preempt, effects);
-                effects.push(Effect::PublishNow);
             }
             _ => {}
         }
@@ -406,7 +405,6 @@ impl Machine {
                 self.failovers += 1;
                 self.change(Phase::Active, reason, effects);
                 effects.push(Effect::Notify);
-                effects.push(Effect::PublishNow);
                 if self.settings.same_host && self.holding[Port::Secondary.index()] {
                     effects.push(Effect::Drain(Port::Secondary));
                 }
@@ -448,7 +446,6 @@ impl Machine {
             return;
         }
         self.change(Phase::Stopping, Reason::Stop, effects);
-        effects.push(Effect::PublishNow);
         for port in [Port::Primary, Port::Secondary] {
             if self.holding[port.index()] {
                 effects.push(Effect::Drain(port));
@@ -475,6 +472,8 @@ impl Machine {
         }
     }
 
+    /// Change the role, and tell the peer at once rather than at the next
+    /// interval: a role (and its epoch) nobody heard cannot be resolved.
     fn change(&mut self, to: Phase, reason: Reason, effects: &mut Vec<Effect>) {
         let from = std::mem::replace(&mut self.phase, to);
         effects.push(Effect::Changed {
@@ -483,6 +482,7 @@ impl Machine {
             reason,
             epoch: self.epoch,
         });
+        effects.push(Effect::PublishNow);
     }
 }
 

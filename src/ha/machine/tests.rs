@@ -59,14 +59,34 @@ fn active_primary(t0: Instant, preempt: bool) -> Machine {
     );
     assert_eq!(
         m.step(ms(t0, 301), Event::Bound(Port::Primary, true)),
-        [changed(
-            Phase::Listening,
-            Phase::Active,
-            Reason::NoActivePeer,
-            1
-        )]
+        [
+            changed(Phase::Listening, Phase::Active, Reason::NoActivePeer, 1),
+            Effect::PublishNow
+        ]
     );
     m
+}
+
+#[test]
+fn a_takeover_carries_an_epoch_above_any_the_peer_announced() {
+    // The primary became active after hearing a passive peer and was
+    // killed at once: its new epoch went out with its role change.
+    let t0 = Instant::now();
+    let (mut primary, _) = Machine::new(settings(Node::Primary, false), t0);
+    let effects = primary.step(t0, peer(Role::Passive, Node::Secondary, 0, State::Running));
+    assert_eq!(effects, [Effect::Bind(Port::Primary)]);
+    let effects = primary.step(t0, Event::Bound(Port::Primary, true));
+    assert_eq!(effects.last(), Some(&Effect::PublishNow));
+    assert_eq!((primary.role(), primary.epoch()), (Role::Active, 1));
+
+    let mut secondary = passive_secondary(t0);
+    secondary.step(
+        ms(t0, 1),
+        peer(Role::Active, Node::Primary, 1, State::Running),
+    );
+    secondary.step(ms(t0, 301), Event::Tick);
+    secondary.step(ms(t0, 302), Event::Bound(Port::Primary, true));
+    assert_eq!(secondary.epoch(), 2);
 }
 
 #[test]
@@ -89,6 +109,7 @@ fn a_primary_that_hears_an_active_peer_joins_as_passive() {
         ),
         [
             changed(Phase::Listening, Phase::Passive, Reason::PeerActive, 4),
+            Effect::PublishNow,
             Effect::Bind(Port::Secondary)
         ]
     );
@@ -128,6 +149,7 @@ fn a_primary_whose_port_is_held_joins_as_passive() {
         m.step(ms(t0, 301), Event::Bound(Port::Primary, false)),
         [
             changed(Phase::Listening, Phase::Passive, Reason::PortHeld, 0),
+            Effect::PublishNow,
             Effect::Bind(Port::Secondary)
         ]
     );
@@ -147,8 +169,8 @@ fn a_passive_fails_over_after_heartbeat_timeout_of_silence() {
         m.step(ms(t0, 301), Event::Bound(Port::Primary, true)),
         [
             changed(Phase::Passive, Phase::Active, Reason::PeerSilent, 2),
-            Effect::Notify,
             Effect::PublishNow,
+            Effect::Notify,
             Effect::Drain(Port::Secondary),
         ]
     );
@@ -240,6 +262,7 @@ fn two_actives_resolve_by_epoch_and_a_tie_keeps_the_primary() {
         ),
         [
             changed(Phase::Active, Phase::Passive, Reason::HigherEpoch, 2),
+            Effect::PublishNow,
             Effect::Drain(Port::Primary),
             Effect::Bind(Port::Secondary)
         ]
@@ -281,9 +304,9 @@ fn preempt_hands_the_role_back_to_the_primary_node() {
             effects,
             [
                 changed(Phase::Active, Phase::Passive, Reason::Preempt, 1),
+                Effect::PublishNow,
                 Effect::Drain(Port::Primary),
-                Effect::Bind(Port::Secondary),
-                Effect::PublishNow
+                Effect::Bind(Port::Secondary)
             ]
         );
         assert_eq!(m.state(), State::Handover);
