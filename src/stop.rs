@@ -7,18 +7,24 @@
 use std::io::{self, Read};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 pub struct Stop {
     read: UnixStream,
+    /// SIGHUP arrived (it also wakes the poll, with EINTR).
+    hangup: Arc<AtomicBool>,
 }
 
 impl Stop {
-    /// Woken by SIGTERM and SIGINT.
+    /// Woken by SIGTERM and SIGINT; SIGHUP is caught so that it does not
+    /// end the process (see [`Stop::take_hangup`]).
     pub fn on_signals() -> io::Result<Stop> {
         let (stop, write) = Stop::pair()?;
         for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
             signal_hook::low_level::pipe::register(signal, write.try_clone()?)?;
         }
+        signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&stop.hangup))?;
         Ok(stop)
     }
 
@@ -27,11 +33,17 @@ impl Stop {
         let (read, write) = UnixStream::pair()?;
         read.set_nonblocking(true)?;
         write.set_nonblocking(true)?;
-        Ok((Stop { read }, write))
+        let hangup = Arc::new(AtomicBool::new(false));
+        Ok((Stop { read, hangup }, write))
     }
 
     pub fn fd(&self) -> RawFd {
         self.read.as_raw_fd()
+    }
+
+    /// Whether SIGHUP arrived since the last call.
+    pub fn take_hangup(&self) -> bool {
+        self.hangup.swap(false, Ordering::Relaxed)
     }
 
     /// How many stop requests arrived since the last call.

@@ -148,6 +148,19 @@ fn request_and_status_from_a_terminal() {
 }
 
 #[test]
+fn sighup_does_not_stop_the_bridge() {
+    let bridge = bridge(&[]);
+    bridge.signal("HUP").unwrap();
+    assert!(bridge.wait_for_log("SIGHUP", std::time::Duration::from_secs(5)));
+    let pong = zbridge::lab::ask(
+        &bridge.frontend,
+        &[br#"{"action":"ping"}"#],
+        std::time::Duration::from_secs(5),
+    );
+    assert!(pong.is_some(), "still serving after SIGHUP");
+}
+
+#[test]
 fn logs_can_be_json_lines() {
     let bridge = bridge(&["--log-format=json".into()]);
     assert!(bridge.wait_for_log("zbridge ready", std::time::Duration::from_secs(5)));

@@ -160,6 +160,9 @@ impl Relay {
             if ready.stop && stop.take() > 0 {
                 self.on_stop(woke, events);
             }
+            if stop.take_hangup() {
+                warn!("SIGHUP: this version does not reload its config; the running config is unchanged (restart the passive, then the active, to apply a new one)");
+            }
             if ready.heartbeats {
                 for message in self.heartbeats.receive(woke) {
                     let peer = match message {

@@ -419,3 +419,220 @@ fn a_stop_during_start_up_exits_once_the_pending_bind_is_undone() {
         [Effect::Exit]
     );
 }
+
+/// Two machines on two hosts (no port lock to help them), wired through an
+/// in-memory link with a fake clock; random crashes, restarts and graceful
+/// stops of either node.
+mod simulation {
+    use super::*;
+
+    const STEP: Duration = Duration::from_millis(1);
+    const INTERVAL: Duration = Duration::from_millis(100);
+
+    struct Node_ {
+        machine: Option<Machine>,
+        next_beat: Instant,
+        /// Ports being drained, released at this time.
+        draining: Vec<(Port, Instant)>,
+    }
+
+    struct World {
+        t0: Instant,
+        now: Instant,
+        nodes: [Node_; 2],
+        /// Heartbeats in flight: (deliver at, to node, what).
+        link: Vec<(Instant, usize, Peer)>,
+        rng: u64,
+        /// Last time some node was active.
+        last_active: Instant,
+    }
+
+    impl World {
+        fn new(seed: u64) -> World {
+            let t0 = Instant::now();
+            let mut world = World {
+                t0,
+                now: t0,
+                nodes: [0, 1].map(|_| Node_ {
+                    machine: None,
+                    next_beat: t0,
+                    draining: Vec::new(),
+                }),
+                link: Vec::new(),
+                rng: seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1,
+                last_active: t0,
+            };
+            world.start(0);
+            world.start(1);
+            world
+        }
+
+        fn random(&mut self, n: u64) -> u64 {
+            self.rng ^= self.rng << 13;
+            self.rng ^= self.rng >> 7;
+            self.rng ^= self.rng << 17;
+            self.rng % n
+        }
+
+        fn settings(i: usize) -> Settings {
+            Settings {
+                node: if i == 0 {
+                    Node::Primary
+                } else {
+                    Node::Secondary
+                },
+                preempt: false,
+                same_host: false,
+                heartbeat_timeout: TIMEOUT,
+                fast_retry: Duration::from_millis(10),
+                leave_window: Duration::from_secs(1),
+            }
+        }
+
+        fn start(&mut self, i: usize) {
+            let (machine, effects) = Machine::new(Self::settings(i), self.now);
+            self.nodes[i] = Node_ {
+                machine: Some(machine),
+                next_beat: self.now,
+                draining: Vec::new(),
+            };
+            self.apply(i, effects);
+        }
+
+        fn beat(&mut self, i: usize) {
+            let Some(m) = &self.nodes[i].machine else {
+                return;
+            };
+            let peer = Peer {
+                role: m.role(),
+                node: m.node(),
+                epoch: m.epoch(),
+                state: m.state(),
+            };
+            self.link.push((self.now + STEP, 1 - i, peer));
+            self.nodes[i].next_beat = self.now + INTERVAL;
+        }
+
+        fn apply(&mut self, i: usize, effects: Vec<Effect>) {
+            let mut queue = effects;
+            while !queue.is_empty() {
+                let mut next = Vec::new();
+                for effect in queue {
+                    let now = self.now;
+                    let Some(m) = self.nodes[i].machine.as_mut() else {
+                        return;
+                    };
+                    match effect {
+                        // Each host has its own ports: binding succeeds.
+                        Effect::Bind(port) => next.extend(m.step(now, Event::Bound(port, true))),
+                        Effect::Drain(port) => self.nodes[i].draining.push((port, now + 3 * STEP)),
+                        Effect::PublishNow => self.beat(i),
+                        Effect::Exit => self.nodes[i].machine = None,
+                        Effect::Notify | Effect::Changed { .. } | Effect::BindFailed { .. } => {}
+                    }
+                }
+                queue = next;
+            }
+        }
+
+        fn step(&mut self) {
+            self.now += STEP;
+            let now = self.now;
+            let (due, later): (Vec<_>, Vec<_>) =
+                self.link.drain(..).partition(|(at, _, _)| *at <= now);
+            self.link = later;
+            for (_, to, peer) in due {
+                if let Some(m) = self.nodes[to].machine.as_mut() {
+                    let effects = m.step(now, Event::Heard(peer));
+                    self.apply(to, effects);
+                }
+            }
+            for i in 0..2 {
+                let released: Vec<Port> = self.nodes[i]
+                    .draining
+                    .iter()
+                    .filter(|(_, at)| *at <= now)
+                    .map(|(p, _)| *p)
+                    .collect();
+                self.nodes[i].draining.retain(|(_, at)| *at > now);
+                for port in released {
+                    if let Some(m) = self.nodes[i].machine.as_mut() {
+                        let effects = m.step(now, Event::Released(port));
+                        self.apply(i, effects);
+                    }
+                }
+                if let Some(m) = self.nodes[i].machine.as_mut() {
+                    let effects = m.step(now, Event::Tick);
+                    self.apply(i, effects);
+                }
+                if self.nodes[i].machine.is_some() && now >= self.nodes[i].next_beat {
+                    self.beat(i);
+                }
+            }
+        }
+
+        fn actives(&self) -> usize {
+            self.nodes
+                .iter()
+                .filter(|n| {
+                    n.machine
+                        .as_ref()
+                        .is_some_and(|m| m.phase() == Phase::Active)
+                })
+                .count()
+        }
+
+        fn fault(&mut self) {
+            let i = self.random(2) as usize;
+            match (self.random(3), self.nodes[i].machine.is_some()) {
+                (0, true) => {
+                    // kill -9: the process and its heartbeats are gone.
+                    self.nodes[i].machine = None;
+                    self.link.retain(|(_, to, _)| *to == i);
+                }
+                (1, true) => {
+                    let now = self.now;
+                    if let Some(m) = self.nodes[i].machine.as_mut() {
+                        let effects = m.step(now, Event::Stop);
+                        self.apply(i, effects);
+                    }
+                }
+                (_, false) => self.start(i),
+                _ => {}
+            }
+        }
+    }
+
+    #[test]
+    fn never_two_actives_while_heartbeats_get_through_and_always_one_again() {
+        for seed in 1..=40 {
+            let mut world = World::new(seed);
+            let mut next_fault = world.t0 + Duration::from_secs(2);
+            while world.now < world.t0 + Duration::from_secs(60) {
+                world.step();
+                let actives = world.actives();
+                assert!(
+                    actives <= 1,
+                    "seed {seed}: two actives at {:?}",
+                    world.now - world.t0
+                );
+                let alive = world.nodes.iter().any(|n| n.machine.is_some());
+                if actives == 1 || !alive {
+                    world.last_active = world.now;
+                }
+                // Liveness: with a node up, an active within the listening
+                // or failover timeout plus a heartbeat interval.
+                assert!(
+                    world.now - world.last_active <= TIMEOUT + INTERVAL + 10 * STEP,
+                    "seed {seed}: no active for {:?} at {:?}",
+                    world.now - world.last_active,
+                    world.now - world.t0
+                );
+                if world.now >= next_fault {
+                    world.fault();
+                    next_fault = world.now + Duration::from_millis(200 + world.random(2000));
+                }
+            }
+        }
+    }
+}
