@@ -154,6 +154,12 @@ keys! {
     auth_token_file: String = String::new();
     /// The primary instance takes the active role back when it returns.
     preempt: bool = false;
+    /// Address the monitoring HTTP server binds on.
+    monitor_host: String = "127.0.0.1".into();
+    /// Monitoring HTTP port of the primary instance (0: any free port).
+    primary_monitor_port: u16 = 5620;
+    /// Monitoring HTTP port of the secondary instance (0: any free port).
+    secondary_monitor_port: u16 = 5621;
     /// Seconds a request may wait for its backend before a `timeout` reply.
     request_timeout: f64 = 5.0;
     /// Largest request body in bytes; larger ones get `too_large`.
@@ -199,6 +205,9 @@ pub struct Config {
     /// The shared secret, from auth_token, auth_token_file or ZBRIDGE_AUTH_TOKEN.
     pub auth_token: Option<Vec<u8>>,
     pub preempt: bool,
+    pub monitor_host: String,
+    pub primary_monitor_port: u16,
+    pub secondary_monitor_port: u16,
     pub primary_port: u16,
     pub secondary_port: u16,
     pub bind_host: String,
@@ -242,6 +251,18 @@ impl Config {
         match self.node() {
             Node::Primary => (self.primary_heartbeat_port, self.secondary_heartbeat_port),
             Node::Secondary => (self.secondary_heartbeat_port, self.primary_heartbeat_port),
+        }
+    }
+
+    /// Where this instance's monitoring HTTP server binds, as HOST:PORT.
+    pub fn monitor_bind(&self) -> String {
+        let port = match self.node() {
+            Node::Primary => self.primary_monitor_port,
+            Node::Secondary => self.secondary_monitor_port,
+        };
+        match self.monitor_host.parse::<IpAddr>() {
+            Ok(IpAddr::V6(v6)) => format!("[{v6}]:{port}"),
+            _ => format!("{}:{port}", self.monitor_host),
         }
     }
 
@@ -326,6 +347,8 @@ impl File {
             ("secondary_port", self.secondary_port),
             ("primary_heartbeat_port", self.primary_heartbeat_port),
             ("secondary_heartbeat_port", self.secondary_heartbeat_port),
+            ("primary_monitor_port", self.primary_monitor_port),
+            ("secondary_monitor_port", self.secondary_monitor_port),
         ];
         for (i, (key, port)) in ports.iter().enumerate() {
             if let Some((other, _)) = ports[..i].iter().find(|(_, p)| *p == *port && *port != 0) {
@@ -354,6 +377,7 @@ impl File {
             ("bind_host", &self.bind_host),
             ("primary_host", &self.primary_host),
             ("secondary_host", &self.secondary_host),
+            ("monitor_host", &self.monitor_host),
         ] {
             host(key, value)?;
         }
@@ -378,6 +402,9 @@ impl File {
             heartbeat_max_skew,
             auth_token: self.auth_token()?,
             preempt: self.preempt,
+            monitor_host: self.monitor_host.clone(),
+            primary_monitor_port: self.primary_monitor_port,
+            secondary_monitor_port: self.secondary_monitor_port,
             primary_port: self.primary_port,
             secondary_port: self.secondary_port,
             bind_host: self.bind_host.clone(),

@@ -30,6 +30,7 @@ pub fn lone_bridge_flags() -> Vec<String> {
         "--mode=active",
         "--primary-port=0",
         "--primary-heartbeat-port=0",
+        "--primary-monitor-port=0",
         "--heartbeat-interval=0.05",
         "--heartbeat-timeout=0.2",
     ]
@@ -799,6 +800,7 @@ impl Failover {
         let main_pc = EchoService::start(None)?;
         let pc2 = EchoService::start(None)?;
         let ports = [free_port(), free_port(), free_port(), free_port()];
+        let monitors = [free_port(), free_port()];
         let endpoint = |p: u16| format!("tcp://127.0.0.1:{p}");
         let flags = |mode: &str| {
             vec![
@@ -807,6 +809,8 @@ impl Failover {
                 format!("--secondary-port={}", ports[1]),
                 format!("--primary-heartbeat-port={}", ports[2]),
                 format!("--secondary-heartbeat-port={}", ports[3]),
+                format!("--primary-monitor-port={}", monitors[0]),
+                format!("--secondary-monitor-port={}", monitors[1]),
                 format!(
                     "--heartbeat-interval={}",
                     self.heartbeat_interval.as_secs_f64()

@@ -12,6 +12,7 @@ pub mod config;
 pub mod demo;
 pub mod ha;
 pub mod lab;
+pub mod monitor;
 pub mod relay;
 pub mod run;
 pub mod stop;

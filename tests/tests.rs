@@ -7,5 +7,6 @@ mod drain;
 mod errors;
 mod garbage;
 mod ha;
+mod monitor;
 mod netns;
 mod relay;

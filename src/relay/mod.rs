@@ -26,6 +26,7 @@ mod stats;
 use crate::config::{tcp_endpoint, Config};
 use crate::ha::machine::{Effect, Event, Machine, Peer, Phase, Port, Settings};
 use crate::ha::{Beat, Heartbeats};
+use crate::monitor;
 use crate::stop::Stop;
 use inflight::Key;
 use serde_json::{json, Value};
@@ -38,6 +39,8 @@ use zbridge_protocol::heartbeat::{Message, Role, State as PeerState};
 const BATCH: usize = 256;
 /// How long start-up waits for backends to accept their connections.
 const CONNECT_GRACE: Duration = Duration::from_millis(250);
+/// How often the monitoring snapshot is refreshed.
+const SNAPSHOT_EVERY: Duration = Duration::from_millis(100);
 
 /// A bound frontend port.
 pub(crate) struct Frontend {
@@ -74,6 +77,9 @@ pub struct Relay {
     /// Time spent working (not waiting in poll) since the last heartbeat.
     busy: Duration,
     last_beat: Instant,
+    monitor: monitor::Shared,
+    monitor_endpoint: String,
+    next_snapshot: Instant,
 }
 
 impl Relay {
@@ -113,6 +119,22 @@ impl Relay {
             leave_window: config.drain_timeout + config.heartbeat_timeout * 2,
         };
         let (machine, first_effects) = Machine::new(settings, now);
+        let state = State::new(config, now);
+        let monitor = std::sync::Arc::new(std::sync::Mutex::new(monitor::Snapshot {
+            status: state.status(),
+            serving: false,
+            taken: now,
+        }));
+        let bind = state.config.monitor_bind();
+        // Stale after a few heartbeat intervals without a refresh: the loop
+        // is stuck.
+        let stale = (state.config.heartbeat_interval * 3).max(Duration::from_secs(2));
+        let port = monitor::start(&bind, std::sync::Arc::clone(&monitor), stale)?;
+        let monitor_endpoint = format!(
+            "http://{}",
+            bind.rsplit_once(':')
+                .map_or(bind.clone(), |(host, _)| format!("{host}:{port}"))
+        );
         Ok(Relay {
             context,
             frontends: [None, None],
@@ -120,11 +142,14 @@ impl Relay {
             heartbeats,
             machine,
             first_effects,
-            state: State::new(config, now),
+            state,
             ready: false,
             exit: false,
             busy: Duration::ZERO,
             last_beat: now,
+            monitor,
+            monitor_endpoint,
+            next_snapshot: now,
         })
     }
 
@@ -150,6 +175,9 @@ impl Relay {
             self.handle(now, Event::Tick, events);
             if now >= self.heartbeats.next_publish() {
                 self.publish(now);
+            }
+            if now >= self.next_snapshot {
+                self.snapshot(now);
             }
             if self.exit {
                 break;
@@ -272,7 +300,7 @@ impl Relay {
             .into_iter()
             .chain(drains)
             .chain(self.machine.next_deadline())
-            .chain([self.heartbeats.next_publish()])
+            .chain([self.heartbeats.next_publish(), self.next_snapshot])
             .min();
         match next {
             None => -1,
@@ -366,6 +394,7 @@ impl Relay {
                         "event": "role", "from": from.as_str(), "to": to.as_str(),
                         "reason": reason.as_str(), "epoch": epoch,
                     }));
+                    self.next_snapshot = now;
                 }
                 Effect::BindFailed {
                     port: Port::Primary,
@@ -463,6 +492,21 @@ impl Relay {
         );
     }
 
+    /// Refresh what the monitoring server shows.
+    fn snapshot(&mut self, now: Instant) {
+        self.sync_view(now);
+        let snapshot = monitor::Snapshot {
+            status: self.state.status(),
+            serving: self.machine.phase() != Phase::Stopping
+                && self.frontends.iter().any(Option::is_some),
+            taken: now,
+        };
+        if let Ok(mut shared) = self.monitor.lock() {
+            *shared = snapshot;
+        }
+        self.next_snapshot = now + SNAPSHOT_EVERY;
+    }
+
     /// Copy what the status document shows of the HA side.
     fn sync_view(&mut self, now: Instant) {
         let view = &mut self.state.ha;
@@ -506,6 +550,7 @@ impl Relay {
             "role": role_name(self.machine.phase()),
             "frontend": frontend,
             "heartbeat": self.heartbeats.endpoint,
+            "monitor": self.monitor_endpoint,
             "boot": self.heartbeats.boot(),
             "targets": targets,
         }));

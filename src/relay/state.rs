@@ -414,7 +414,7 @@ impl State {
     }
 
     /// The status document (DESIGN §5).
-    fn status(&self) -> Value {
+    pub fn status(&self) -> Value {
         let errors: serde_json::Map<String, Value> = ErrorCode::ALL
             .iter()
             .map(|c| {

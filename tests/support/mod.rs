@@ -194,6 +194,8 @@ impl Pair {
             format!("--secondary-port={}", ports[1]),
             format!("--primary-heartbeat-port={}", ports[2]),
             format!("--secondary-heartbeat-port={}", ports[3]),
+            format!("--primary-monitor-port={}", free_port()),
+            format!("--secondary-monitor-port={}", free_port()),
             format!("--heartbeat-interval={}", INTERVAL.as_secs_f64()),
             format!("--heartbeat-timeout={}", TIMEOUT.as_secs_f64()),
             "--main-pc-addr=".into(),

@@ -1,0 +1,115 @@
+//! HTTP monitoring through a real HTTP client, and /metrics through the
+//! official Prometheus parser: values move with traffic and with a failover.
+
+use crate::support::*;
+use serde_json::Value;
+use std::process::Command;
+use std::time::Duration;
+
+fn get(url: &str, metrics: bool) -> Value {
+    let mut command = Command::new("python3");
+    command.arg(root().join("tests/peers/scrape.py")).arg(url);
+    if metrics {
+        command.arg("--metrics");
+    }
+    let out = command.output().expect("run python3");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("scrape output")
+}
+
+fn json_body(reply: &Value) -> Value {
+    serde_json::from_str(reply["body"].as_str().unwrap()).unwrap()
+}
+
+/// The value of the sample `name` with label `label` (if any).
+fn sample(scrape: &Value, name: &str, label: Option<(&str, &str)>) -> Option<f64> {
+    scrape["samples"].as_array()?.iter().find_map(|s| {
+        let matches = s[0] == name && label.is_none_or(|(k, v)| s[1][k] == v);
+        matches.then(|| s[2].as_f64()).flatten()
+    })
+}
+
+#[test]
+fn health_status_and_metrics_move_with_traffic_and_with_a_failover() {
+    let pair = Pair::new(&[]);
+    let (primary, secondary) = pair.start_both();
+    let monitor = |b: &BridgeProcess| b.ready["monitor"].as_str().unwrap().to_string();
+    let (p, s) = (monitor(&primary), monitor(&secondary));
+
+    let health = get(&format!("{p}/health"), false);
+    assert_eq!(health["code"], 200);
+    assert_eq!(
+        json_body(&health),
+        serde_json::json!({"status": "ok", "role": "active"})
+    );
+    assert_eq!(
+        json_body(&get(&format!("{s}/health"), false))["role"],
+        "passive"
+    );
+    let missing = get(&format!("{p}/nope"), false);
+    assert_eq!(missing["code"], 404);
+
+    for i in 0..5u8 {
+        assert!(zbridge::lab::ask(
+            &pair.primary_endpoint(),
+            &[b"pc2", &[i]],
+            Duration::from_secs(5)
+        )
+        .is_some());
+    }
+    assert!(wait_until(Duration::from_secs(5), || {
+        json_body(&get(&format!("{p}/status"), false))["targets"]["pc2"]["replies_total"] == 5
+    }));
+    let scrape = get(&format!("{p}/metrics"), true);
+    assert!(scrape["content_type"]
+        .as_str()
+        .unwrap()
+        .starts_with("application/openmetrics-text"));
+    assert_eq!(
+        sample(
+            &scrape,
+            "zbridge_target_replies_total",
+            Some(("target", "pc2"))
+        ),
+        Some(5.0)
+    );
+    assert!(sample(&scrape, "zbridge_requests_total", None).unwrap() >= 5.0);
+    assert_eq!(sample(&scrape, "zbridge_role", None), Some(1.0));
+    assert_eq!(sample(&scrape, "zbridge_peer_alive", None), Some(1.0));
+    assert!(
+        sample(
+            &scrape,
+            "zbridge_target_latency_seconds",
+            Some(("quantile", "0.99"))
+        )
+        .unwrap()
+            > 0.0
+    );
+    assert_eq!(
+        sample(
+            &scrape,
+            "zbridge_errors_total",
+            Some(("code", "invalid_json"))
+        ),
+        Some(0.0)
+    );
+    let before = get(&format!("{s}/metrics"), true);
+    assert_eq!(sample(&before, "zbridge_role", None), Some(0.0));
+
+    primary.signal("KILL").unwrap();
+    assert!(wait_until(Duration::from_secs(5), || {
+        let after = get(&format!("{s}/metrics"), true);
+        sample(&after, "zbridge_role", None) == Some(1.0)
+            && sample(&after, "zbridge_failovers_total", None) == Some(1.0)
+    }));
+    let after = get(&format!("{s}/metrics"), true);
+    assert_eq!(sample(&after, "zbridge_peer_alive", None), Some(0.0));
+    assert_eq!(
+        json_body(&get(&format!("{s}/status"), false))["redundancy"],
+        "degraded"
+    );
+}
