@@ -8,6 +8,7 @@
 //! Validation happens before any socket is bound.
 
 use crate::ha::machine::Port;
+use crate::relay::Rate;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
@@ -170,6 +171,18 @@ keys! {
     max_in_flight: usize = 10_000;
     /// Seconds a stopping bridge waits for in-flight requests.
     drain_timeout: f64 = 5.0;
+    /// Requests per second one client may send (0: no limit); more get
+    /// `rate_limited`.
+    rate_limit_per_client: f64 = 0.0;
+    /// Requests one client may send at once (0: one second's worth).
+    rate_limit_per_client_burst: f64 = 0.0;
+    /// Requests per second for the whole bridge (0: no limit).
+    rate_limit_global: f64 = 0.0;
+    /// Requests the whole bridge takes at once (0: one second's worth).
+    rate_limit_global_burst: f64 = 0.0;
+    /// Client identities tracked by the per-client limit; beyond it, new
+    /// clients share one bucket.
+    rate_limit_clients: usize = 65_536;
     /// Consecutive failures of a target that open its circuit breaker.
     breaker_failure_threshold: u32 = 5;
     /// Seconds an open breaker fails fast before it lets one probe through.
@@ -215,6 +228,9 @@ pub struct Config {
     pub limits: Limits,
     pub max_in_flight: usize,
     pub drain_timeout: Duration,
+    pub rate_limit_per_client: Option<Rate>,
+    pub rate_limit_global: Option<Rate>,
+    pub rate_limit_clients: usize,
     pub breaker_failure_threshold: u32,
     pub breaker_open_wait: Duration,
     pub log_format: LogFormat,
@@ -384,6 +400,7 @@ impl File {
         at_least("max_message_bytes", self.max_message_bytes, 1)?;
         at_least("max_frames", self.max_frames, 1)?;
         at_least("max_in_flight", self.max_in_flight, 1)?;
+        at_least("rate_limit_clients", self.rate_limit_clients, 1)?;
         at_least(
             "breaker_failure_threshold",
             self.breaker_failure_threshold as usize,
@@ -415,6 +432,17 @@ impl File {
             },
             max_in_flight: self.max_in_flight,
             drain_timeout: seconds("drain_timeout", self.drain_timeout)?,
+            rate_limit_per_client: rate(
+                "rate_limit_per_client",
+                self.rate_limit_per_client,
+                self.rate_limit_per_client_burst,
+            )?,
+            rate_limit_global: rate(
+                "rate_limit_global",
+                self.rate_limit_global,
+                self.rate_limit_global_burst,
+            )?,
+            rate_limit_clients: self.rate_limit_clients,
             breaker_failure_threshold: self.breaker_failure_threshold,
             breaker_open_wait: positive_seconds("breaker_open_wait", self.breaker_open_wait)?,
             log_format: self.log_format,
@@ -530,6 +558,32 @@ fn positive_seconds(key: &str, value: f64) -> Result<Duration, ConfigError> {
         )),
         d => Ok(d),
     }
+}
+
+/// A rate limit from its two keys; `None` when the rate is 0.
+fn rate(key: &str, per_second: f64, burst: f64) -> Result<Option<Rate>, ConfigError> {
+    for (key, value) in [
+        (key.to_string(), per_second),
+        (format!("{key}_burst"), burst),
+    ] {
+        if !value.is_finite() || value < 0.0 {
+            return Err(ConfigError::new(
+                key,
+                format!("must be 0 (no limit) or more; got {value}"),
+            ));
+        }
+    }
+    if per_second == 0.0 {
+        return Ok(None);
+    }
+    let burst = if burst == 0.0 { per_second } else { burst };
+    if burst < 1.0 {
+        return Err(ConfigError::new(
+            format!("{key}_burst"),
+            format!("must be at least 1 request, or no request could ever pass; got {burst}"),
+        ));
+    }
+    Ok(Some(Rate { per_second, burst }))
 }
 
 fn at_least(key: &str, value: usize, min: usize) -> Result<(), ConfigError> {
@@ -654,6 +708,11 @@ mod tests {
         assert_eq!(err("pc2_addr = \"tcp://h:0\"").key, "pc2_addr");
         assert_eq!(err("bind_host = \"a b\"").key, "bind_host");
         assert_eq!(err("max_frames = 0").key, "max_frames");
+        assert_eq!(err("rate_limit_global = -1").key, "rate_limit_global");
+        assert_eq!(
+            err("rate_limit_per_client = 0.5").key,
+            "rate_limit_per_client_burst"
+        );
         assert_eq!(
             err("[targets.pc2]\nendpoint = \"tcp://127.0.0.1:1\"").key,
             "targets.pc2"

@@ -152,3 +152,62 @@ fn a_killed_backend_opens_the_breaker_which_closes_when_it_is_back() {
         "closed"
     );
 }
+
+#[test]
+fn a_client_over_its_rate_limit_gets_rate_limited_while_another_is_served() {
+    let rs = EchoService::start(None).unwrap();
+    let bridge = bridge(&[
+        format!("--pc2-addr={}", rs.endpoint),
+        "--rate-limit-per-client=50".into(),
+        "--rate-limit-per-client-burst=10".into(),
+    ]);
+    // A second client, well under the limit, throughout.
+    let endpoint = bridge.frontend.clone();
+    let polite = std::thread::spawn(move || {
+        let client = Dealer::connect(&endpoint);
+        (0..20u8)
+            .map(|i| {
+                let reply = client.call(&[b"pc2", &[i]]);
+                std::thread::sleep(Duration::from_millis(50));
+                reply == [vec![i]]
+            })
+            .filter(|ok| *ok)
+            .count()
+    });
+    // A flood: 500 requests at once, ten times what its limit allows in
+    // the time it takes.
+    let flood = Dealer::connect(&bridge.frontend);
+    let started = Instant::now();
+    for i in 0..500u16 {
+        flood.send(&[b"pc2", &i.to_le_bytes()]);
+    }
+    let (mut ok, mut limited) = (0, 0);
+    for _ in 0..500 {
+        let reply = flood
+            .recv(Duration::from_secs(10))
+            .expect("every request is answered");
+        if reply.len() == 1 && reply[0].len() == 2 {
+            ok += 1;
+        } else {
+            let (code, message) = error_of(&reply);
+            assert_eq!(code, "rate_limited");
+            assert!(message.contains("rate_limit_per_client"), "{message}");
+            limited += 1;
+        }
+    }
+    let allowed = 10.0 + 50.0 * started.elapsed().as_secs_f64();
+    assert!(
+        ok >= 10 && f64::from(ok) <= allowed + 1.0,
+        "{ok} passed, {allowed} allowed"
+    );
+    assert_eq!(ok + limited, 500);
+    assert_eq!(
+        polite.join().unwrap(),
+        20,
+        "the polite client is never limited"
+    );
+    assert_eq!(
+        status(&bridge.frontend)["errors_total"]["rate_limited"],
+        limited
+    );
+}

@@ -20,8 +20,11 @@
 
 mod breaker;
 mod inflight;
+mod limit;
 mod state;
 mod stats;
+
+pub use limit::Rate;
 
 use crate::config::{tcp_endpoint, Config};
 use crate::ha::machine::{Effect, Event, Machine, Peer, Phase, Port, Settings};

@@ -4,6 +4,7 @@
 
 use super::breaker::{Admission, Breaker, Transition};
 use super::inflight::{Deadlines, Key, Table};
+use super::limit::{Limit, Limiter};
 use super::stats::{Histogram, Stats};
 use super::{send_envelope, send_routed, Frontends};
 use crate::config::Config;
@@ -13,7 +14,7 @@ use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
 use zbridge_protocol::heartbeat::{Node, Rejected};
-use zbridge_protocol::{error_reply, parse_request, Action, ErrorCode, Request};
+use zbridge_protocol::{error_reply, parse_request, Action, ErrorCode, Rejection, Request};
 
 pub(super) struct Backend {
     pub name: String,
@@ -80,6 +81,7 @@ pub(super) struct State {
     /// Requests in flight by the frontend they came in on.
     pub front_in_flight: [usize; 2],
     pub ha: HaView,
+    limiter: Limiter,
 }
 
 impl State {
@@ -105,7 +107,14 @@ impl State {
             .enumerate()
             .map(|(i, b)| (b.name.clone(), i))
             .collect();
+        let limiter = Limiter::new(
+            config.rate_limit_per_client,
+            config.rate_limit_global,
+            config.rate_limit_clients,
+            now,
+        );
         State {
+            limiter,
             config,
             started: now,
             backends,
@@ -137,19 +146,17 @@ impl State {
         let draining = frontends[port.index()]
             .as_ref()
             .is_none_or(|f| f.draining_until.is_some());
+        let limited = match self.limiter.enabled() {
+            true => self.limiter.admit(&frames[0], Instant::now()).err(),
+            false => None,
+        };
         let parsed = parse_request(&frames[1..], &self.config.limits);
         let delimiter = parsed.delimiter;
-        let next = match parsed.request {
-            Err(rejection) => Next::Reject(rejection.code, rejection.message),
-            Ok(_) if draining => Next::Reject(
-                ErrorCode::Draining,
-                "this bridge is handing over or shutting down and takes no new requests here: send it to the other bridge".to_string(),
-            ),
-            Ok(Request::Action(action)) => Next::Answer(action),
-            Ok(Request::Forward { target, payload }) => match self.by_name.get(target.as_ref()) {
-                Some(&target) => Next::Forward { target, payload },
-                None => Next::Reject(ErrorCode::UnknownTarget, self.unknown_target(&target)),
-            },
+        let next = match (limited, parsed.request) {
+            (Some((limit, wait)), _) => {
+                Next::Reject(ErrorCode::RateLimited, self.rate_limited(limit, wait))
+            }
+            (None, request) => self.next(request, draining),
         };
         let mut frames = frames.drain(..);
         let Some(client) = frames.next() else { return };
@@ -165,6 +172,42 @@ impl State {
                 self.forward(frontends, &dealers[target], target, to, payload);
             }
         }
+    }
+
+    /// What to do with a request that passed the rate limits.
+    fn next(&self, request: Result<Request<'_>, Rejection>, draining: bool) -> Next {
+        match request {
+            Err(rejection) => Next::Reject(rejection.code, rejection.message),
+            Ok(_) if draining => Next::Reject(
+                ErrorCode::Draining,
+                "this bridge is handing over or shutting down and takes no new requests here: send it to the other bridge".to_string(),
+            ),
+            Ok(Request::Action(action)) => Next::Answer(action),
+            Ok(Request::Forward { target, payload }) => match self.by_name.get(target.as_ref()) {
+                Some(&target) => Next::Forward { target, payload },
+                None => Next::Reject(ErrorCode::UnknownTarget, self.unknown_target(&target)),
+            },
+        }
+    }
+
+    fn rate_limited(&self, limit: Limit, wait: Duration) -> String {
+        let (what, key, rate) = match limit {
+            Limit::Client => (
+                "this client is over its",
+                "rate_limit_per_client",
+                self.config.rate_limit_per_client,
+            ),
+            Limit::Global => (
+                "the bridge is over its global",
+                "rate_limit_global",
+                self.config.rate_limit_global,
+            ),
+        };
+        format!(
+            "{what} rate limit of {} requests/s ({key}): slow down; a request may pass again in {} ms",
+            rate.map_or(0.0, |r| r.per_second),
+            wait.as_millis().max(1)
+        )
     }
 
     fn unknown_target(&self, target: &str) -> String {
@@ -474,6 +517,7 @@ impl State {
             "late_replies_total": self.stats.late_replies_total,
             "malformed_replies_total": self.stats.malformed_replies_total,
             "dropped_replies_total": self.stats.dropped_replies_total,
+            "rate_limited_clients_tracked": self.limiter.clients(),
             "targets": targets,
         })
     }
