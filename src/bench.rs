@@ -92,6 +92,43 @@ impl Drop for Proxy {
     }
 }
 
+/// GETs `/metrics` every `every` on a thread, until stopped.
+struct Scraper {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: JoinHandle<u64>,
+}
+
+impl Scraper {
+    fn start(monitor: &str, every: Duration) -> Scraper {
+        use std::io::{Read, Write};
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let address = monitor.trim_start_matches("http://").to_string();
+        let flag = std::sync::Arc::clone(&stop);
+        let thread = std::thread::spawn(move || {
+            let mut scrapes = 0;
+            while !flag.load(Ordering::Relaxed) {
+                if let Ok(mut stream) = std::net::TcpStream::connect(&address) {
+                    let _ = stream.write_all(b"GET /metrics HTTP/1.0\r\n\r\n");
+                    let mut body = Vec::new();
+                    if stream.read_to_end(&mut body).is_ok() && body.starts_with(b"HTTP/1.") {
+                        scrapes += 1;
+                    }
+                }
+                std::thread::sleep(every);
+            }
+            scrapes
+        });
+        Scraper { stop, thread }
+    }
+
+    /// Stop and return how many scrapes succeeded.
+    fn stop(self) -> u64 {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().unwrap_or(0)
+    }
+}
+
 struct Contender {
     name: &'static str,
     endpoint: String,
@@ -252,6 +289,31 @@ fn relay(
         throughput_json.insert(format!("{bytes}B"), per_size.into());
     }
 
+    // The monitor being scraped must not slow the relay (issue 6: within 5%).
+    let monitor = bridge.ready["monitor"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let scraped = medians(&contenders[2..3], rounds, |c| {
+        let mut figures = Vec::new();
+        for scrape in [false, true] {
+            let scraper = scrape.then(|| Scraper::start(&monitor, Duration::from_millis(100)));
+            let r = load(c, 8, 16, u64::MAX, duration, 100).run()?;
+            check(c.name, &r)?;
+            figures.push(r.throughput());
+            if let Some(scraper) = scraper {
+                figures.push(scraper.stop() as f64);
+            }
+        }
+        Ok(figures)
+    })?;
+    let (quiet, busy, scrapes) = (scraped[0][0], scraped[0][1], scraped[0][2]);
+    println!(
+        "\nmonitoring: multipart 100 B throughput {quiet:.0} req/s unscraped, {busy:.0} req/s with /metrics scraped every 100 ms ({scrapes:.0} scrapes a run): {:.3}x",
+        busy / quiet
+    );
+    let scrape_json = json!({"rps_quiet": quiet, "rps_scraped": busy, "ratio": busy / quiet});
+
     let mut memory_json = json!(null);
     if memory_requests > 0 {
         let warm = bridge.rss_kb().unwrap_or(0);
@@ -275,7 +337,7 @@ fn relay(
     }
     println!(
         "{}",
-        json!({"bench": "relay", "latency": latency_json, "throughput": throughput_json, "memory": memory_json})
+        json!({"bench": "relay", "latency": latency_json, "throughput": throughput_json, "scraped": scrape_json, "memory": memory_json})
     );
     Ok(())
 }

@@ -193,6 +193,31 @@ keys! {
     log_level: LogLevel = LogLevel::Info;
 }
 
+/// Where a running bridge's config comes from: the file (re-read on
+/// reload) with the command-line flags applied on top, every time.
+#[derive(Debug, Clone)]
+pub struct Source {
+    pub path: Option<std::path::PathBuf>,
+    pub overrides: Overrides,
+    pub mode: Option<Mode>,
+}
+
+impl Source {
+    pub fn load(&self) -> Result<Config, ConfigError> {
+        let mut file = File::load(self.path.as_deref())?.with_overrides(&self.overrides);
+        if self.mode.is_some() {
+            file.mode = self.mode;
+        }
+        file.validate()
+    }
+
+    /// When the file last changed, if there is one.
+    pub fn modified(&self) -> Option<std::time::SystemTime> {
+        let path = self.path.as_ref()?;
+        std::fs::metadata(path).and_then(|m| m.modified()).ok()
+    }
+}
+
 /// The two targets that the seed's `main_pc_addr` and `pc2_addr` define.
 const SEED_TARGETS: [&str; 2] = ["main_pc", "pc2"];
 
@@ -238,6 +263,68 @@ pub struct Config {
 }
 
 impl Config {
+    /// The keys a running bridge cannot change (they name ports, hosts or
+    /// its identity) that differ in `other`.
+    pub fn restart_keys_changed(&self, other: &Config) -> Vec<&'static str> {
+        let changed = [
+            ("mode", self.mode != other.mode),
+            ("primary_port", self.primary_port != other.primary_port),
+            (
+                "secondary_port",
+                self.secondary_port != other.secondary_port,
+            ),
+            ("bind_host", self.bind_host != other.bind_host),
+            ("primary_host", self.primary_host != other.primary_host),
+            (
+                "secondary_host",
+                self.secondary_host != other.secondary_host,
+            ),
+            (
+                "primary_heartbeat_port",
+                self.primary_heartbeat_port != other.primary_heartbeat_port,
+            ),
+            (
+                "secondary_heartbeat_port",
+                self.secondary_heartbeat_port != other.secondary_heartbeat_port,
+            ),
+            ("auth_token", self.auth_token != other.auth_token),
+            ("monitor_host", self.monitor_host != other.monitor_host),
+            (
+                "primary_monitor_port",
+                self.primary_monitor_port != other.primary_monitor_port,
+            ),
+            (
+                "secondary_monitor_port",
+                self.secondary_monitor_port != other.secondary_monitor_port,
+            ),
+            ("log_format", self.log_format != other.log_format),
+        ];
+        changed
+            .into_iter()
+            .filter_map(|(key, changed)| changed.then_some(key))
+            .collect()
+    }
+
+    /// `other` with the keys that need a restart kept as they are here.
+    pub fn with_restart_keys_of(&self, other: Config) -> Config {
+        Config {
+            mode: self.mode,
+            primary_port: self.primary_port,
+            secondary_port: self.secondary_port,
+            bind_host: self.bind_host.clone(),
+            primary_host: self.primary_host.clone(),
+            secondary_host: self.secondary_host.clone(),
+            primary_heartbeat_port: self.primary_heartbeat_port,
+            secondary_heartbeat_port: self.secondary_heartbeat_port,
+            auth_token: self.auth_token.clone(),
+            monitor_host: self.monitor_host.clone(),
+            primary_monitor_port: self.primary_monitor_port,
+            secondary_monitor_port: self.secondary_monitor_port,
+            log_format: self.log_format,
+            ..other
+        }
+    }
+
     /// The instance's home role.
     pub fn node(&self) -> Node {
         match self.mode {

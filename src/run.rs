@@ -1,27 +1,34 @@
 //! `zbridge run` and `zbridge check-config`: config to a running relay.
 
-use crate::config::{ConfigError, File, LogFormat, LogLevel, Mode, Overrides};
+use crate::config::{ConfigError, File, LogFormat, LogLevel, Mode, Overrides, Source};
 use crate::relay::Relay;
 use crate::stop::Stop;
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::Path;
+use tracing_subscriber::filter::LevelFilter;
+use tracing_subscriber::prelude::*;
+use tracing_subscriber::{fmt, reload, Registry};
 
 pub fn run(mode: Option<Mode>, path: Option<&Path>, overrides: &Overrides) -> anyhow::Result<()> {
-    let mut file = File::load(path)?.with_overrides(overrides);
-    if mode.is_some() {
-        file.mode = mode;
-    }
-    let config = file.validate()?;
+    let source = Source {
+        path: path.map(Path::to_path_buf),
+        overrides: overrides.clone(),
+        mode,
+    };
+    let config = source.load()?;
     config.mode.ok_or_else(|| {
         ConfigError::new(
             "mode",
             "not set: pass --mode active (the primary instance: it listens for its peer, then takes primary_port) or --mode passive (the secondary: it serves on secondary_port and takes over primary_port when the active stops)",
         )
     })?;
-    init_logging(config.log_format, config.log_level);
+    let level = init_logging(config.log_format, config.log_level);
     let mut stop = Stop::on_signals()?;
-    let relay = Relay::new(config)?;
-    // One JSON line on stdout per event (ready, role, bound, released),
+    let set_level = Box::new(move |l: LogLevel| {
+        let _ = level.modify(|filter| *filter = level_filter(l));
+    });
+    let relay = Relay::new(config, source, set_level)?;
+    // One JSON line on stdout per event (ready, role, bound, released, ...),
     // with the real bound endpoints: what scripts and the test harness wait for.
     let mut out = std::io::stdout();
     relay.run(&mut stop, &mut |event| {
@@ -46,19 +53,30 @@ pub fn check_config(path: &Path, overrides: &Overrides) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn init_logging(format: LogFormat, level: LogLevel) {
-    let level = match level {
-        LogLevel::Error => tracing::Level::ERROR,
-        LogLevel::Warn => tracing::Level::WARN,
-        LogLevel::Info => tracing::Level::INFO,
-        LogLevel::Debug => tracing::Level::DEBUG,
-        LogLevel::Trace => tracing::Level::TRACE,
-    };
-    let builder = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_max_level(level);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().flatten_event(true).init(),
+fn level_filter(level: LogLevel) -> LevelFilter {
+    match level {
+        LogLevel::Error => LevelFilter::ERROR,
+        LogLevel::Warn => LevelFilter::WARN,
+        LogLevel::Info => LevelFilter::INFO,
+        LogLevel::Debug => LevelFilter::DEBUG,
+        LogLevel::Trace => LevelFilter::TRACE,
     }
+}
+
+/// Log to stderr; the returned handle changes the level at run time.
+fn init_logging(format: LogFormat, level: LogLevel) -> reload::Handle<LevelFilter, Registry> {
+    let (filter, handle) = reload::Layer::new(level_filter(level));
+    // Colours only on a terminal, never in a file or the journal.
+    let layer = fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    let layer = match format {
+        LogFormat::Text => layer.boxed(),
+        LogFormat::Json => layer.json().flatten_event(true).boxed(),
+    };
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(layer)
+        .init();
+    handle
 }

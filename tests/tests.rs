@@ -10,3 +10,4 @@ mod ha;
 mod monitor;
 mod netns;
 mod relay;
+mod reload;

@@ -195,6 +195,14 @@ impl Machine {
         (machine, effects)
     }
 
+    /// Apply new timings and `preempt` from a reloaded config.
+    pub fn set_settings(&mut self, settings: Settings) {
+        self.settings = Settings {
+            node: self.settings.node,
+            ..settings
+        };
+    }
+
     pub fn phase(&self) -> Phase {
         self.phase
     }

@@ -94,6 +94,10 @@ impl Heartbeats {
         self.next_publish
     }
 
+    pub fn set_interval(&mut self, interval: Duration) {
+        self.interval = interval;
+    }
+
     /// Publish a heartbeat now; the next one is due an interval later.
     pub fn publish(&mut self, now: Instant, beat: Beat) {
         self.seq += 1;

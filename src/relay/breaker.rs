@@ -95,6 +95,12 @@ impl Breaker {
         }
     }
 
+    /// New settings from a reloaded config; the state is kept.
+    pub fn set(&mut self, threshold: u32, open_wait: Duration) {
+        self.threshold = threshold.max(1);
+        self.open_wait = open_wait;
+    }
+
     pub fn state(&self) -> State {
         self.state
     }

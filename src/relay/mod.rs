@@ -26,7 +26,7 @@ mod stats;
 
 pub use limit::Rate;
 
-use crate::config::{tcp_endpoint, Config};
+use crate::config::{tcp_endpoint, Config, LogLevel, Source, Target};
 use crate::ha::machine::{Effect, Event, Machine, Peer, Phase, Port, Settings};
 use crate::ha::{Beat, Heartbeats};
 use crate::monitor;
@@ -34,7 +34,7 @@ use crate::stop::Stop;
 use inflight::Key;
 use serde_json::{json, Value};
 use state::State;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 use tracing::{error, info, warn};
 use zbridge_protocol::heartbeat::{Message, Role, State as PeerState};
 
@@ -44,6 +44,8 @@ const BATCH: usize = 256;
 const CONNECT_GRACE: Duration = Duration::from_millis(250);
 /// How often the monitoring snapshot is refreshed.
 const SNAPSHOT_EVERY: Duration = Duration::from_millis(100);
+/// How often the config file is checked for a change.
+const FILE_CHECK_EVERY: Duration = Duration::from_secs(1);
 
 /// A bound frontend port.
 pub(crate) struct Frontend {
@@ -70,7 +72,8 @@ pub type Events<'a> = &'a mut dyn FnMut(Value);
 pub struct Relay {
     context: zmq::Context,
     frontends: Frontends,
-    dealers: Vec<zmq::Socket>,
+    /// One per target, by index; `None` once a retired target is drained.
+    dealers: Vec<Option<zmq::Socket>>,
     heartbeats: Heartbeats,
     machine: Machine,
     first_effects: Vec<Effect>,
@@ -83,45 +86,32 @@ pub struct Relay {
     monitor: monitor::Shared,
     monitor_endpoint: String,
     next_snapshot: Instant,
+    source: Source,
+    set_level: Box<dyn Fn(LogLevel)>,
+    /// When to look at the config file's modification time again.
+    next_file_check: Instant,
+    file_modified: Option<SystemTime>,
 }
 
 impl Relay {
     /// Connect to every target (each gets [`CONNECT_GRACE`] to connect) and
     /// open the heartbeat sockets. Frontends are bound by [`Relay::run`], as
     /// the role machine decides.
-    pub fn new(config: Config) -> anyhow::Result<Relay> {
-        use anyhow::Context as _;
+    pub fn new(
+        config: Config,
+        source: Source,
+        set_level: Box<dyn Fn(LogLevel)>,
+    ) -> anyhow::Result<Relay> {
         let now = Instant::now();
         let context = zmq::Context::new();
-        let mut dealers = Vec::new();
-        for target in &config.targets {
-            let dealer = context.socket(zmq::DEALER)?;
-            dealer.set_immediate(true)?;
-            dealer.set_linger(0)?;
-            dealer.set_ipv6(true)?;
-            let hwm = i32::try_from(config.max_in_flight.saturating_mul(2)).unwrap_or(i32::MAX);
-            dealer.set_sndhwm(hwm)?;
-            dealer.set_rcvhwm(hwm)?;
-            dealer.connect(&target.endpoint).with_context(|| {
-                format!(
-                    "cannot connect target {} to {}",
-                    target.name, target.endpoint
-                )
-            })?;
-            dealers.push(dealer);
-        }
+        let dealers = config
+            .targets
+            .iter()
+            .map(|target| open_dealer(&context, &config, target).map(Some))
+            .collect::<anyhow::Result<Vec<_>>>()?;
         wait_connected(&dealers, CONNECT_GRACE)?;
         let heartbeats = Heartbeats::new(&context, &config, now)?;
-        let settings = Settings {
-            node: config.node(),
-            preempt: config.preempt,
-            same_host: config.primary_host == config.secondary_host,
-            heartbeat_timeout: config.heartbeat_timeout,
-            fast_retry: (config.heartbeat_interval / 10)
-                .clamp(Duration::from_millis(5), Duration::from_millis(50)),
-            leave_window: config.drain_timeout + config.heartbeat_timeout * 2,
-        };
-        let (machine, first_effects) = Machine::new(settings, now);
+        let (machine, first_effects) = Machine::new(settings(&config), now);
         let state = State::new(config, now);
         let monitor = std::sync::Arc::new(std::sync::Mutex::new(monitor::Snapshot {
             status: state.status(),
@@ -153,6 +143,10 @@ impl Relay {
             monitor,
             monitor_endpoint,
             next_snapshot: now,
+            file_modified: source.modified(),
+            source,
+            set_level,
+            next_file_check: now + FILE_CHECK_EVERY,
         })
     }
 
@@ -182,6 +176,14 @@ impl Relay {
             if now >= self.next_snapshot {
                 self.snapshot(now);
             }
+            if now >= self.next_file_check {
+                self.next_file_check = now + FILE_CHECK_EVERY;
+                let modified = self.source.modified();
+                if modified != self.file_modified {
+                    self.reload(now, "the config file changed", events);
+                }
+            }
+            self.close_drained_targets();
             if self.exit {
                 break;
             }
@@ -192,7 +194,7 @@ impl Relay {
                 self.on_stop(woke, events);
             }
             if stop.take_hangup() {
-                warn!("SIGHUP: this version does not reload its config; the running config is unchanged (restart the passive, then the active, to apply a new one)");
+                self.reload(woke, "SIGHUP", events);
             }
             if ready.heartbeats {
                 for message in self.heartbeats.receive(woke) {
@@ -231,7 +233,9 @@ impl Relay {
                 }
             }
             for (target, dealer) in self.dealers.iter().enumerate() {
-                let (readable, writable) = ready.dealers[target];
+                let Some(dealer) = dealer else { continue };
+                // A reload may have added dealers since the poll.
+                let (readable, writable) = ready.dealers.get(target).copied().unwrap_or_default();
                 if writable {
                     self.state.flush_waiting(dealer, target);
                 }
@@ -264,12 +268,16 @@ impl Relay {
             }
         }
         let first_dealer = items.len();
-        for (dealer, backend) in self.dealers.iter().zip(&self.state.backends) {
+        let mut polled = Vec::with_capacity(self.dealers.len());
+        for (target, (dealer, backend)) in self.dealers.iter().zip(&self.state.backends).enumerate()
+        {
+            let Some(dealer) = dealer else { continue };
             let events = if backend.waiting.is_empty() {
                 zmq::POLLIN
             } else {
                 zmq::POLLIN | zmq::POLLOUT
             };
+            polled.push(target);
             items.push(dealer.as_poll_item(events));
         }
         match zmq::poll(&mut items, timeout_ms) {
@@ -282,11 +290,10 @@ impl Relay {
             ready.frontends[i] = index.is_some_and(|j| items[j].is_readable());
         }
         ready.dealers.clear();
-        ready.dealers.extend(
-            items[first_dealer..]
-                .iter()
-                .map(|item| (item.is_readable(), item.is_writable())),
-        );
+        ready.dealers.resize(self.dealers.len(), (false, false));
+        for (target, item) in polled.into_iter().zip(&items[first_dealer..]) {
+            ready.dealers[target] = (item.is_readable(), item.is_writable());
+        }
         Ok(())
     }
 
@@ -304,6 +311,7 @@ impl Relay {
             .chain(drains)
             .chain(self.machine.next_deadline())
             .chain([self.heartbeats.next_publish(), self.next_snapshot])
+            .chain(self.source.path.is_some().then_some(self.next_file_check))
             .min();
         match next {
             None => -1,
@@ -495,6 +503,101 @@ impl Relay {
         );
     }
 
+    /// Re-read the config and apply what can change while running.
+    fn reload(&mut self, now: Instant, why: &str, events: Events) {
+        // What is read now need not be read again by the file watcher.
+        self.file_modified = self.source.modified();
+        let new = match self.source.load() {
+            Ok(config) => config,
+            Err(e) => {
+                error!(
+                    key = %e.key,
+                    error = %e,
+                    trigger = why,
+                    "config reload rejected: the running config stays"
+                );
+                events(json!({"event": "reload_rejected", "key": e.key, "message": e.message}));
+                return;
+            }
+        };
+        let old = &self.state.config;
+        let restart = old.restart_keys_changed(&new);
+        for key in &restart {
+            warn!(
+                key,
+                "changed in the config, but takes effect only after a restart"
+            );
+        }
+        let new = old.with_restart_keys_of(new);
+        (self.set_level)(new.log_level);
+        self.heartbeats.set_interval(new.heartbeat_interval);
+        self.machine.set_settings(settings(&new));
+        // Targets: kept, re-pointed (a new dealer; the old one stays until
+        // its requests are answered), added, removed.
+        let mut added = Vec::new();
+        let mut removed = Vec::new();
+        for target in &new.targets {
+            match self.state.target_index(&target.name) {
+                Some(i) if self.state.backends[i].endpoint == target.endpoint => {}
+                Some(i) => {
+                    self.state.retire(i);
+                    added.push(target.clone());
+                }
+                None => added.push(target.clone()),
+            }
+        }
+        for (i, backend) in self.state.backends.iter().enumerate() {
+            if !backend.retired && !new.targets.iter().any(|t| t.name == backend.name) {
+                removed.push(i);
+            }
+        }
+        let mut opened = Vec::new();
+        for target in &added {
+            match open_dealer(&self.context, &new, target) {
+                Ok(dealer) => opened.push((target, dealer)),
+                Err(e) => {
+                    error!(error = %e, "config reload rejected: the running config stays");
+                    events(
+                        json!({"event": "reload_rejected", "key": format!("targets.{}", target.name), "message": e.to_string()}),
+                    );
+                    return;
+                }
+            }
+        }
+        for i in removed {
+            self.state.retire(i);
+        }
+        self.state.set_config(new.clone(), now);
+        for target in &new.targets {
+            if let Some(i) = self.state.target_index(&target.name) {
+                self.state.update_backend(i, target);
+            }
+        }
+        for (target, dealer) in opened {
+            self.state.add_backend(target);
+            self.dealers.push(Some(dealer));
+        }
+        let generation = self.state.generation;
+        info!(
+            generation,
+            trigger = why,
+            targets = ?new.targets.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(),
+            restart_needed = ?restart,
+            "config reloaded"
+        );
+        events(json!({"event": "reloaded", "generation": generation, "restart_needed": restart}));
+        self.next_snapshot = now;
+    }
+
+    /// Close the dealers of retired targets once nothing is in flight to them.
+    fn close_drained_targets(&mut self) {
+        for (dealer, backend) in self.dealers.iter_mut().zip(&self.state.backends) {
+            if backend.retired && backend.in_flight == 0 && dealer.take().is_some() {
+                info!(target_name = %backend.name, endpoint = %backend.endpoint, "retired target closed");
+            }
+        }
+    }
+
     /// Refresh what the monitoring server shows.
     fn snapshot(&mut self, now: Instant) {
         self.sync_view(now);
@@ -531,7 +634,7 @@ impl Relay {
             .map(|f| f.endpoint.clone());
         let mut targets = serde_json::Map::new();
         for (backend, dealer) in self.state.backends.iter().zip(&self.dealers) {
-            let connected = writable(dealer);
+            let connected = dealer.as_ref().is_some_and(writable);
             info!(target_name = %backend.name, endpoint = %backend.endpoint, connected, "target");
             targets.insert(
                 backend.name.clone(),
@@ -557,6 +660,19 @@ impl Relay {
             "boot": self.heartbeats.boot(),
             "targets": targets,
         }));
+    }
+}
+
+/// The role machine's settings from a config.
+fn settings(config: &Config) -> Settings {
+    Settings {
+        node: config.node(),
+        preempt: config.preempt,
+        same_host: config.primary_host == config.secondary_host,
+        heartbeat_timeout: config.heartbeat_timeout,
+        fast_retry: (config.heartbeat_interval / 10)
+            .clamp(Duration::from_millis(5), Duration::from_millis(50)),
+        leave_window: config.drain_timeout + config.heartbeat_timeout * 2,
     }
 }
 
@@ -709,12 +825,36 @@ fn writable(socket: &zmq::Socket) -> bool {
         .unwrap_or(false)
 }
 
+/// A DEALER to a target's backend.
+fn open_dealer(
+    context: &zmq::Context,
+    config: &Config,
+    target: &Target,
+) -> anyhow::Result<zmq::Socket> {
+    use anyhow::Context as _;
+    let dealer = context.socket(zmq::DEALER)?;
+    dealer.set_immediate(true)?;
+    dealer.set_linger(0)?;
+    dealer.set_ipv6(true)?;
+    let hwm = i32::try_from(config.max_in_flight.saturating_mul(2)).unwrap_or(i32::MAX);
+    dealer.set_sndhwm(hwm)?;
+    dealer.set_rcvhwm(hwm)?;
+    dealer.connect(&target.endpoint).with_context(|| {
+        format!(
+            "cannot connect target {} to {}",
+            target.name, target.endpoint
+        )
+    })?;
+    Ok(dealer)
+}
+
 /// Wait until every dealer has a connected backend, or `grace` passes.
-fn wait_connected(dealers: &[zmq::Socket], grace: Duration) -> zmq::Result<()> {
+fn wait_connected(dealers: &[Option<zmq::Socket>], grace: Duration) -> zmq::Result<()> {
     let deadline = Instant::now() + grace;
     loop {
         let mut items: Vec<_> = dealers
             .iter()
+            .flatten()
             .filter(|d| !writable(d))
             .map(|d| d.as_poll_item(zmq::POLLOUT))
             .collect();

@@ -7,7 +7,7 @@ use super::inflight::{Deadlines, Key, Table};
 use super::limit::{Limit, Limiter};
 use super::stats::{Histogram, Stats};
 use super::{send_envelope, send_routed, Frontends};
-use crate::config::Config;
+use crate::config::{Config, Target};
 use crate::ha::machine::{Peer, Port};
 use serde_json::{json, Value};
 use std::collections::{HashMap, VecDeque};
@@ -23,7 +23,10 @@ pub(super) struct Backend {
     breaker: Breaker,
     deadlines: Deadlines,
     /// Requests in flight, including those waiting for a connection.
-    in_flight: usize,
+    pub in_flight: usize,
+    /// Removed or re-pointed by a reload: takes no new requests; its
+    /// dealer is closed once what is in flight is answered.
+    pub retired: bool,
     /// Requests held until a backend is connected, oldest first. An entry
     /// whose key has left the table (expired) is skipped.
     pub waiting: VecDeque<(Key, Vec<zmq::Message>)>,
@@ -82,48 +85,94 @@ pub(super) struct State {
     pub front_in_flight: [usize; 2],
     pub ha: HaView,
     limiter: Limiter,
+    /// Successful reloads.
+    pub generation: u64,
 }
 
 impl State {
     pub fn new(config: Config, now: Instant) -> State {
-        let backends = config
-            .targets
-            .iter()
-            .map(|target| Backend {
-                name: target.name.clone(),
-                endpoint: target.endpoint.clone(),
-                request_timeout: target.request_timeout,
-                breaker: Breaker::new(config.breaker_failure_threshold, config.breaker_open_wait),
-                deadlines: Deadlines::default(),
-                in_flight: 0,
-                waiting: VecDeque::new(),
-                requests_total: 0,
-                replies_total: 0,
-                latency: Histogram::default(),
-            })
-            .collect::<Vec<_>>();
-        let by_name = backends
-            .iter()
-            .enumerate()
-            .map(|(i, b)| (b.name.clone(), i))
-            .collect();
-        let limiter = Limiter::new(
-            config.rate_limit_per_client,
-            config.rate_limit_global,
-            config.rate_limit_clients,
-            now,
-        );
-        State {
+        let limiter = limiter(&config, now);
+        let mut state = State {
             limiter,
             config,
             started: now,
-            backends,
-            by_name,
+            backends: Vec::new(),
+            by_name: HashMap::new(),
+            generation: 0,
             table: Table::default(),
             stats: Stats::default(),
             front_in_flight: [0; 2],
             ha: HaView::default(),
+        };
+        for target in state.config.targets.clone() {
+            state.add_backend(&target);
         }
+        state
+    }
+
+    /// A new target; its index is the next dealer's.
+    pub fn add_backend(&mut self, target: &Target) {
+        self.by_name
+            .insert(target.name.clone(), self.backends.len());
+        self.backends.push(Backend {
+            name: target.name.clone(),
+            endpoint: target.endpoint.clone(),
+            request_timeout: target.request_timeout,
+            breaker: Breaker::new(
+                self.config.breaker_failure_threshold,
+                self.config.breaker_open_wait,
+            ),
+            deadlines: Deadlines::default(),
+            in_flight: 0,
+            retired: false,
+            waiting: VecDeque::new(),
+            requests_total: 0,
+            replies_total: 0,
+            latency: Histogram::default(),
+        });
+    }
+
+    /// The index of the live target `name`.
+    pub fn target_index(&self, name: &str) -> Option<usize> {
+        self.by_name.get(name).copied()
+    }
+
+    /// Take a target out of service: requests in flight to it are still
+    /// answered; new ones no longer reach it.
+    pub fn retire(&mut self, index: usize) {
+        let backend = &mut self.backends[index];
+        backend.retired = true;
+        if self.by_name.get(&backend.name) == Some(&index) {
+            self.by_name.remove(&backend.name);
+        }
+    }
+
+    /// Apply a reloaded config to a kept target (same endpoint).
+    pub fn update_backend(&mut self, index: usize, target: &Target) {
+        let backend = &mut self.backends[index];
+        backend.request_timeout = target.request_timeout;
+        backend.breaker.set(
+            self.config.breaker_failure_threshold,
+            self.config.breaker_open_wait,
+        );
+    }
+
+    /// Take a reloaded config: limits, timeouts, rate limits.
+    pub fn set_config(&mut self, config: Config, now: Instant) {
+        let rates_changed = (
+            config.rate_limit_per_client,
+            config.rate_limit_global,
+            config.rate_limit_clients,
+        ) != (
+            self.config.rate_limit_per_client,
+            self.config.rate_limit_global,
+            self.config.rate_limit_clients,
+        );
+        self.config = config;
+        if rates_changed {
+            self.limiter = limiter(&self.config, now);
+        }
+        self.generation += 1;
     }
 
     /// The earliest request deadline.
@@ -139,7 +188,7 @@ impl State {
         &mut self,
         frontends: &Frontends,
         port: Port,
-        dealers: &[zmq::Socket],
+        dealers: &[Option<zmq::Socket>],
         frames: &mut Vec<zmq::Message>,
     ) {
         self.stats.requests_total += 1;
@@ -169,7 +218,16 @@ impl State {
             }
             Next::Forward { target, payload } => {
                 let payload = frames.skip(payload);
-                self.forward(frontends, &dealers[target], target, to, payload);
+                match &dealers[target] {
+                    Some(dealer) => self.forward(frontends, dealer, target, to, payload),
+                    None => {
+                        let message = format!(
+                            "target {} is being reconfigured: retry",
+                            self.backends[target].name
+                        );
+                        self.reject(frontends, to, ErrorCode::BackendUnavailable, &message);
+                    }
+                }
             }
         }
     }
@@ -211,7 +269,7 @@ impl State {
     }
 
     fn unknown_target(&self, target: &str) -> String {
-        let mut names: Vec<&str> = self.backends.iter().map(|b| b.name.as_str()).collect();
+        let mut names: Vec<&str> = self.by_name.keys().map(String::as_str).collect();
         names.sort_unstable();
         let shown: String = target.chars().take(64).collect();
         format!(
@@ -474,6 +532,7 @@ impl State {
         let targets: serde_json::Map<String, Value> = self
             .backends
             .iter()
+            .filter(|b| !b.retired)
             .map(|b| {
                 let doc = json!({
                     "endpoint": b.endpoint,
@@ -518,6 +577,7 @@ impl State {
             "malformed_replies_total": self.stats.malformed_replies_total,
             "dropped_replies_total": self.stats.dropped_replies_total,
             "rate_limited_clients_tracked": self.limiter.clients(),
+            "config_generation": self.generation,
             "targets": targets,
         })
     }
@@ -526,6 +586,15 @@ impl State {
 /// Where a reply goes: the frontend, the client's routing id, and whether
 /// it sent a delimiter.
 type Client = (Port, zmq::Message, bool);
+
+fn limiter(config: &Config, now: Instant) -> Limiter {
+    Limiter::new(
+        config.rate_limit_per_client,
+        config.rate_limit_global,
+        config.rate_limit_clients,
+        now,
+    )
+}
 
 fn log_transition(backend: &Backend, transition: Option<Transition>) {
     if let Some(t) = transition {

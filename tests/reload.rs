@@ -1,0 +1,107 @@
+//! Live reconfiguration: SIGHUP and a change of the file re-read the
+//! config; a valid one applies without dropping a request in flight, an
+//! invalid one is rejected by key and the old config keeps serving.
+
+use crate::support::*;
+use std::time::Duration;
+
+fn reloaded(bridge: &BridgeProcess, generation: u64) -> bool {
+    bridge
+        .wait_for_event(Duration::from_secs(5), |e| {
+            e["event"] == "reloaded" && e["generation"] == generation
+        })
+        .is_some()
+}
+
+#[test]
+fn sighup_adds_and_repoints_targets_without_dropping_requests_in_flight() {
+    let (_slow, slow_port) = py_service("slow", 0);
+    let fresh = EchoService::start(Some("fresh")).unwrap();
+    let other = EchoService::start(Some("other")).unwrap();
+    let config = TempConfig::new(&format!(
+        "[targets.work]\nendpoint = \"tcp://127.0.0.1:{slow_port}\"\n"
+    ));
+    let bridge = bridge(&[config.flag()]);
+    let client = Dealer::connect(&bridge.frontend);
+    // Five requests of 200 ms each, in flight on a one-at-a-time backend.
+    for i in 0..5u8 {
+        client.send(&[b"work", b"sleep:0.2", &[i]]);
+    }
+    assert!(wait_until(Duration::from_secs(5), || {
+        status(&bridge.frontend)["targets"]["work"]["in_flight"] == 5
+    }));
+
+    // Re-point `work` to another service and add `extra`.
+    std::fs::write(
+        &config.0,
+        format!(
+            "[targets.work]\nendpoint = \"{}\"\n[targets.extra]\nendpoint = \"{}\"\n",
+            fresh.endpoint, other.endpoint
+        ),
+    )
+    .unwrap();
+    bridge.signal("HUP").unwrap();
+    assert!(reloaded(&bridge, 1), "{}", bridge.log().join("\n"));
+    assert!(bridge.wait_for_log("trigger=\"SIGHUP\"", Duration::from_secs(5)));
+
+    let helper = Dealer::connect(&bridge.frontend);
+    assert_eq!(
+        helper.call(&[b"work", b"now"]),
+        [b"fresh".to_vec(), b"now".to_vec()]
+    );
+    assert_eq!(
+        helper.call(&[b"extra", b"hi"]),
+        [b"other".to_vec(), b"hi".to_vec()]
+    );
+    // Every request sent before the reload is answered by the old backend.
+    let mut answered: Vec<u8> = (0..5)
+        .map(|_| {
+            let reply = client.recv(Duration::from_secs(10)).expect("an answer");
+            assert_eq!(reply[..2], [b"slow".to_vec(), b"sleep:0.2".to_vec()]);
+            reply[2][0]
+        })
+        .collect();
+    answered.sort();
+    assert_eq!(answered, [0, 1, 2, 3, 4]);
+    assert!(bridge.wait_for_log("retired target closed", Duration::from_secs(5)));
+    let doc = status(&bridge.frontend);
+    // The file watcher may have read the change a moment before SIGHUP.
+    assert!(doc["config_generation"].as_u64().unwrap() >= 1);
+    assert_eq!(doc["targets"]["work"]["endpoint"], fresh.endpoint.as_str());
+}
+
+#[test]
+fn an_invalid_file_is_rejected_by_key_and_a_changed_file_reloads_by_itself() {
+    let echo = EchoService::start(None).unwrap();
+    let good = format!("[targets.t]\nendpoint = \"{}\"\n", echo.endpoint);
+    let config = TempConfig::new(&good);
+    let bridge = bridge(&[config.flag()]);
+    let client = Dealer::connect(&bridge.frontend);
+
+    std::fs::write(&config.0, format!("max_framez = 4\n{good}")).unwrap();
+    bridge.signal("HUP").unwrap();
+    let (_, event) = bridge
+        .wait_for_event(Duration::from_secs(5), |e| e["event"] == "reload_rejected")
+        .expect("the reload is rejected");
+    assert_eq!(event["key"], "max_framez");
+    assert!(bridge.wait_for_log("max_framez", Duration::from_secs(1)));
+    assert_eq!(client.call(&[b"t", b"still"]), [b"still".to_vec()]);
+    assert_eq!(status(&bridge.frontend)["config_generation"], 0);
+
+    // No signal: the file changing is enough. A port cannot change while
+    // running, and says so; a limit can.
+    std::fs::write(
+        &config.0,
+        format!("max_frames = 2\nsecondary_port = 5999\n{good}"),
+    )
+    .unwrap();
+    let (_, event) = bridge
+        .wait_for_event(Duration::from_secs(5), |e| e["event"] == "reloaded")
+        .expect("the changed file is reloaded");
+    assert_eq!(
+        event["restart_needed"],
+        serde_json::json!(["secondary_port"])
+    );
+    let (code, _) = error_of(&client.call(&[b"t", b"1", b"2"]));
+    assert_eq!(code, "bad_frames", "the new max_frames applies");
+}
