@@ -189,6 +189,24 @@ pub fn metrics(status: &Value) -> String {
     );
     gauge(
         &mut registry,
+        "zbridge_clients_connected",
+        "Client connections to the frontends.",
+        status["clients_connected"].as_f64().unwrap_or(0.0),
+    );
+    gauge(
+        &mut registry,
+        "zbridge_throughput_rps",
+        "Requests per second over the last 10 s.",
+        status["throughput_rps"].as_f64().unwrap_or(0.0),
+    );
+    gauge(
+        &mut registry,
+        "zbridge_error_rate",
+        "Fraction of requests answered with an error over the last 10 s.",
+        status["error_rate"].as_f64().unwrap_or(0.0),
+    );
+    gauge(
+        &mut registry,
         "zbridge_epoch",
         "The role epoch this instance knows.",
         status["epoch"].as_f64().unwrap_or(0.0),

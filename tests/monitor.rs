@@ -64,6 +64,23 @@ fn health_status_and_metrics_move_with_traffic_and_with_a_failover() {
     assert!(wait_until(Duration::from_secs(5), || {
         json_body(&get(&format!("{p}/status"), false))["targets"]["pc2"]["replies_total"] == 5
     }));
+    let http_status = |url: &str| json_body(&get(&format!("{url}/status"), false));
+    assert!(http_status(&p)["throughput_rps"].as_f64().unwrap() > 0.0);
+
+    // Clients connected, then disconnected, from libzmq's socket monitor.
+    let clients = |url: &str| http_status(url)["clients_connected"].as_u64().unwrap();
+    assert!(wait_until(Duration::from_secs(5), || clients(&p) == 0));
+    let connected: Vec<Dealer> = (0..3)
+        .map(|_| {
+            let d = Dealer::connect(&pair.primary_endpoint());
+            d.call(&[br#"{"action":"ping"}"#]);
+            d
+        })
+        .collect();
+    assert!(wait_until(Duration::from_secs(5), || clients(&p) == 3));
+    drop(connected);
+    assert!(wait_until(Duration::from_secs(5), || clients(&p) == 0));
+
     let scrape = get(&format!("{p}/metrics"), true);
     assert!(scrape["content_type"]
         .as_str()

@@ -60,6 +60,9 @@ pub(crate) struct Frontend {
     /// answering `draining` for a moment, so that clients caught in the
     /// handover are told where to go instead of meeting a closed port.
     open_until: Option<Instant>,
+    /// libzmq's socket monitor: accepted and closed client connections.
+    events: zmq::Socket,
+    clients: u64,
 }
 
 /// The frontends by [`Port`] index.
@@ -217,6 +220,11 @@ impl Relay {
                 }
                 self.sync_view(woke);
             }
+            for (ready, frontend) in ready.connections.iter().zip(&mut self.frontends) {
+                if let (true, Some(frontend)) = (ready, frontend) {
+                    count_connections(frontend);
+                }
+            }
             for port in [Port::Primary, Port::Secondary] {
                 if !ready.frontends[port.index()] {
                     continue;
@@ -265,6 +273,7 @@ impl Relay {
             if let Some(f) = frontend {
                 front_index[i] = Some(items.len());
                 items.push(f.socket.as_poll_item(zmq::POLLIN));
+                items.push(f.events.as_poll_item(zmq::POLLIN));
             }
         }
         let first_dealer = items.len();
@@ -288,6 +297,7 @@ impl Relay {
         ready.heartbeats = items[1].is_readable();
         for (i, index) in front_index.iter().enumerate() {
             ready.frontends[i] = index.is_some_and(|j| items[j].is_readable());
+            ready.connections[i] = index.is_some_and(|j| items[j + 1].is_readable());
         }
         ready.dealers.clear();
         ready.dealers.resize(self.dealers.len(), (false, false));
@@ -600,6 +610,7 @@ impl Relay {
 
     /// Refresh what the monitoring server shows.
     fn snapshot(&mut self, now: Instant) {
+        self.state.sample(now);
         self.sync_view(now);
         let snapshot = monitor::Snapshot {
             status: self.state.status(),
@@ -626,6 +637,7 @@ impl Relay {
         view.step_downs = self.machine.step_downs();
         view.rejected = self.heartbeats.rejected;
         view.frontend_ports = self.frontends.iter().flatten().map(|f| f.port).collect();
+        view.clients_connected = self.frontends.iter().flatten().map(|f| f.clients).sum();
     }
 
     fn report_ready(&self, port: Port, events: Events) {
@@ -699,12 +711,25 @@ struct Readiness {
     stop: bool,
     heartbeats: bool,
     frontends: [bool; 2],
+    /// A frontend's socket monitor has events.
+    connections: [bool; 2],
     /// (readable, writable) per target.
     dealers: Vec<(bool, bool)>,
 }
 
 fn open_frontend(context: &zmq::Context, config: &Config, endpoint: &str) -> zmq::Result<Frontend> {
+    static MONITORS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let socket = context.socket(zmq::ROUTER)?;
+    let monitor = format!(
+        "inproc://frontend-monitor-{}",
+        MONITORS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    );
+    let accepted = zmq::SocketEvent::ACCEPTED.to_raw();
+    let disconnected = zmq::SocketEvent::DISCONNECTED.to_raw();
+    socket.monitor(&monitor, i32::from(accepted | disconnected))?;
+    let events = context.socket(zmq::PAIR)?;
+    events.set_linger(0)?;
+    events.connect(&monitor)?;
     socket.set_router_mandatory(true)?;
     socket.set_linger(1000)?;
     // Far above max_message_bytes, so that an oversized request still gets
@@ -728,7 +753,25 @@ fn open_frontend(context: &zmq::Context, config: &Config, endpoint: &str) -> zmq
         port,
         draining_until: None,
         open_until: None,
+        events,
+        clients: 0,
     })
+}
+
+/// Count accepted and closed client connections from the socket monitor.
+fn count_connections(frontend: &mut Frontend) {
+    while let Ok(event) = frontend.events.recv_multipart(zmq::DONTWAIT) {
+        let Some(id) = event.first().and_then(|f| f.get(..2)) else {
+            continue;
+        };
+        match u16::from_le_bytes([id[0], id[1]]) {
+            e if e == zmq::SocketEvent::ACCEPTED.to_raw() => frontend.clients += 1,
+            e if e == zmq::SocketEvent::DISCONNECTED.to_raw() => {
+                frontend.clients = frontend.clients.saturating_sub(1);
+            }
+            _ => {}
+        }
+    }
 }
 
 /// Read one whole message without blocking; `false` when none is waiting.

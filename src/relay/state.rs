@@ -72,6 +72,7 @@ pub(super) struct HaView {
     pub step_downs: u64,
     pub rejected: [u64; Rejected::ALL.len()],
     pub frontend_ports: Vec<u16>,
+    pub clients_connected: u64,
 }
 
 pub(super) struct State {
@@ -87,6 +88,8 @@ pub(super) struct State {
     limiter: Limiter,
     /// Successful reloads.
     pub generation: u64,
+    /// (when, requests_total, errors) samples of the last 10 s, for rates.
+    window: VecDeque<(Instant, u64, u64)>,
 }
 
 impl State {
@@ -99,6 +102,7 @@ impl State {
             backends: Vec::new(),
             by_name: HashMap::new(),
             generation: 0,
+            window: VecDeque::new(),
             table: Table::default(),
             stats: Stats::default(),
             front_in_flight: [0; 2],
@@ -514,6 +518,35 @@ impl State {
         serde_json::to_vec(&doc).unwrap_or_default()
     }
 
+    /// Record the counters for the 10 s rates; called a few times a second.
+    pub fn sample(&mut self, now: Instant) {
+        let errors = self.stats.errors_total.iter().sum();
+        self.window
+            .push_back((now, self.stats.requests_total, errors));
+        while self
+            .window
+            .front()
+            .is_some_and(|(t, _, _)| now.saturating_duration_since(*t) > RATE_WINDOW)
+        {
+            self.window.pop_front();
+        }
+    }
+
+    /// Requests per second, and the fraction of them answered with an
+    /// error, over the samples of the last 10 s.
+    fn rates(&self) -> (f64, f64) {
+        let (Some(first), Some(last)) = (self.window.front(), self.window.back()) else {
+            return (0.0, 0.0);
+        };
+        let seconds = last.0.saturating_duration_since(first.0).as_secs_f64();
+        let requests = last.1 - first.1;
+        let errors = last.2 - first.2;
+        if seconds == 0.0 || requests == 0 {
+            return (0.0, 0.0);
+        }
+        (requests as f64 / seconds, errors as f64 / requests as f64)
+    }
+
     /// The status document (DESIGN §5).
     pub fn status(&self) -> Value {
         let errors: serde_json::Map<String, Value> = ErrorCode::ALL
@@ -570,6 +603,9 @@ impl State {
             "primary_bind_failures_total": self.ha.bind_failures,
             "step_downs_total": self.ha.step_downs,
             "heartbeats_rejected_total": rejected,
+            "clients_connected": self.ha.clients_connected,
+            "throughput_rps": self.rates().0,
+            "error_rate": self.rates().1,
             "requests_total": self.stats.requests_total,
             "replies_total": self.stats.replies_total,
             "errors_total": errors,
@@ -586,6 +622,9 @@ impl State {
 /// Where a reply goes: the frontend, the client's routing id, and whether
 /// it sent a delimiter.
 type Client = (Port, zmq::Message, bool);
+
+/// The window of `throughput_rps` and `error_rate`.
+const RATE_WINDOW: Duration = Duration::from_secs(10);
 
 fn limiter(config: &Config, now: Instant) -> Limiter {
     Limiter::new(
