@@ -167,6 +167,9 @@ keys! {
     max_message_bytes: usize = 1 << 20;
     /// Most frames in a request body; more get `bad_frames`.
     max_frames: usize = 32;
+    /// Largest frame libzmq accepts from a client before it cuts the
+    /// connection (ZMQ_MAXMSGSIZE); 0: 16 x max_message_bytes.
+    max_transport_bytes: usize = 0;
     /// Most requests in flight to one target; more get `backend_unavailable`.
     max_in_flight: usize = 10_000;
     /// Seconds a stopping bridge waits for in-flight requests.
@@ -251,6 +254,8 @@ pub struct Config {
     pub bind_host: String,
     pub targets: Vec<Target>,
     pub limits: Limits,
+    /// ZMQ_MAXMSGSIZE on the frontends.
+    pub max_transport_bytes: usize,
     pub max_in_flight: usize,
     pub drain_timeout: Duration,
     pub rate_limit_per_client: Option<Rate>,
@@ -516,6 +521,19 @@ impl File {
             limits: Limits {
                 max_message_bytes: self.max_message_bytes,
                 max_frames: self.max_frames,
+            },
+            max_transport_bytes: match self.max_transport_bytes {
+                0 => self.max_message_bytes.saturating_mul(16),
+                n if n < self.max_message_bytes => {
+                    return Err(ConfigError::new(
+                        "max_transport_bytes",
+                        format!(
+                            "must be at least max_message_bytes ({}), or a request just over the transport limit gets no `too_large` reply; got {n}",
+                            self.max_message_bytes
+                        ),
+                    ))
+                }
+                n => n,
             },
             max_in_flight: self.max_in_flight,
             drain_timeout: seconds("drain_timeout", self.drain_timeout)?,
@@ -795,6 +813,10 @@ mod tests {
         assert_eq!(err("pc2_addr = \"tcp://h:0\"").key, "pc2_addr");
         assert_eq!(err("bind_host = \"a b\"").key, "bind_host");
         assert_eq!(err("max_frames = 0").key, "max_frames");
+        assert_eq!(
+            err("max_message_bytes = 100\nmax_transport_bytes = 50").key,
+            "max_transport_bytes"
+        );
         assert_eq!(err("rate_limit_global = -1").key, "rate_limit_global");
         assert_eq!(
             err("rate_limit_per_client = 0.5").key,

@@ -732,11 +732,10 @@ fn open_frontend(context: &zmq::Context, config: &Config, endpoint: &str) -> zmq
     events.connect(&monitor)?;
     socket.set_router_mandatory(true)?;
     socket.set_linger(1000)?;
-    // Far above max_message_bytes, so that an oversized request still gets
-    // its `too_large` reply while an absurd one is cut off by the transport
+    // Above max_message_bytes, so that an oversized request still gets its
+    // `too_large` reply while an absurd one is cut off by the transport
     // before it reaches memory.
-    let ceiling = config.limits.max_message_bytes.saturating_mul(16);
-    socket.set_maxmsgsize(i64::try_from(ceiling).unwrap_or(i64::MAX))?;
+    socket.set_maxmsgsize(i64::try_from(config.max_transport_bytes).unwrap_or(i64::MAX))?;
     socket.set_ipv6(config.bind_host.contains(':'))?;
     socket.bind(endpoint)?;
     let bound = socket
