@@ -267,69 +267,44 @@ pub struct Config {
     pub log_level: LogLevel,
 }
 
-impl Config {
-    /// The keys a running bridge cannot change (they name ports, hosts or
-    /// its identity) that differ in `other`.
-    pub fn restart_keys_changed(&self, other: &Config) -> Vec<&'static str> {
-        let changed = [
-            ("mode", self.mode != other.mode),
-            ("primary_port", self.primary_port != other.primary_port),
-            (
-                "secondary_port",
-                self.secondary_port != other.secondary_port,
-            ),
-            ("bind_host", self.bind_host != other.bind_host),
-            ("primary_host", self.primary_host != other.primary_host),
-            (
-                "secondary_host",
-                self.secondary_host != other.secondary_host,
-            ),
-            (
-                "primary_heartbeat_port",
-                self.primary_heartbeat_port != other.primary_heartbeat_port,
-            ),
-            (
-                "secondary_heartbeat_port",
-                self.secondary_heartbeat_port != other.secondary_heartbeat_port,
-            ),
-            ("auth_token", self.auth_token != other.auth_token),
-            ("monitor_host", self.monitor_host != other.monitor_host),
-            (
-                "primary_monitor_port",
-                self.primary_monitor_port != other.primary_monitor_port,
-            ),
-            (
-                "secondary_monitor_port",
-                self.secondary_monitor_port != other.secondary_monitor_port,
-            ),
-            ("log_format", self.log_format != other.log_format),
-        ];
-        changed
-            .into_iter()
-            .filter_map(|(key, changed)| changed.then_some(key))
-            .collect()
-    }
+/// The keys a running bridge cannot change (they name ports, hosts or its
+/// identity): one list, so that detecting and keeping them cannot disagree.
+macro_rules! restart_keys {
+    ($($key:ident),* $(,)?) => {
+        impl Config {
+            /// The restart-only keys that differ in `other`.
+            pub fn restart_keys_changed(&self, other: &Config) -> Vec<&'static str> {
+                let mut changed = Vec::new();
+                $( if self.$key != other.$key { changed.push(stringify!($key)); } )*
+                changed
+            }
 
-    /// `other` with the keys that need a restart kept as they are here.
-    pub fn with_restart_keys_of(&self, other: Config) -> Config {
-        Config {
-            mode: self.mode,
-            primary_port: self.primary_port,
-            secondary_port: self.secondary_port,
-            bind_host: self.bind_host.clone(),
-            primary_host: self.primary_host.clone(),
-            secondary_host: self.secondary_host.clone(),
-            primary_heartbeat_port: self.primary_heartbeat_port,
-            secondary_heartbeat_port: self.secondary_heartbeat_port,
-            auth_token: self.auth_token.clone(),
-            monitor_host: self.monitor_host.clone(),
-            primary_monitor_port: self.primary_monitor_port,
-            secondary_monitor_port: self.secondary_monitor_port,
-            log_format: self.log_format,
-            ..other
+            /// `other` with the restart-only keys kept as they are here.
+            #[allow(clippy::clone_on_copy)]
+            pub fn with_restart_keys_of(&self, other: Config) -> Config {
+                Config { $( $key: self.$key.clone(), )* ..other }
+            }
         }
-    }
+    };
+}
 
+restart_keys!(
+    mode,
+    primary_port,
+    secondary_port,
+    bind_host,
+    primary_host,
+    secondary_host,
+    primary_heartbeat_port,
+    secondary_heartbeat_port,
+    auth_token,
+    monitor_host,
+    primary_monitor_port,
+    secondary_monitor_port,
+    log_format,
+);
+
+impl Config {
     /// The instance's home role.
     pub fn node(&self) -> Node {
         match self.mode {

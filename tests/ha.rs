@@ -82,15 +82,22 @@ fn scopeguard(process: &BridgeProcess) -> impl Drop + '_ {
     Cont(process)
 }
 
-#[test]
-fn a_restarted_primary_joins_as_passive_and_does_not_take_the_role_back() {
-    let pair = Pair::new(&[]);
+/// Start the pair, kill -9 the primary, and return the secondary once it
+/// holds the primary port.
+fn killed_and_taken_over(pair: &Pair) -> BridgeProcess {
     let (primary, secondary) = pair.start_both();
     primary.signal("KILL").unwrap();
     drop(primary);
     secondary
         .wait_for_event(Duration::from_secs(5), bound_primary)
         .expect("takeover");
+    secondary
+}
+
+#[test]
+fn a_restarted_primary_joins_as_passive_and_does_not_take_the_role_back() {
+    let pair = Pair::new(&[]);
+    let secondary = killed_and_taken_over(&pair);
     secondary
         .wait_for_event(Duration::from_secs(5), |e| {
             e["event"] == "released" && e["port"] == "secondary"
@@ -117,12 +124,7 @@ fn a_restarted_primary_joins_as_passive_and_does_not_take_the_role_back() {
 #[test]
 fn with_preempt_the_restarted_primary_takes_the_role_back_by_handover() {
     let pair = Pair::new(&["--preempt=true"]);
-    let (primary, secondary) = pair.start_both();
-    primary.signal("KILL").unwrap();
-    drop(primary);
-    secondary
-        .wait_for_event(Duration::from_secs(5), bound_primary)
-        .expect("takeover");
+    let secondary = killed_and_taken_over(&pair);
 
     let restarted = pair.start("active");
     restarted
