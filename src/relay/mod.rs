@@ -225,6 +225,10 @@ impl Relay {
                     count_connections(frontend);
                 }
             }
+            // Before the requests of this round: a client asking for the
+            // status counts itself.
+            self.state.ha.clients_connected =
+                self.frontends.iter().flatten().map(|f| f.clients).sum();
             for port in [Port::Primary, Port::Secondary] {
                 if !ready.frontends[port.index()] {
                     continue;
@@ -637,7 +641,6 @@ impl Relay {
         view.step_downs = self.machine.step_downs();
         view.rejected = self.heartbeats.rejected;
         view.frontend_ports = self.frontends.iter().flatten().map(|f| f.port).collect();
-        view.clients_connected = self.frontends.iter().flatten().map(|f| f.clients).sum();
     }
 
     fn report_ready(&self, port: Port, events: Events) {
