@@ -821,6 +821,45 @@ mod tests {
         assert_eq!(File::from_toml_str(&f.to_toml()).unwrap(), f);
     }
 
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Whatever a config file holds, loading it never panics, and a
+        /// refusal names a key or says what is wrong.
+        #[test]
+        fn arbitrary_files_are_accepted_or_refused_by_key(text in "(?s).{0,300}") {
+            if let Err(e) = File::from_toml_str(&text).and_then(|f| f.validate()) {
+                prop_assert!(!e.message.is_empty());
+            }
+        }
+
+        /// Every top-level key with a value of any type: no panic, and a
+        /// refusal names that key.
+        #[test]
+        fn arbitrary_values_for_any_key_are_accepted_or_refused_by_that_key(
+            key in proptest::sample::select(vec![
+                "primary_port", "secondary_port", "heartbeat_interval", "heartbeat_timeout",
+                "pc2_addr", "bind_host", "request_timeout", "max_message_bytes", "max_frames",
+                "rate_limit_per_client", "log_level", "preempt", "auth_token_file",
+            ]),
+            value in prop_oneof![
+                any::<i64>().prop_map(|v| v.to_string()),
+                any::<f64>().prop_map(|v| format!("{v:?}")),
+                "[a-z:/.0-9]{0,20}".prop_map(|v| format!("{v:?}")),
+                Just("true".to_string()),
+                Just("[1, 2]".to_string()),
+                Just("{ a = 1 }".to_string()),
+            ],
+        ) {
+            if let Err(e) = File::from_toml_str(&format!("{key} = {value}\n")).and_then(|f| f.validate()) {
+                prop_assert!(
+                    e.key == key || e.key.starts_with("heartbeat") || e.key == format!("{key}_burst"),
+                    "{key} = {value}: {e}"
+                );
+            }
+        }
+    }
+
     #[test]
     fn tcp_endpoints_bracket_ipv6_and_star_port_zero() {
         assert_eq!(tcp_endpoint("::1", 5600), "tcp://[::1]:5600");

@@ -41,6 +41,11 @@ fn garbage_is_answered_and_other_clients_keep_being_served() {
     deep.extend(std::iter::repeat_n(b']', 100_000));
     deep.push(b'}');
     let fifty: Vec<&[u8]> = vec![b"pc2"; 50];
+    let thousand: Vec<&[u8]> = vec![b"x"; 1000];
+    let mut deep_target = br#"{"target":"#.to_vec();
+    deep_target.extend(std::iter::repeat_n(b'[', 1000));
+    deep_target.extend(std::iter::repeat_n(b']', 1000));
+    deep_target.push(b'}');
     let ten_mib = vec![b'{'; 10 << 20];
     let random = noise(1000, 7);
     let cases: Vec<(&str, Vec<&[u8]>, &str)> = vec![
@@ -67,6 +72,43 @@ fn garbage_is_answered_and_other_clients_keep_being_served() {
         ),
         ("a number", vec![b"1e999999"], "invalid_json"),
         ("NUL bytes", vec![b"\0\0\0"], "invalid_json"),
+        (
+            "a number out of range as target",
+            vec![br#"{"target":1e400}"#],
+            "missing_target",
+        ),
+        (
+            "a null target",
+            vec![br#"{"target":null}"#],
+            "missing_target",
+        ),
+        (
+            "a boolean target",
+            vec![br#"{"target":true}"#],
+            "missing_target",
+        ),
+        (
+            "an object target",
+            vec![br#"{"target":{"name":"pc2"}}"#],
+            "missing_target",
+        ),
+        ("a 1000-deep target", vec![&deep_target], "missing_target"),
+        (
+            "a numeric action",
+            vec![br#"{"action":5}"#],
+            "missing_target",
+        ),
+        (
+            "a heartbeat sent to the frontend",
+            vec![br#"{"type":"heartbeat","instance":"active","epoch":99}"#],
+            "missing_target",
+        ),
+        ("1000 frames", thousand, "bad_frames"),
+        (
+            "a target with a NUL byte",
+            vec![b"pc\x002", b"x"],
+            "unknown_target",
+        ),
     ];
     let client = Dealer::connect(&bridge.frontend);
     for (what, frames, code) in &cases {
