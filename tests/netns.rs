@@ -27,7 +27,10 @@ fn ip(args: &[&str]) {
 
 impl Hosts {
     fn new() -> Hosts {
-        let id = std::process::id() % 100_000;
+        // Unique per test: the tests of one run share a process id.
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let id = (std::process::id() % 10_000) * 10 + n % 10;
         let hosts = Hosts {
             ns: [format!("zbridge-a-{id}"), format!("zbridge-b-{id}")],
             veth: [format!("zba{id}"), format!("zbb{id}")],
@@ -68,8 +71,13 @@ impl Hosts {
         command
     }
 
-    /// A bridge on host 0 (primary) or 1 (secondary).
+    /// A bridge on host 0 (primary) or 1 (secondary), the pair's peer on
+    /// the other host.
     fn bridge(&self, host: usize) -> BridgeProcess {
+        self.bridge_with(host, &["--main-pc-addr=", "--pc2-addr="])
+    }
+
+    fn bridge_with(&self, host: usize, extra: &[&str]) -> BridgeProcess {
         let mut command = self.command(host, exe());
         command.args([
             "run",
@@ -83,9 +91,8 @@ impl Hosts {
             &format!("--secondary-host={}", ADDR[1]),
             "--heartbeat-interval=0.1",
             "--heartbeat-timeout=0.3",
-            "--main-pc-addr=",
-            "--pc2-addr=",
         ]);
+        command.args(extra);
         BridgeProcess::start(command).expect("bridge starts in its namespace")
     }
 
@@ -169,4 +176,86 @@ fn a_cut_link_makes_two_actives_and_the_healed_link_leaves_one_by_epoch() {
     let doc = hosts.status(1, 5600).expect("status of the new active");
     assert_eq!(doc["epoch"], 2);
     assert_eq!(doc["redundancy"], "ok");
+}
+
+/// One request through `zbridge request` run on host 0: the reply frames,
+/// or the error code the bridge answered.
+fn request(hosts: &Hosts, payload: &str) -> Result<String, String> {
+    let out = hosts
+        .command(0, exe())
+        .args(["request", "--timeout=3", "--target=pc2", "--endpoint"])
+        .arg(format!("tcp://{}:5600", ADDR[0]))
+        .arg(payload)
+        .output()
+        .expect("run zbridge request");
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        Err(["timeout", "backend_unavailable", "circuit_open"]
+            .into_iter()
+            .find(|code| stderr.contains(code))
+            .unwrap_or(&stderr)
+            .to_string())
+    }
+}
+
+#[test]
+fn a_cut_backend_link_opens_the_breaker_and_traffic_resumes_when_it_returns() {
+    let hosts = Hosts::new();
+    // The backend on host 1, the bridge on host 0.
+    let mut service = hosts.command(1, std::path::Path::new("python3"));
+    service
+        .arg(root().join("tests/peers/rep_service.py"))
+        .args(["--port=5602", "--tag=pc2", &format!("--host={}", ADDR[1])]);
+    let (_service, _) =
+        Process::spawn(service, |l| l.starts_with("ready ")).expect("service starts");
+    let pc2 = format!("--pc2-addr=tcp://{}:5602", ADDR[1]);
+    let _bridge = hosts.bridge_with(
+        0,
+        &[
+            "--main-pc-addr=",
+            &pc2,
+            "--request-timeout=0.3",
+            "--breaker-failure-threshold=2",
+            "--breaker-open-wait=0.5",
+        ],
+    );
+    assert!(wait_until(Duration::from_secs(10), || {
+        request(&hosts, "before") == Ok("pc2\nbefore\n".into())
+    }));
+
+    hosts.link(false);
+    let mut codes = Vec::new();
+    for i in 0..10 {
+        match request(&hosts, &format!("during-{i}")) {
+            Err(code) => codes.push(code),
+            Ok(reply) => panic!("a reply across a cut link: {reply}"),
+        }
+        if codes.last().is_some_and(|c| c == "circuit_open") {
+            break;
+        }
+    }
+    assert!(
+        codes[0] == "timeout" || codes[0] == "backend_unavailable",
+        "{codes:?}"
+    );
+    assert_eq!(
+        codes.last().map(String::as_str),
+        Some("circuit_open"),
+        "{codes:?}"
+    );
+
+    hosts.link(true);
+    // Traffic resumes by itself; each reply is the one to its own request.
+    let mut n = 0;
+    assert!(wait_until(Duration::from_secs(30), || {
+        n += 1;
+        let payload = format!("after-{n}");
+        request(&hosts, &payload) == Ok(format!("pc2\n{payload}\n"))
+    }));
+    for i in 0..5 {
+        let payload = format!("then-{i}");
+        assert_eq!(request(&hosts, &payload), Ok(format!("pc2\n{payload}\n")));
+    }
 }
