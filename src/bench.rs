@@ -37,6 +37,21 @@ pub enum What {
         #[arg(long, default_value_t = 500.0)]
         rate: f64,
     },
+    /// A pair under load for a long time, with faults of the active at
+    /// random times; RSS and fds sampled; a JSON line at the end.
+    Soak {
+        /// Seconds of the whole run.
+        #[arg(long, default_value_t = 1800)]
+        duration: u64,
+        /// Requests per second of the client.
+        #[arg(long, default_value_t = 200.0)]
+        rate: f64,
+        /// Seconds between faults (random in [N, 2N]).
+        #[arg(long, default_value_t = 30)]
+        fault_every: u64,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
 }
 
 pub fn run(what: What) -> anyhow::Result<()> {
@@ -48,6 +63,25 @@ pub fn run(what: What) -> anyhow::Result<()> {
             rounds,
         } => relay(seconds, latency_requests, memory_requests, rounds.max(1)),
         What::Failover { rate } => failover(rate),
+        What::Soak {
+            duration,
+            rate,
+            fault_every,
+            seed,
+        } => {
+            let every = Duration::from_secs(fault_every.max(1));
+            let soak = crate::soak::Soak {
+                duration: Duration::from_secs(duration),
+                rate,
+                fault_every: (every, every * 2),
+                heartbeat_interval: Duration::from_millis(100),
+                heartbeat_timeout: Duration::from_millis(300),
+                seed,
+            };
+            let report = soak.run(&std::env::current_exe()?, &mut |line| println!("{line}"))?;
+            println!("{}", report.json());
+            Ok(())
+        }
     }
 }
 
@@ -100,20 +134,15 @@ struct Scraper {
 
 impl Scraper {
     fn start(monitor: &str, every: Duration) -> Scraper {
-        use std::io::{Read, Write};
         use std::sync::atomic::Ordering;
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let address = monitor.trim_start_matches("http://").to_string();
+        let url = format!("{monitor}/metrics");
         let flag = std::sync::Arc::clone(&stop);
         let thread = std::thread::spawn(move || {
             let mut scrapes = 0;
             while !flag.load(Ordering::Relaxed) {
-                if let Ok(mut stream) = std::net::TcpStream::connect(&address) {
-                    let _ = stream.write_all(b"GET /metrics HTTP/1.0\r\n\r\n");
-                    let mut body = Vec::new();
-                    if stream.read_to_end(&mut body).is_ok() && body.starts_with(b"HTTP/1.") {
-                        scrapes += 1;
-                    }
+                if crate::lab::http_get(&url, Duration::from_secs(2)).is_some() {
+                    scrapes += 1;
                 }
                 std::thread::sleep(every);
             }

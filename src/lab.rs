@@ -40,6 +40,25 @@ pub fn lone_bridge_flags() -> Vec<String> {
     flags
 }
 
+/// The body of a `200` answer to `GET url` (`http://HOST:PORT/PATH`), or
+/// `None`: a plain HTTP/1.0 exchange for the benchmarks and the soak.
+pub fn http_get(url: &str, timeout: Duration) -> Option<String> {
+    use std::io::{Read, Write};
+    let rest = url.strip_prefix("http://")?;
+    let (address, path) = rest.split_once('/').map_or((rest, ""), |(a, p)| (a, p));
+    let socket = std::net::ToSocketAddrs::to_socket_addrs(address)
+        .ok()?
+        .next()?;
+    let mut stream = std::net::TcpStream::connect_timeout(&socket, timeout).ok()?;
+    stream.set_read_timeout(Some(timeout)).ok()?;
+    write!(stream, "GET /{path} HTTP/1.0\r\nHost: {address}\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let (head, body) = response.split_once("\r\n\r\n")?;
+    head.split(' ').nth(1).filter(|code| *code == "200")?;
+    Some(body.to_string())
+}
+
 /// Send one request on a fresh DEALER and wait up to `timeout` for the reply.
 pub fn ask(endpoint: &str, frames: &[&[u8]], timeout: Duration) -> Option<Vec<Vec<u8>>> {
     let context = zmq::Context::new();
@@ -195,6 +214,20 @@ impl Process {
             status.is_some()
         });
         status
+    }
+
+    /// Every JSON line printed on stdout so far.
+    pub fn events(&self) -> Vec<Value> {
+        let out = self.out.lock().map(|o| o.clone()).unwrap_or_default();
+        out.iter()
+            .filter_map(|(_, line)| serde_json::from_str(line).ok())
+            .collect()
+    }
+
+    /// Open file descriptors, from /proc.
+    pub fn fds(&self) -> Option<u64> {
+        let dir = std::fs::read_dir(format!("/proc/{}/fd", self.pid())).ok()?;
+        Some(dir.count() as u64)
     }
 
     /// Resident memory in KiB, from /proc.
@@ -761,6 +794,56 @@ impl Fault {
     }
 }
 
+/// The ports and services of a pair of bridges on loopback: two echo
+/// services as targets `main_pc` and `pc2`, free ports for everything.
+pub struct LoopbackPair {
+    /// Primary and secondary frontend, primary and secondary heartbeat.
+    pub ports: [u16; 4],
+    monitors: [u16; 2],
+    main_pc: EchoService,
+    pc2: EchoService,
+    interval: Duration,
+    timeout: Duration,
+}
+
+impl LoopbackPair {
+    pub fn new(interval: Duration, timeout: Duration) -> anyhow::Result<LoopbackPair> {
+        Ok(LoopbackPair {
+            ports: [free_port(), free_port(), free_port(), free_port()],
+            monitors: [free_port(), free_port()],
+            main_pc: EchoService::start(None)?,
+            pc2: EchoService::start(None)?,
+            interval,
+            timeout,
+        })
+    }
+
+    /// The flags of the instance started with `--mode MODE`.
+    pub fn flags(&self, mode: &str) -> Vec<String> {
+        vec![
+            format!("--mode={mode}"),
+            format!("--primary-port={}", self.ports[0]),
+            format!("--secondary-port={}", self.ports[1]),
+            format!("--primary-heartbeat-port={}", self.ports[2]),
+            format!("--secondary-heartbeat-port={}", self.ports[3]),
+            format!("--primary-monitor-port={}", self.monitors[0]),
+            format!("--secondary-monitor-port={}", self.monitors[1]),
+            format!("--heartbeat-interval={}", self.interval.as_secs_f64()),
+            format!("--heartbeat-timeout={}", self.timeout.as_secs_f64()),
+            format!("--main-pc-addr={}", self.main_pc.endpoint),
+            format!("--pc2-addr={}", self.pc2.endpoint),
+        ]
+    }
+
+    /// The frontend endpoints, primary port first.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.ports[..2]
+            .iter()
+            .map(|p| format!("tcp://127.0.0.1:{p}"))
+            .collect()
+    }
+}
+
 /// A pair on loopback with two services, two retrying clients (one knows
 /// only the primary port, one knows both), and one fault of the active.
 pub struct Failover {
@@ -797,32 +880,10 @@ impl Failover {
         exe: &Path,
         before_load: &mut dyn FnMut(&str),
     ) -> anyhow::Result<FailoverReport> {
-        let main_pc = EchoService::start(None)?;
-        let pc2 = EchoService::start(None)?;
-        let ports = [free_port(), free_port(), free_port(), free_port()];
-        let monitors = [free_port(), free_port()];
+        let pair = LoopbackPair::new(self.heartbeat_interval, self.heartbeat_timeout)?;
+        let flags = |mode: &str| pair.flags(mode);
         let endpoint = |p: u16| format!("tcp://127.0.0.1:{p}");
-        let flags = |mode: &str| {
-            vec![
-                format!("--mode={mode}"),
-                format!("--primary-port={}", ports[0]),
-                format!("--secondary-port={}", ports[1]),
-                format!("--primary-heartbeat-port={}", ports[2]),
-                format!("--secondary-heartbeat-port={}", ports[3]),
-                format!("--primary-monitor-port={}", monitors[0]),
-                format!("--secondary-monitor-port={}", monitors[1]),
-                format!(
-                    "--heartbeat-interval={}",
-                    self.heartbeat_interval.as_secs_f64()
-                ),
-                format!(
-                    "--heartbeat-timeout={}",
-                    self.heartbeat_timeout.as_secs_f64()
-                ),
-                format!("--main-pc-addr={}", main_pc.endpoint),
-                format!("--pc2-addr={}", pc2.endpoint),
-            ]
-        };
+        let ports = pair.ports;
         let primary = BridgeProcess::spawn(exe, &flags("active"))?;
         let mut primary = Some(primary);
         let secondary = BridgeProcess::spawn(exe, &flags("passive"))?;

@@ -15,5 +15,6 @@ pub mod lab;
 pub mod monitor;
 pub mod relay;
 pub mod run;
+pub mod soak;
 pub mod stop;
 pub mod tools;

@@ -11,3 +11,4 @@ mod monitor;
 mod netns;
 mod relay;
 mod reload;
+mod soak;
