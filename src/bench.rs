@@ -37,6 +37,26 @@ pub enum What {
         #[arg(long, default_value_t = 500.0)]
         rate: f64,
     },
+    /// A sustained load through a live pair that it starts on loopback:
+    /// throughput, latency percentiles, errors, lost requests, memory.
+    Load {
+        /// Requests per second over all clients.
+        #[arg(long, default_value_t = 5000.0)]
+        rate: f64,
+        #[arg(long, default_value_t = 4)]
+        clients: usize,
+        /// Requests in flight per client, at most.
+        #[arg(long, default_value_t = 16)]
+        in_flight: usize,
+        /// Seconds of load.
+        #[arg(long, default_value_t = 10.0)]
+        duration: f64,
+        #[arg(long, default_value_t = 100)]
+        payload_bytes: usize,
+        /// JSON requests instead of multipart.
+        #[arg(long)]
+        json: bool,
+    },
     /// A pair under load for a long time, with faults of the active at
     /// random times; RSS and fds sampled; a JSON line at the end.
     Soak {
@@ -63,6 +83,14 @@ pub fn run(what: What) -> anyhow::Result<()> {
             rounds,
         } => relay(seconds, latency_requests, memory_requests, rounds.max(1)),
         What::Failover { rate } => failover(rate),
+        What::Load {
+            rate,
+            clients,
+            in_flight,
+            duration,
+            payload_bytes,
+            json,
+        } => sustained(rate, clients, in_flight, duration, payload_bytes, json),
         What::Soak {
             duration,
             rate,
@@ -242,6 +270,7 @@ fn relay(
         payload_bytes: bytes,
         settle: Duration::from_secs(5),
         tagged: false,
+        rate: None,
     };
     println!(
         "zbridge bench relay: loopback, one echo service, all figures from this run, medians of {rounds} interleaved rounds"
@@ -437,5 +466,73 @@ fn failover(rate: f64) -> anyhow::Result<()> {
     println!("serve: the fault until the passive holds the primary port (SIGSTOP: it never does, by design);");
     println!("gap: the longest a request waited for its answer, for a client of 1 or 2 endpoints.");
     println!("{}", json!({"bench": "failover", "rows": rows}));
+    Ok(())
+}
+
+fn sustained(
+    rate: f64,
+    clients: usize,
+    in_flight: usize,
+    duration: f64,
+    payload_bytes: usize,
+    json_path: bool,
+) -> anyhow::Result<()> {
+    let exe = std::env::current_exe()?;
+    let duration = Duration::try_from_secs_f64(duration).context("--duration")?;
+    let pair = crate::lab::LoopbackPair::new(Duration::from_secs(1), Duration::from_secs(3))?;
+    let bridges = ["active", "passive"].map(|mode| BridgeProcess::spawn(&exe, &pair.flags(mode)));
+    let [primary, secondary] = bridges;
+    let bridges = [primary?, secondary?];
+    let rss = || {
+        bridges
+            .iter()
+            .map(|b| b.rss_kb().unwrap_or(0))
+            .collect::<Vec<_>>()
+    };
+    let rss_start = rss();
+    println!(
+        "zbridge bench load: a pair on loopback, {clients} clients x {in_flight} in flight, {rate} requests/s, {} s, {payload_bytes} B {}",
+        duration.as_secs_f64(),
+        if json_path { "JSON" } else { "multipart" }
+    );
+    let mut r = Load {
+        endpoint: pair.endpoints().join(","),
+        targets: vec!["pc2".into()],
+        path: if json_path {
+            Route::Json
+        } else {
+            Route::Multipart
+        },
+        clients: clients.max(1),
+        in_flight: in_flight.max(1),
+        requests: u64::MAX,
+        duration,
+        payload_bytes,
+        settle: Duration::from_secs(5),
+        tagged: false,
+        rate: Some(rate),
+    }
+    .run()?;
+    let rss_end = rss();
+    let (p50, p99, p999) = (
+        r.quantile_ms(0.5),
+        r.quantile_ms(0.99),
+        r.quantile_ms(0.999),
+    );
+    println!(
+        "sent {}, answered {}, lost {}, mixed up {}, errors {:?}",
+        r.sent, r.ok, r.lost, r.mismatched, r.errors
+    );
+    println!(
+        "throughput {:.0} requests/s; latency p50 {p50:.3} ms, p99 {p99:.3} ms, p999 {p999:.3} ms",
+        r.throughput()
+    );
+    println!("bridge RSS (primary, secondary): {rss_start:?} KiB at start, {rss_end:?} KiB at end");
+    println!(
+        "{}",
+        json!({"bench": "load", "sent": r.sent, "ok": r.ok, "lost": r.lost, "mismatched": r.mismatched,
+            "errors": r.errors, "rps": r.throughput(), "p50_ms": p50, "p99_ms": p99, "p999_ms": p999,
+            "rss_start_kb": rss_start, "rss_end_kb": rss_end})
+    );
     Ok(())
 }

@@ -384,6 +384,8 @@ pub enum Route {
 /// checked against its request.
 #[derive(Debug, Clone)]
 pub struct Load {
+    /// One endpoint, or several separated by commas: each client's DEALER
+    /// connects to all of them and spreads its requests.
     pub endpoint: String,
     pub targets: Vec<String>,
     pub path: Route,
@@ -398,6 +400,9 @@ pub struct Load {
     /// [`EchoService::start`]); check that each reply came from the target
     /// its request named.
     pub tagged: bool,
+    /// Requests per second over all clients; `None`: as fast as the
+    /// in-flight window allows.
+    pub rate: Option<f64>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -462,7 +467,9 @@ impl Load {
                 let socket = context.socket(zmq::DEALER)?;
                 socket.set_linger(0)?;
                 socket.set_ipv6(true)?;
-                socket.connect(&self.endpoint)?;
+                for endpoint in self.endpoint.split(',') {
+                    socket.connect(endpoint)?;
+                }
                 let load = self.clone();
                 Ok(std::thread::spawn(move || {
                     load.client(&socket, client as u64, per_client, start)
@@ -538,14 +545,28 @@ impl Load {
         let mut next = 0u64;
         let stop_sending = start + self.duration;
         let mut give_up = stop_sending + self.settle;
+        // Each client sends its share of the rate.
+        let interval = self
+            .rate
+            .map(|r| Duration::from_secs_f64(self.clients as f64 / r.max(1e-3)));
+        let mut next_send = start;
         loop {
             let now = Instant::now();
-            while outstanding.len() < self.in_flight && next < count && now < stop_sending {
+            while outstanding.len() < self.in_flight
+                && next < count
+                && now < stop_sending
+                && now >= next_send
+            {
                 let id = client << 40 | next;
                 next += 1;
                 socket.send_multipart(self.request(id), 0)?;
                 outstanding.insert(id, Instant::now());
                 report.sent += 1;
+                if let Some(interval) = interval {
+                    // Catch up at most 10 ms of sending after a stall
+                    // (poll sleeps whole milliseconds), not a burst.
+                    next_send = (next_send + interval).max(now - Duration::from_millis(10));
+                }
             }
             if next >= count || now >= stop_sending {
                 if outstanding.is_empty() {
@@ -557,7 +578,13 @@ impl Load {
             if left.is_zero() {
                 break;
             }
-            if socket.poll(zmq::POLLIN, left.as_millis().max(1) as i64)? == 0 {
+            let wait = match interval {
+                Some(_) if next < count && now < stop_sending => {
+                    left.min(next_send.saturating_duration_since(now))
+                }
+                _ => left,
+            };
+            if socket.poll(zmq::POLLIN, wait.as_millis().max(1) as i64)? == 0 {
                 continue;
             }
             while let Ok(reply) = socket.recv_multipart(zmq::DONTWAIT) {

@@ -173,3 +173,20 @@ fn logs_can_be_json_lines() {
     assert_eq!(doc["level"], "INFO");
     assert_eq!(doc["frontend"], bridge.frontend.as_str());
 }
+
+#[test]
+fn bench_load_reports_its_figures_in_a_last_json_line() {
+    let out = zbridge(&["bench", "load", "--duration=2", "--rate=500", "--clients=2"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let last: serde_json::Value =
+        serde_json::from_str(stdout.lines().last().unwrap()).expect("a JSON line");
+    assert_eq!(last["lost"], 0, "{last}");
+    assert_eq!(last["ok"], last["sent"], "{last}");
+    let sent = last["sent"].as_u64().unwrap();
+    assert!((800..=1100).contains(&sent), "about 500/s for 2 s: {last}");
+    for key in ["p50_ms", "p99_ms", "p999_ms", "rps"] {
+        assert!(last[key].as_f64().unwrap() > 0.0, "{key}: {last}");
+    }
+    assert_eq!(last["rss_end_kb"].as_array().unwrap().len(), 2);
+}

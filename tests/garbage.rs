@@ -33,6 +33,7 @@ fn garbage_is_answered_and_other_clients_keep_being_served() {
         payload_bytes: 100,
         settle: Duration::from_secs(10),
         tagged: false,
+        rate: None,
     };
     let good = std::thread::spawn(move || load.run().unwrap());
 
