@@ -281,16 +281,13 @@ impl Relay {
             }
         }
         let first_dealer = items.len();
-        let mut polled = Vec::with_capacity(self.dealers.len());
-        for (target, (dealer, backend)) in self.dealers.iter().zip(&self.state.backends).enumerate()
-        {
+        for (dealer, backend) in self.dealers.iter().zip(&self.state.backends) {
             let Some(dealer) = dealer else { continue };
             let events = if backend.waiting.is_empty() {
                 zmq::POLLIN
             } else {
                 zmq::POLLIN | zmq::POLLOUT
             };
-            polled.push(target);
             items.push(dealer.as_poll_item(events));
         }
         match zmq::poll(&mut items, timeout_ms) {
@@ -305,7 +302,9 @@ impl Relay {
         }
         ready.dealers.clear();
         ready.dealers.resize(self.dealers.len(), (false, false));
-        for (target, item) in polled.into_iter().zip(&items[first_dealer..]) {
+        // The items follow the dealers that are open, in order.
+        let open = self.dealers.iter().enumerate().filter(|(_, d)| d.is_some());
+        for ((target, _), item) in open.zip(&items[first_dealer..]) {
             ready.dealers[target] = (item.is_readable(), item.is_writable());
         }
         Ok(())
