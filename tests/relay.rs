@@ -136,3 +136,45 @@ fn a_slow_target_does_not_delay_another_targets_replies() {
     assert_eq!(reply, [b"slow".to_vec(), b"sleep:1.5".to_vec()]);
     drop(slow);
 }
+
+#[test]
+fn a_request_id_envelope_comes_back_with_every_kind_of_reply() {
+    let (slow, slow_port) = py_service("slow", 0);
+    let fast = EchoService::start(Some("fast")).unwrap();
+    let config = TempConfig::new(&format!(
+        "[targets.slow]\nendpoint = \"tcp://127.0.0.1:{slow_port}\"\n\
+         [targets.fast]\nendpoint = \"{}\"\n",
+        fast.endpoint
+    ));
+    let bridge = bridge(&[config.flag()]);
+    let client = Dealer::connect(&bridge.frontend);
+    // All in flight at once; the ids tell the answers apart.
+    client.send(&[b"\x00slow", b"", b"slow", b"sleep:0.3"]);
+    client.send(&[b"\x00fast", b"", b"fast", b"", b"x"]);
+    client.send(&[b"\x00nope", b"", b"nope", b"y"]);
+    client.send(&[b"\x00ping", b"", br#"{"action":"ping"}"#]);
+    let mut replies = std::collections::HashMap::new();
+    for _ in 0..4 {
+        let reply = client.recv(Duration::from_secs(5)).expect("a reply");
+        assert_eq!(reply[1], b"", "the delimiter comes back: {reply:?}");
+        replies.insert(reply[0].clone(), reply[2..].to_vec());
+    }
+    assert_eq!(
+        replies[&b"\x00fast".to_vec()],
+        [b"fast".to_vec(), b"".to_vec(), b"x".to_vec()],
+        "an empty payload frame is payload, not an envelope"
+    );
+    assert_eq!(
+        error_of(&replies[&b"\x00nope".to_vec()]).0,
+        "unknown_target"
+    );
+    let pong: serde_json::Value =
+        serde_json::from_slice(&replies[&b"\x00ping".to_vec()][0]).unwrap();
+    assert_eq!(pong["action"], "pong");
+    assert_eq!(
+        replies[&b"\x00slow".to_vec()],
+        [b"slow".to_vec(), b"sleep:0.3".to_vec()],
+        "the service never sees the id"
+    );
+    drop(slow);
+}

@@ -33,7 +33,7 @@ use crate::monitor;
 use crate::stop::Stop;
 use inflight::Key;
 use serde_json::{json, Value};
-use state::State;
+use state::{Return, State};
 use std::time::{Duration, Instant, SystemTime};
 use tracing::{error, info, warn};
 use zbridge_protocol::heartbeat::{Message, Role, State as PeerState};
@@ -825,18 +825,23 @@ fn send_envelope<I: Iterator<Item = zmq::Message>>(
     Ok(())
 }
 
-/// Send a reply to a client through a ROUTER, mirroring its delimiter.
+/// Send a reply to a client through a ROUTER, mirroring its envelope.
 fn send_routed(
     frontend: &zmq::Socket,
     client: zmq::Message,
-    delimiter: bool,
+    back: Return,
     body: impl IntoIterator<Item = zmq::Message>,
 ) -> zmq::Result<()> {
     // ROUTER_MANDATORY: an unreachable client fails here, before any frame
     // of the message is queued.
     frontend.send(client, zmq::SNDMORE | zmq::DONTWAIT)?;
-    if delimiter {
-        frontend.send(&b""[..], zmq::SNDMORE)?;
+    match back {
+        Return::Bare => {}
+        Return::Delimiter => frontend.send(&b""[..], zmq::SNDMORE)?,
+        Return::RequestId(id) => {
+            frontend.send(id, zmq::SNDMORE)?;
+            frontend.send(&b""[..], zmq::SNDMORE)?;
+        }
     }
     let mut body = body.into_iter().peekable();
     while let Some(frame) = body.next() {

@@ -14,7 +14,9 @@ use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
 use zbridge_protocol::heartbeat::{Node, Rejected};
-use zbridge_protocol::{error_reply, parse_request, Action, ErrorCode, Rejection, Request};
+use zbridge_protocol::{
+    error_reply, parse_request, Action, Envelope, ErrorCode, Rejection, Request,
+};
 
 pub(super) struct Backend {
     pub name: String,
@@ -38,7 +40,7 @@ pub(super) struct Backend {
 /// A request sent to a backend and not yet answered.
 pub(super) struct Pending {
     client: zmq::Message,
-    delimiter: bool,
+    back: Return,
     /// The frontend the request came in on, and its reply goes out on.
     frontend: Port,
     target: usize,
@@ -204,7 +206,7 @@ impl State {
             false => None,
         };
         let parsed = parse_request(&frames[1..], &self.config.limits);
-        let delimiter = parsed.delimiter;
+        let envelope = parsed.envelope;
         let next = match (limited, parsed.request) {
             (Some((limit, wait)), _) => {
                 Next::Reject(ErrorCode::RateLimited, self.rate_limited(limit, wait))
@@ -213,7 +215,16 @@ impl State {
         };
         let mut frames = frames.drain(..);
         let Some(client) = frames.next() else { return };
-        let to = (port, client, delimiter);
+        let back = match envelope {
+            Envelope::Bare => Return::Bare,
+            Envelope::Delimiter => Return::Delimiter,
+            Envelope::RequestId => {
+                Return::RequestId(frames.next().unwrap_or_else(zmq::Message::new))
+            }
+        };
+        // Frames left before the payload: the delimiter of an envelope.
+        let taken = usize::from(envelope == Envelope::RequestId);
+        let to = (port, client, back);
         match next {
             Next::Reject(code, message) => self.reject(frontends, to, code, &message),
             Next::Answer(action) => {
@@ -221,7 +232,7 @@ impl State {
                 self.send_reply(frontends, to, [zmq::Message::from(body)]);
             }
             Next::Forward { target, payload } => {
-                let payload = frames.skip(payload);
+                let payload = frames.skip(payload - taken);
                 match &dealers[target] {
                     Some(dealer) => self.forward(frontends, dealer, target, to, payload),
                     None => {
@@ -314,10 +325,10 @@ impl State {
             }
             Admission::Allowed(transition) => log_transition(backend, transition),
         }
-        let (frontend, client, delimiter) = to;
+        let (frontend, client, back) = to;
         let key = self.table.insert(Pending {
             client,
-            delimiter,
+            back,
             frontend,
             target,
             sent: now,
@@ -413,7 +424,7 @@ impl State {
         let transition = backend.breaker.on_success();
         log_transition(backend, transition);
         self.stats.replies_total += 1;
-        let to = (pending.frontend, pending.client, pending.delimiter);
+        let to = (pending.frontend, pending.client, pending.back);
         self.send_reply(frontends, to, frames.drain(2..));
     }
 
@@ -448,7 +459,7 @@ impl State {
                         ),
                     )
                 };
-                let to = (pending.frontend, pending.client, pending.delimiter);
+                let to = (pending.frontend, pending.client, pending.back);
                 self.reject(frontends, to, code, &message);
             }
         }
@@ -471,7 +482,7 @@ impl State {
                 "the bridge stopped before target {} answered: retry on the other bridge",
                 self.backends[pending.target].name
             );
-            let to = (pending.frontend, pending.client, pending.delimiter);
+            let to = (pending.frontend, pending.client, pending.back);
             self.reject(frontends, to, ErrorCode::Draining, &message);
         }
     }
@@ -495,11 +506,11 @@ impl State {
     fn send_reply(
         &mut self,
         frontends: &Frontends,
-        (port, client, delimiter): Client,
+        (port, client, back): Client,
         body: impl IntoIterator<Item = zmq::Message>,
     ) {
         let sent = match &frontends[port.index()] {
-            Some(frontend) => send_routed(&frontend.socket, client, delimiter, body),
+            Some(frontend) => send_routed(&frontend.socket, client, back, body),
             None => Err(zmq::Error::ENOTSOCK),
         };
         if let Err(e) = sent {
@@ -619,9 +630,16 @@ impl State {
     }
 }
 
-/// Where a reply goes: the frontend, the client's routing id, and whether
-/// it sent a delimiter.
-type Client = (Port, zmq::Message, bool);
+/// Where a reply goes: the frontend, the client's routing id, and the
+/// envelope to put back before the reply.
+type Client = (Port, zmq::Message, Return);
+
+/// What a client put before its request and gets back before the reply.
+pub(super) enum Return {
+    Bare,
+    Delimiter,
+    RequestId(zmq::Message),
+}
 
 /// The window of `throughput_rps` and `error_rate`.
 const RATE_WINDOW: Duration = Duration::from_secs(10);

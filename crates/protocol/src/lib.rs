@@ -14,4 +14,4 @@ pub mod heartbeat;
 mod request;
 
 pub use error::{error_reply, ErrorCode, Rejection};
-pub use request::{parse_request, Action, Limits, Parsed, Request};
+pub use request::{parse_request, Action, Envelope, Limits, Parsed, Request, MAX_REQUEST_ID_LEN};

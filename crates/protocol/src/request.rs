@@ -2,8 +2,10 @@
 //!
 //! Input is the list of frames a ROUTER socket delivers after the client's
 //! routing identity. REQ clients (and polite DEALERs) put an empty delimiter
-//! frame first; other DEALERs do not. The reply must mirror that choice, so
-//! [`Parsed::delimiter`] is reported even when the request is refused.
+//! frame first; other DEALERs do not; a client with many requests in flight
+//! puts a request id and a delimiter first. The reply must mirror that
+//! choice, so [`Parsed::envelope`] is reported even when the request is
+//! refused.
 
 use crate::error::{ErrorCode, Rejection};
 use serde::Deserialize;
@@ -40,12 +42,39 @@ pub enum Action {
     Ping,
 }
 
+/// What a client put before its request, to be returned before the reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Envelope {
+    /// Nothing: a DEALER sending the request frames alone.
+    Bare,
+    /// An empty delimiter frame (REQ sockets, polite DEALERs).
+    Delimiter,
+    /// A request id frame and an empty delimiter: `[id, "", request...]`.
+    /// The id is 1 to [`MAX_REQUEST_ID_LEN`] bytes and starts with a zero
+    /// byte, which no target name and no JSON text can start with.
+    RequestId,
+}
+
+impl Envelope {
+    /// How many frames it takes; the request body starts after them.
+    pub fn len(self) -> usize {
+        match self {
+            Envelope::Bare => 0,
+            Envelope::Delimiter => 1,
+            Envelope::RequestId => 2,
+        }
+    }
+}
+
+/// The longest request id frame.
+pub const MAX_REQUEST_ID_LEN: usize = 32;
+
 /// The outcome of [`parse_request`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Parsed<'a> {
-    /// The client sent an empty delimiter frame; the reply must carry one.
-    pub delimiter: bool,
-    /// Index of the first body frame (after the delimiter, if any).
+    /// What the reply must carry before its body.
+    pub envelope: Envelope,
+    /// Index of the first body frame (after the envelope).
     pub body: usize,
     pub request: Result<Request<'a>, Rejection>,
 }
@@ -55,8 +84,8 @@ const MAX_TARGET_LEN: usize = 128;
 
 /// Parse the frames after the routing identity.
 pub fn parse_request<'a, F: Deref<Target = [u8]>>(frames: &'a [F], limits: &Limits) -> Parsed<'a> {
-    let delimiter = frames.len() >= 2 && frames[0].is_empty();
-    let body = usize::from(delimiter);
+    let envelope = envelope(frames);
+    let body = envelope.len();
     let request = classify(&frames[body..], limits).map(|request| match request {
         Request::Forward { target, payload } => Request::Forward {
             target,
@@ -65,10 +94,23 @@ pub fn parse_request<'a, F: Deref<Target = [u8]>>(frames: &'a [F], limits: &Limi
         action => action,
     });
     Parsed {
-        delimiter,
+        envelope,
         body,
         request,
     }
+}
+
+/// Which envelope a request came in: a lone frame is always a body.
+pub fn envelope<F: Deref<Target = [u8]>>(frames: &[F]) -> Envelope {
+    match frames {
+        [first, _, ..] if first.is_empty() => Envelope::Delimiter,
+        [id, delimiter, ..] if is_request_id(id) && delimiter.is_empty() => Envelope::RequestId,
+        _ => Envelope::Bare,
+    }
+}
+
+fn is_request_id(frame: &[u8]) -> bool {
+    frame.first() == Some(&0) && frame.len() <= MAX_REQUEST_ID_LEN
 }
 
 fn classify<'a, F: Deref<Target = [u8]>>(
@@ -249,14 +291,14 @@ mod tests {
     #[test]
     fn json_request_from_req_socket_is_forwarded_whole() {
         let p = parse(&[b"", br#"{"target":"pc2","x":1}"#]);
-        assert!(p.delimiter);
+        assert_eq!(p.envelope, Envelope::Delimiter);
         assert_eq!(p.request.unwrap(), forward("pc2", 1));
     }
 
     #[test]
     fn json_request_from_bare_dealer_has_no_delimiter() {
         let p = parse(&[br#"{"target":"main_pc"}"#]);
-        assert!(!p.delimiter);
+        assert_eq!(p.envelope, Envelope::Bare);
         assert_eq!(p.request.unwrap(), forward("main_pc", 0));
     }
 
@@ -272,6 +314,28 @@ mod tests {
         assert_eq!(p.request.unwrap(), forward("pc2", 2));
         let p = parse(&[b"pc2", b"\xff\x00"]);
         assert_eq!(p.request.unwrap(), forward("pc2", 1));
+    }
+
+    #[test]
+    fn a_request_id_envelope_is_returned_and_not_forwarded() {
+        let p = parse(&[b"\x00\x00\x00\x07", b"", b"pc2", b"payload"]);
+        assert_eq!(p.envelope, Envelope::RequestId);
+        assert_eq!(p.request.unwrap(), forward("pc2", 3));
+        let p = parse(&[b"\x00id", b"", br#"{"action":"ping"}"#]);
+        assert_eq!(p.request.unwrap(), Request::Action(Action::Ping));
+        // An id with nothing after it is answered, with the id.
+        let p = parse(&[b"\x00id", b""]);
+        assert_eq!(p.envelope, Envelope::RequestId);
+        assert_eq!(p.request.unwrap_err().code, ErrorCode::BadFrames);
+        // Without its leading zero byte, or too long, a frame is a target name.
+        assert_eq!(parse(&[b"id", b"", b"x"]).envelope, Envelope::Bare);
+        let long = [0u8; MAX_REQUEST_ID_LEN + 1];
+        assert_eq!(parse(&[&long, b"", b"x"]).envelope, Envelope::Bare);
+        // An empty payload frame on the multipart path stays payload.
+        assert_eq!(
+            parse(&[b"pc2", b"", b"x"]).request.unwrap(),
+            forward("pc2", 1)
+        );
     }
 
     #[test]
@@ -344,7 +408,8 @@ mod tests {
             frames in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..64), 0..12)
         ) {
             let p = parse_request(&frames, &LIMITS);
-            prop_assert_eq!(p.delimiter, frames.len() >= 2 && frames[0].is_empty());
+            prop_assert_eq!(p.body, p.envelope.len());
+            prop_assert!(p.body == 0 || frames[p.body - 1].is_empty());
             match p.request {
                 Ok(Request::Forward { payload, .. }) => prop_assert!(payload <= frames.len()),
                 Ok(Request::Action(_)) => {}
