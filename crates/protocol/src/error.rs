@@ -1,6 +1,6 @@
 //! Error codes and the error document a client receives instead of silence.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::fmt;
 
 /// Every error a bridge can answer with (DESIGN §3). The string form is the
@@ -98,9 +98,47 @@ pub fn error_reply(code: ErrorCode, message: &str) -> Vec<u8> {
     serde_json::to_vec(&doc).unwrap_or_default()
 }
 
+/// The bridge's error document in a one-frame reply: exactly `status`
+/// "error", a known `error` code and a `message`. Anything else (a target's
+/// own JSON that happens to say "error", too) is not one.
+pub fn parse_error_reply(frames: &[impl AsRef<[u8]>]) -> Option<Rejection> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Doc {
+        status: String,
+        error: String,
+        message: String,
+    }
+    let [only] = frames else { return None };
+    let doc: Doc = serde_json::from_slice(only.as_ref()).ok()?;
+    if doc.status != "error" {
+        return None;
+    }
+    let code = *ErrorCode::ALL.iter().find(|c| c.as_str() == doc.error)?;
+    Some(Rejection::new(code, doc.message))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn error_replies_parse_back_and_look_alikes_do_not() {
+        for code in ErrorCode::ALL {
+            let reply = [error_reply(code, "why")];
+            assert_eq!(parse_error_reply(&reply), Some(Rejection::new(code, "why")));
+        }
+        for other in [
+            &br#"{"status":"error","error":"oops","message":"x"}"#[..],
+            br#"{"status":"error","error":"timeout","message":"x","extra":1}"#,
+            br#"{"status":"ok","error":"timeout","message":"x"}"#,
+            b"not json",
+        ] {
+            assert_eq!(parse_error_reply(&[other]), None);
+        }
+        let two = [error_reply(ErrorCode::Timeout, "x"), b"more".to_vec()];
+        assert_eq!(parse_error_reply(&two), None, "a two-frame reply is the target's");
+    }
 
     #[test]
     fn codes_round_trip_through_their_index() {

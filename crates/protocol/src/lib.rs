@@ -13,5 +13,5 @@ mod error;
 pub mod heartbeat;
 mod request;
 
-pub use error::{error_reply, ErrorCode, Rejection};
+pub use error::{error_reply, parse_error_reply, ErrorCode, Rejection};
 pub use request::{parse_request, Action, Envelope, Limits, Parsed, Request, MAX_REQUEST_ID_LEN};

@@ -1,0 +1,362 @@
+//! What a client needs to know: its bridges, its patience, its breakers.
+//!
+//! Built in code ([`ClientConfig::local`], then set fields), or read from
+//! the bridge's own TOML file: the top-level bridge keys give the defaults
+//! (`primary_host`:`primary_port`, then `secondary_host`:`secondary_port`;
+//! the two heartbeat ports; `heartbeat_timeout`; the auth token) and an
+//! optional `[client]` section overrides them.
+
+use serde::Deserialize;
+use std::fmt;
+use std::path::Path;
+use std::time::Duration;
+
+/// Everything the client is told.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClientConfig {
+    /// Bridge frontends in priority order.
+    pub endpoints: Vec<String>,
+    /// Heartbeat PUB endpoints of the bridges (empty: no heartbeat watch).
+    pub heartbeat_endpoints: Vec<String>,
+    /// How long one attempt waits for a bridge to answer before the
+    /// request moves to the next bridge.
+    pub request_timeout: Duration,
+    /// Rounds over all endpoints before a request fails.
+    pub max_reconnect_attempts: u32,
+    /// Between probes of a failed endpoint (jittered by ±20%).
+    pub reconnect_delay: Duration,
+    /// How long a failed higher-priority endpoint must keep answering
+    /// probes before the client switches back to it.
+    pub hold_down: Duration,
+    /// Heartbeat silence after which a bridge counts as gone.
+    pub heartbeat_timeout: Duration,
+    /// How far a heartbeat's timestamp may be from this host's clock.
+    pub heartbeat_max_skew: Duration,
+    /// The bridges' shared secret, to check heartbeat signatures.
+    pub auth_token: Option<Vec<u8>>,
+    pub breaker: BreakerConfig,
+}
+
+/// A failure-rate circuit breaker's settings (one per endpoint, one overall).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BreakerConfig {
+    /// Share of failed outcomes in the window that opens the breaker.
+    pub failure_rate: f64,
+    /// How many recent outcomes the rate is taken over.
+    pub window: u32,
+    /// Fewest outcomes in the window before the rate counts.
+    pub min_calls: u32,
+    /// How long an open breaker fails fast before it goes half-open.
+    pub open_wait: Duration,
+    /// Requests let through while half-open; all must succeed to close it.
+    pub half_open_probes: u32,
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        BreakerConfig {
+            failure_rate: 0.5,
+            window: 20,
+            min_calls: 5,
+            open_wait: Duration::from_secs(2),
+            half_open_probes: 1,
+        }
+    }
+}
+
+impl ClientConfig {
+    /// A pair on this host with the bridge's default ports and timings.
+    pub fn local() -> ClientConfig {
+        ClientConfig::from_keys(&BridgeKeys::default()).expect("the defaults are valid")
+    }
+
+    /// Read the bridge's config file (its `[client]` section, if any).
+    pub fn from_file(path: impl AsRef<Path>) -> Result<ClientConfig, ConfigError> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigError::new("", format!("cannot read {}: {e}", path.display()))
+        })?;
+        ClientConfig::from_toml_str(&text).map_err(|e| ConfigError {
+            message: format!("{} (in {})", e.message, path.display()),
+            ..e
+        })
+    }
+
+    /// Read a bridge config's text (its `[client]` section, if any).
+    pub fn from_toml_str(text: &str) -> Result<ClientConfig, ConfigError> {
+        let keys: BridgeKeys =
+            toml::from_str(text).map_err(|e| ConfigError::new("", e.message().to_string()))?;
+        ClientConfig::from_keys(&keys)
+    }
+
+    fn from_keys(keys: &BridgeKeys) -> Result<ClientConfig, ConfigError> {
+        let section = keys.client.clone().unwrap_or_default();
+        section.check()?;
+        let host = |h: &Option<String>| h.clone().unwrap_or_else(|| "127.0.0.1".into());
+        let (primary, secondary) = (host(&keys.primary_host), host(&keys.secondary_host));
+        let endpoints = section.endpoints.clone().unwrap_or_else(|| {
+            vec![
+                tcp(&primary, keys.primary_port.unwrap_or(5600)),
+                tcp(&secondary, keys.secondary_port.unwrap_or(5601)),
+            ]
+        });
+        let heartbeat_endpoints = section.heartbeat_endpoints.clone().unwrap_or_else(|| {
+            vec![
+                tcp(&primary, keys.primary_heartbeat_port.unwrap_or(5610)),
+                tcp(&secondary, keys.secondary_heartbeat_port.unwrap_or(5611)),
+            ]
+        });
+        let bridge_timeout = keys.request_timeout.unwrap_or(5.0);
+        let breaker = BreakerConfig::default();
+        let token = match (&keys.auth_token, std::env::var("ZBRIDGE_AUTH_TOKEN")) {
+            (Some(t), _) if !t.is_empty() => Some(t.as_bytes().to_vec()),
+            (_, Ok(t)) if !t.is_empty() => Some(t.into_bytes()),
+            _ => None,
+        };
+        let token = match (&keys.auth_token_file, token) {
+            (Some(file), None) if !file.is_empty() => Some(read_token(file)?),
+            (_, token) => token,
+        };
+        let secs = |key: &str, value: Option<f64>, default: f64| seconds(key, value.unwrap_or(default));
+        Ok(ClientConfig {
+            endpoints,
+            heartbeat_endpoints,
+            // The bridge answers `timeout` itself after its request_timeout:
+            // wait a second longer, so that silence means a bridge problem.
+            request_timeout: secs("request_timeout", section.request_timeout, bridge_timeout + 1.0)?,
+            max_reconnect_attempts: section
+                .max_reconnect_attempts
+                .or(keys.max_reconnect_attempts)
+                .unwrap_or(5),
+            reconnect_delay: secs(
+                "reconnect_delay",
+                section.reconnect_delay.or(keys.reconnect_delay),
+                5.0,
+            )?,
+            hold_down: secs("hold_down", section.hold_down, 2.0)?,
+            heartbeat_timeout: secs(
+                "heartbeat_timeout",
+                section.heartbeat_timeout.or(keys.heartbeat_timeout),
+                3.0,
+            )?,
+            heartbeat_max_skew: secs("heartbeat_max_skew", keys.heartbeat_max_skew, 5.0)?,
+            auth_token: token,
+            breaker: BreakerConfig {
+                failure_rate: section.breaker_failure_rate.unwrap_or(breaker.failure_rate),
+                window: section.breaker_window.unwrap_or(breaker.window),
+                min_calls: section.breaker_min_calls.unwrap_or(breaker.min_calls),
+                open_wait: secs(
+                    "breaker_open_wait",
+                    section.breaker_open_wait.or(keys.breaker_open_wait),
+                    2.0,
+                )?,
+                half_open_probes: section
+                    .breaker_half_open_probes
+                    .unwrap_or(breaker.half_open_probes),
+            },
+        })
+    }
+}
+
+/// The `[client]` section of a bridge config file. Every key is optional.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Section {
+    /// Bridge frontends in priority order.
+    pub endpoints: Option<Vec<String>>,
+    /// Heartbeat PUB endpoints of the bridges.
+    pub heartbeat_endpoints: Option<Vec<String>>,
+    /// Seconds one attempt waits for an answer (default: the bridge's
+    /// request_timeout + 1).
+    pub request_timeout: Option<f64>,
+    /// Rounds over all endpoints before a request fails.
+    pub max_reconnect_attempts: Option<u32>,
+    /// Seconds between probes of a failed endpoint.
+    pub reconnect_delay: Option<f64>,
+    /// Seconds a returning endpoint must keep answering before use.
+    pub hold_down: Option<f64>,
+    /// Seconds of heartbeat silence that mark a bridge gone.
+    pub heartbeat_timeout: Option<f64>,
+    /// Share (0..1] of failures in the window that opens a breaker.
+    pub breaker_failure_rate: Option<f64>,
+    /// Outcomes the failure rate is taken over.
+    pub breaker_window: Option<u32>,
+    /// Fewest outcomes before the rate counts.
+    pub breaker_min_calls: Option<u32>,
+    /// Seconds an open breaker fails fast.
+    pub breaker_open_wait: Option<f64>,
+    /// Requests let through while half-open.
+    pub breaker_half_open_probes: Option<u32>,
+}
+
+impl Section {
+    /// Check every value's range; the error names the key.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        for (key, endpoints) in [
+            ("endpoints", &self.endpoints),
+            ("heartbeat_endpoints", &self.heartbeat_endpoints),
+        ] {
+            let Some(endpoints) = endpoints else { continue };
+            if key == "endpoints" && endpoints.is_empty() {
+                return Err(ConfigError::new(key, "give at least one bridge endpoint"));
+            }
+            if let Some(bad) = endpoints.iter().find(|e| !e.starts_with("tcp://")) {
+                return Err(ConfigError::new(
+                    key,
+                    format!("{bad:?} is not an endpoint: write tcp://HOST:PORT"),
+                ));
+            }
+        }
+        for (key, value) in [
+            ("request_timeout", self.request_timeout),
+            ("reconnect_delay", self.reconnect_delay),
+            ("hold_down", self.hold_down),
+            ("heartbeat_timeout", self.heartbeat_timeout),
+            ("breaker_open_wait", self.breaker_open_wait),
+        ] {
+            if let Some(value) = value {
+                seconds(key, value)?;
+            }
+        }
+        if let Some(rate) = self.breaker_failure_rate {
+            if !(rate > 0.0 && rate <= 1.0) {
+                return Err(ConfigError::new(
+                    "breaker_failure_rate",
+                    format!("{rate} is not a share of failures: give a number above 0 and at most 1"),
+                ));
+            }
+        }
+        for (key, value) in [
+            ("max_reconnect_attempts", self.max_reconnect_attempts),
+            ("breaker_window", self.breaker_window),
+            ("breaker_min_calls", self.breaker_min_calls),
+            ("breaker_half_open_probes", self.breaker_half_open_probes),
+        ] {
+            if value == Some(0) {
+                return Err(ConfigError::new(key, "must be at least 1"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The bridge keys a client reads; the rest of the file is the bridge's.
+#[derive(Debug, Default, Deserialize)]
+struct BridgeKeys {
+    primary_host: Option<String>,
+    secondary_host: Option<String>,
+    primary_port: Option<u16>,
+    secondary_port: Option<u16>,
+    primary_heartbeat_port: Option<u16>,
+    secondary_heartbeat_port: Option<u16>,
+    heartbeat_timeout: Option<f64>,
+    heartbeat_max_skew: Option<f64>,
+    request_timeout: Option<f64>,
+    max_reconnect_attempts: Option<u32>,
+    reconnect_delay: Option<f64>,
+    breaker_open_wait: Option<f64>,
+    auth_token: Option<String>,
+    auth_token_file: Option<String>,
+    client: Option<Section>,
+}
+
+fn tcp(host: &str, port: u16) -> String {
+    if host.contains(':') {
+        format!("tcp://[{host}]:{port}")
+    } else {
+        format!("tcp://{host}:{port}")
+    }
+}
+
+fn seconds(key: &str, value: f64) -> Result<Duration, ConfigError> {
+    Duration::try_from_secs_f64(value)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| ConfigError::new(key, format!("{value} is not a positive number of seconds")))
+}
+
+fn read_token(path: &str) -> Result<Vec<u8>, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::new("auth_token_file", format!("cannot read {path}: {e}")))?;
+    let line = text.lines().next().unwrap_or("").trim();
+    if line.is_empty() {
+        return Err(ConfigError::new("auth_token_file", format!("{path} is empty")));
+    }
+    Ok(line.as_bytes().to_vec())
+}
+
+/// A config value the client cannot use, and the key that holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The key under `[client]` (or the bridge key) at fault; "" when none.
+    pub key: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    fn new(key: &str, message: impl Into<String>) -> ConfigError {
+        ConfigError {
+            key: key.to_string(),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.key.as_str() {
+            "" => f.write_str(&self.message),
+            key => write!(f, "client.{key}: {}", self.message),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bridge_file_without_a_client_section_gives_its_pair() {
+        let c = ClientConfig::from_toml_str(
+            "primary_host = \"10.0.0.1\"\nsecondary_host = \"::1\"\nprimary_port = 7000\n\
+             request_timeout = 2.0\nreconnect_delay = 0.5\n[targets.x]\nendpoint = \"tcp://h:1\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.endpoints, ["tcp://10.0.0.1:7000", "tcp://[::1]:5601"]);
+        assert_eq!(c.heartbeat_endpoints, ["tcp://10.0.0.1:5610", "tcp://[::1]:5611"]);
+        assert_eq!(c.request_timeout, Duration::from_secs(3));
+        assert_eq!(c.reconnect_delay, Duration::from_millis(500));
+        assert_eq!(c.max_reconnect_attempts, 5);
+    }
+
+    #[test]
+    fn the_client_section_wins() {
+        let c = ClientConfig::from_toml_str(
+            "reconnect_delay = 0.5\n[client]\nendpoints = [\"tcp://a:1\"]\nreconnect_delay = 0.2\n\
+             hold_down = 0.1\nbreaker_failure_rate = 1.0\n",
+        )
+        .unwrap();
+        assert_eq!(c.endpoints, ["tcp://a:1"]);
+        assert_eq!(c.reconnect_delay, Duration::from_millis(200));
+        assert_eq!(c.hold_down, Duration::from_millis(100));
+        assert_eq!(c.breaker.failure_rate, 1.0);
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        for (text, key) in [
+            ("[client]\nendpoints = []", "endpoints"),
+            ("[client]\nendpoints = [\"localhost:5600\"]", "endpoints"),
+            ("[client]\nrequest_timeout = 0", "request_timeout"),
+            ("[client]\nhold_down = -1", "hold_down"),
+            ("[client]\nbreaker_failure_rate = 1.5", "breaker_failure_rate"),
+            ("[client]\nbreaker_window = 0", "breaker_window"),
+        ] {
+            assert_eq!(ClientConfig::from_toml_str(text).unwrap_err().key, key, "{text}");
+        }
+        let e = ClientConfig::from_toml_str("[client]\nendpoint = []").unwrap_err();
+        assert!(e.message.contains("unknown field `endpoint`"), "{e}");
+    }
+}

@@ -1,0 +1,261 @@
+//! A client for a zbridge pair: it keeps working while bridges die and
+//! come back.
+//!
+//! ```no_run
+//! use zbridge_client::{Client, ClientConfig};
+//!
+//! let client = Client::connect(ClientConfig::from_file("zbridge.toml")?)?;
+//! let reply = client.request("pc2", br#"{"action":"generate"}"#)?;
+//! println!("{:?} (from {})", reply.frames, reply.endpoint);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! Concurrency model: a [`Client`] is a cheap handle (clone it into every
+//! thread) to one I/O thread that owns every socket. A call hands its
+//! request to that thread and blocks on its own one-shot channel until the
+//! result comes; [`Client::send`] returns that channel as a [`Pending`], so
+//! one thread can keep many requests in flight. The I/O thread sends each
+//! request with a request id (docs/PROTOCOL.md), notices a failed bridge
+//! (no answer within `request_timeout`, a dropped connection from libzmq's
+//! socket monitor, heartbeat silence, a `draining` answer), and resends
+//! everything unanswered there to the next bridge with the same id. The
+//! first answer completes the call; any later one is dropped, so each call
+//! gets exactly one result.
+
+mod breaker;
+mod config;
+mod engine;
+
+pub use breaker::BreakerState;
+pub use config::{BreakerConfig, ClientConfig, ConfigError, Section};
+pub use zbridge_protocol::ErrorCode;
+
+use std::fmt;
+use std::io::Write;
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// A handle to the client's I/O thread. Clone it freely; the thread stops
+/// when the last handle is dropped (unanswered calls then get
+/// [`ClientError::Closed`]).
+#[derive(Clone)]
+pub struct Client {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    commands: mpsc::Sender<Command>,
+    doorbell: Doorbell,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// Wakes the I/O thread: one byte on a socket pair it polls, written only
+/// when the last one has been taken.
+pub(crate) struct Doorbell {
+    write: UnixStream,
+    rung: Arc<AtomicBool>,
+}
+
+impl Doorbell {
+    fn ring(&self) {
+        if !self.rung.swap(true, Ordering::SeqCst) {
+            // A full pipe means a wake-up is already waiting.
+            let _ = (&self.write).write(&[1]);
+        }
+    }
+}
+
+pub(crate) enum Command {
+    Call(Call),
+    Listen(mpsc::Sender<Event>),
+    Stop,
+}
+
+/// A request on its way, with where its result goes.
+pub(crate) struct Call {
+    pub target: String,
+    pub frames: Vec<Vec<u8>>,
+    pub done: mpsc::SyncSender<Result<Reply, ClientError>>,
+    pub submitted: Instant,
+}
+
+/// A target's answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    /// The target's reply frames, unchanged.
+    pub frames: Vec<Vec<u8>>,
+    /// The bridge that delivered it.
+    pub endpoint: String,
+    /// How many times the request was sent (more than 1 after a failover).
+    pub attempts: u32,
+    /// From the call to its answer.
+    pub elapsed: Duration,
+}
+
+/// Every way a call can fail.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ClientError {
+    /// The bridge answered with an error document: the request reached a
+    /// bridge, which refused it or could not get an answer from the target.
+    Bridge { code: ErrorCode, message: String },
+    /// A circuit breaker is open (of every bridge, or of the client as a
+    /// whole): the call failed at once, without touching the network.
+    CircuitOpen { retry_after: Duration },
+    /// Sent, and no bridge answered within `request_timeout`, over
+    /// `max_reconnect_attempts` rounds of all endpoints.
+    Timeout { attempts: u32 },
+    /// No bridge was reachable (none connected) over
+    /// `max_reconnect_attempts` rounds.
+    AllBridgesDown { attempts: u32 },
+    /// An answer that is not a zbridge reply.
+    BadReply(String),
+    /// The client was dropped before the call had its result.
+    Closed,
+}
+
+impl fmt::Display for ClientError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ClientError::Bridge { code, message } => write!(f, "the bridge answered {code}: {message}"),
+            ClientError::CircuitOpen { retry_after } => write!(
+                f,
+                "circuit open: the bridges have been failing, so calls fail fast; retry in {:.1} s",
+                retry_after.as_secs_f64()
+            ),
+            ClientError::Timeout { attempts } => write!(
+                f,
+                "no bridge answered within request_timeout ({attempts} attempts): are the bridges running and reachable?"
+            ),
+            ClientError::AllBridgesDown { attempts } => write!(
+                f,
+                "no bridge reachable ({attempts} attempts over max_reconnect_attempts rounds): start a bridge (zbridge run) or check the endpoints"
+            ),
+            ClientError::BadReply(why) => write!(f, "not a zbridge reply: {why}"),
+            ClientError::Closed => f.write_str("the client was closed before the call had its result"),
+        }
+    }
+}
+
+impl std::error::Error for ClientError {}
+
+impl ClientError {
+    /// A short name for counting errors by kind.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ClientError::Bridge { code, .. } => code.as_str(),
+            ClientError::CircuitOpen { .. } => "client_circuit_open",
+            ClientError::Timeout { .. } => "client_timeout",
+            ClientError::AllBridgesDown { .. } => "all_bridges_down",
+            ClientError::BadReply(_) => "bad_reply",
+            ClientError::Closed => "closed",
+        }
+    }
+}
+
+/// Something the client noticed, also logged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A connection to a bridge is up (libzmq's handshake finished).
+    Connected { endpoint: String },
+    /// A bridge is out of use; `reason` says what showed it.
+    EndpointDown { endpoint: String, reason: &'static str },
+    /// A bridge answered probes for the hold-down and is usable again.
+    EndpointUp { endpoint: String },
+    /// Requests now go to a lower-priority bridge.
+    FailedOver { from: String, to: String },
+    /// Requests now go to a higher-priority bridge again.
+    SwitchedBack { from: String, to: String },
+    /// A breaker changed state; `endpoint` is `None` for the overall one.
+    Breaker { endpoint: Option<String>, state: BreakerState },
+}
+
+/// A call in flight; [`Pending::wait`] blocks for its one result.
+pub struct Pending {
+    result: mpsc::Receiver<Result<Reply, ClientError>>,
+}
+
+impl Pending {
+    pub fn wait(self) -> Result<Reply, ClientError> {
+        self.result.recv().unwrap_or(Err(ClientError::Closed))
+    }
+
+    /// The result if it came within `timeout`, else the call back.
+    pub fn wait_timeout(self, timeout: Duration) -> Result<Result<Reply, ClientError>, Pending> {
+        match self.result.recv_timeout(timeout) {
+            Ok(result) => Ok(result),
+            Err(mpsc::RecvTimeoutError::Timeout) => Err(self),
+            Err(mpsc::RecvTimeoutError::Disconnected) => Ok(Err(ClientError::Closed)),
+        }
+    }
+}
+
+impl Client {
+    /// Start the I/O thread and connect to every endpoint. Returns at once:
+    /// calls made before a bridge is connected wait for one.
+    pub fn connect(config: ClientConfig) -> std::io::Result<Client> {
+        let (read, write) = UnixStream::pair()?;
+        read.set_nonblocking(true)?;
+        write.set_nonblocking(true)?;
+        let rung = Arc::new(AtomicBool::new(false));
+        let (commands, inbox) = mpsc::channel();
+        let engine = engine::Engine::new(config, inbox, read, Arc::clone(&rung))?;
+        let thread = std::thread::Builder::new()
+            .name("zbridge-client".into())
+            .spawn(move || engine.run())?;
+        Ok(Client {
+            shared: Arc::new(Shared {
+                commands,
+                doorbell: Doorbell { write, rung },
+                thread: Mutex::new(Some(thread)),
+            }),
+        })
+    }
+
+    /// Send `payload` to `target` and wait for the one result.
+    pub fn request(&self, target: &str, payload: &[u8]) -> Result<Reply, ClientError> {
+        self.send(target, vec![payload.to_vec()]).wait()
+    }
+
+    /// Send a request of one or more frames; the result comes through the
+    /// returned [`Pending`].
+    pub fn send(&self, target: &str, frames: Vec<Vec<u8>>) -> Pending {
+        let (done, result) = mpsc::sync_channel(1);
+        let call = Call {
+            target: target.to_string(),
+            frames,
+            done,
+            submitted: Instant::now(),
+        };
+        if let Err(mpsc::SendError(Command::Call(call))) = self.shared.command(Command::Call(call)) {
+            let _ = call.done.send(Err(ClientError::Closed));
+        }
+        Pending { result }
+    }
+
+    /// A channel of the client's [`Event`]s from now on.
+    pub fn events(&self) -> mpsc::Receiver<Event> {
+        let (tx, rx) = mpsc::channel();
+        let _ = self.shared.command(Command::Listen(tx));
+        rx
+    }
+}
+
+impl Shared {
+    fn command(&self, command: Command) -> Result<(), mpsc::SendError<Command>> {
+        self.commands.send(command)?;
+        self.doorbell.ring();
+        Ok(())
+    }
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        let _ = self.command(Command::Stop);
+        if let Some(thread) = self.thread.lock().ok().and_then(|mut t| t.take()) {
+            let _ = thread.join();
+        }
+    }
+}
