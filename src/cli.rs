@@ -36,15 +36,20 @@ pub enum Command {
         #[command(flatten)]
         overrides: Box<Overrides>,
     },
-    /// Send one request through a bridge and print the reply.
+    /// Send one request through a bridge pair (zbridge-client: fails over
+    /// to the next endpoint) and print the reply frames.
     Request {
-        /// Bridge frontend, e.g. tcp://127.0.0.1:5600.
-        #[arg(long, default_value = "tcp://127.0.0.1:5600")]
-        endpoint: String,
+        /// Bridge frontends in priority order, comma-separated (default:
+        /// from --config, else tcp://127.0.0.1:5600,tcp://127.0.0.1:5601).
+        #[arg(long, alias = "endpoints", value_delimiter = ',')]
+        endpoint: Vec<String>,
+        /// The bridge config file; its [client] section, if any, applies.
+        #[arg(long)]
+        config: Option<PathBuf>,
         /// Target name, e.g. pc2.
         #[arg(long)]
         target: String,
-        /// Seconds to wait for the reply.
+        /// Seconds each bridge gets to answer.
         #[arg(long, default_value_t = 5.0)]
         timeout: f64,
         /// The payload, sent as one frame after the target frame.

@@ -93,6 +93,10 @@ macro_rules! keys {
             pub mode: Option<Mode>,
             $( $(#[doc = $doc])* pub $name: $ty, )*
             pub targets: BTreeMap<String, TargetFile>,
+            /// The client library's section (zbridge-client); the bridge
+            /// only checks it.
+            #[serde(skip_serializing_if = "Option::is_none")]
+            pub client: Option<zbridge_client::Section>,
         }
 
         impl Default for File {
@@ -101,6 +105,7 @@ macro_rules! keys {
                     mode: None,
                     $( $name: $default, )*
                     targets: BTreeMap::new(),
+                    client: None,
                 }
             }
         }
@@ -422,6 +427,11 @@ impl File {
 
     /// Check every key and build the runtime configuration.
     pub fn validate(&self) -> Result<Config, ConfigError> {
+        if let Some(client) = &self.client {
+            client
+                .check()
+                .map_err(|e| ConfigError::new(format!("client.{}", e.key), e.message))?;
+        }
         let request_timeout = positive_seconds("request_timeout", self.request_timeout)?;
         let heartbeat_interval = positive_seconds("heartbeat_interval", self.heartbeat_interval)?;
         let heartbeat_timeout = positive_seconds("heartbeat_timeout", self.heartbeat_timeout)?;
@@ -811,12 +821,14 @@ mod tests {
         );
         let e = err("heartbeat_timeout = 0.5");
         assert!(e.message.contains("heartbeat_interval"), "{e}");
+        assert_eq!(err("[client]\nhold_down = 0").key, "client.hold_down");
+        assert_eq!(err("[client]\nholddown = 1").key, "holddown");
     }
 
     #[test]
     fn printed_config_reads_back_the_same() {
         let f =
-            File::from_toml_str("mode = \"passive\"\n[targets.x]\nendpoint = \"ipc:///tmp/x\"\n")
+            File::from_toml_str("mode = \"passive\"\n[targets.x]\nendpoint = \"ipc:///tmp/x\"\n[client]\nhold_down = 1.5\n")
                 .unwrap();
         assert_eq!(File::from_toml_str(&f.to_toml()).unwrap(), f);
     }

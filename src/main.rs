@@ -17,10 +17,11 @@ fn main() -> ExitCode {
         cli::Command::CheckConfig { file, overrides } => run::check_config(&file, &overrides),
         cli::Command::Request {
             endpoint,
+            config,
             target,
             timeout,
             payload,
-        } => tools::request(&endpoint, &target, timeout, &payload),
+        } => tools::request(&endpoint, config.as_deref(), &target, timeout, &payload),
         cli::Command::Status { endpoint, timeout } => tools::status(&endpoint, timeout),
         cli::Command::Bench { what } => bench::run(what),
         cli::Command::Demo { seconds } => demo::run(seconds),
@@ -29,6 +30,10 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             if let Some(config_error) = e.downcast_ref::<config::ConfigError>() {
+                eprintln!("zbridge: config error: {config_error}");
+                return ExitCode::from(2);
+            }
+            if let Some(config_error) = e.downcast_ref::<zbridge_client::ConfigError>() {
                 eprintln!("zbridge: config error: {config_error}");
                 return ExitCode::from(2);
             }

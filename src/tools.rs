@@ -1,14 +1,20 @@
 //! `zbridge request` and `zbridge status`: one call to a bridge from a terminal.
 
 use anyhow::{bail, Context};
+use std::path::Path;
 use std::time::Duration;
+use zbridge_client::{Client, ClientConfig};
+
+fn seconds(timeout: f64) -> anyhow::Result<Duration> {
+    Duration::try_from_secs_f64(timeout)
+        .ok()
+        .filter(|t| !t.is_zero())
+        .context("--timeout must be a positive number of seconds")
+}
 
 /// Send `frames` to `endpoint` and wait up to `timeout` seconds for the reply.
 fn call(endpoint: &str, frames: &[&[u8]], timeout: f64) -> anyhow::Result<Vec<Vec<u8>>> {
-    let timeout = Duration::try_from_secs_f64(timeout)
-        .ok()
-        .filter(|t| !t.is_zero())
-        .context("--timeout must be a positive number of seconds")?;
+    let timeout = seconds(timeout)?;
     let context = zmq::Context::new();
     let socket = context.socket(zmq::REQ)?;
     socket.set_linger(0)?;
@@ -26,24 +32,41 @@ fn call(endpoint: &str, frames: &[&[u8]], timeout: f64) -> anyhow::Result<Vec<Ve
     Ok(socket.recv_multipart(0)?)
 }
 
-/// The bridge's error document, if `reply` is one.
-fn bridge_error(reply: &[Vec<u8>]) -> Option<(String, String)> {
-    let [only] = reply else { return None };
-    let doc: serde_json::Value = serde_json::from_slice(only).ok()?;
-    if doc.get("status")?.as_str()? != "error" {
-        return None;
+/// The client settings for the bridges at `endpoints` (or those of the
+/// config file, or the local pair), each given `timeout` seconds.
+pub fn client_config(
+    endpoints: &[String],
+    config: Option<&Path>,
+    timeout: f64,
+) -> anyhow::Result<ClientConfig> {
+    let mut client = match config {
+        Some(path) => ClientConfig::from_file(path)?,
+        None => ClientConfig::local(),
+    };
+    if !endpoints.is_empty() {
+        client.endpoints = endpoints.to_vec();
+        if config.is_none() {
+            // Heartbeat ports of a guessed pair would be guesses too.
+            client.heartbeat_endpoints.clear();
+        }
     }
-    let code = doc.get("error")?.as_str()?.to_string();
-    let message = doc.get("message").and_then(|m| m.as_str()).unwrap_or("");
-    Some((code, message.to_string()))
+    client.request_timeout = seconds(timeout)?;
+    Ok(client)
 }
 
-pub fn request(endpoint: &str, target: &str, timeout: f64, payload: &str) -> anyhow::Result<()> {
-    let reply = call(endpoint, &[target.as_bytes(), payload.as_bytes()], timeout)?;
-    if let Some((code, message)) = bridge_error(&reply) {
-        bail!("the bridge answered {code}: {message}");
-    }
-    for frame in reply {
+pub fn request(
+    endpoints: &[String],
+    config: Option<&Path>,
+    target: &str,
+    timeout: f64,
+    payload: &str,
+) -> anyhow::Result<()> {
+    let mut settings = client_config(endpoints, config, timeout)?;
+    // One round over the bridges: a person is waiting.
+    settings.max_reconnect_attempts = 1;
+    let client = Client::connect(settings)?;
+    let reply = client.request(target, payload.as_bytes())?;
+    for frame in reply.frames {
         println!("{}", String::from_utf8_lossy(&frame));
     }
     Ok(())

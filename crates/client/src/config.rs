@@ -6,7 +6,7 @@
 //! the two heartbeat ports; `heartbeat_timeout`; the auth token) and an
 //! optional `[client]` section overrides them.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::path::Path;
 use std::time::Duration;
@@ -159,7 +159,7 @@ impl ClientConfig {
 }
 
 /// The `[client]` section of a bridge config file. Every key is optional.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Section {
     /// Bridge frontends in priority order.
