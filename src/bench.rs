@@ -6,7 +6,8 @@
 //! paths, and prints ratios. Every load is bounded in count and time.
 
 use crate::lab::{
-    lone_bridge_flags, BridgeProcess, EchoService, Failover, Fault, Load, LoadReport, Route,
+    lone_bridge_flags, BridgeProcess, ClientLoad, EchoService, Failover, Fault, Load, LoadReport,
+    LoopbackPair, Route,
 };
 use anyhow::Context as _;
 use serde_json::json;
@@ -57,6 +58,34 @@ pub enum What {
         #[arg(long)]
         json: bool,
     },
+    /// Load through the client library (zbridge-client) against the pair
+    /// of --config (or --endpoints); the last line is one JSON object.
+    /// With --local-pair: a pair it starts on loopback, a raw DEALER beside
+    /// the client for throughput, and a kill -9 of the active mid-run.
+    Client {
+        /// The bridge config file (its [client] section, if any, applies).
+        #[arg(long)]
+        config: Option<std::path::PathBuf>,
+        /// Bridge frontends in priority order, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        endpoints: Vec<String>,
+        #[arg(long, default_value = "pc2")]
+        target: String,
+        /// Calls per second (0: as fast as --in-flight allows).
+        #[arg(long, default_value_t = 1000.0)]
+        rate: f64,
+        /// Seconds of load.
+        #[arg(long, default_value_t = 10.0)]
+        duration: f64,
+        /// Calls in flight at most.
+        #[arg(long, default_value_t = 64)]
+        in_flight: usize,
+        #[arg(long, default_value_t = 100)]
+        payload_bytes: usize,
+        /// Start a pair on loopback and measure failover and throughput.
+        #[arg(long)]
+        local_pair: bool,
+    },
     /// A pair under load for a long time, with faults of the active at
     /// random times; RSS and fds sampled; a JSON line at the end.
     Soak {
@@ -91,6 +120,31 @@ pub fn run(what: What) -> anyhow::Result<()> {
             payload_bytes,
             json,
         } => sustained(rate, clients, in_flight, duration, payload_bytes, json),
+        What::Client {
+            config,
+            endpoints,
+            target,
+            rate,
+            duration,
+            in_flight,
+            payload_bytes,
+            local_pair,
+        } => {
+            let load = ClientLoad {
+                target,
+                rate: (rate > 0.0).then_some(rate),
+                duration: Duration::try_from_secs_f64(duration).context("--duration")?,
+                in_flight,
+                payload_bytes,
+                settle: Duration::from_secs(30),
+            };
+            if local_pair {
+                client_pair(&load)
+            } else {
+                let settings = crate::tools::client_config(&endpoints, config.as_deref(), 6.0)?;
+                client_load(&load, settings)
+            }
+        }
         What::Soak {
             duration,
             rate,
@@ -209,14 +263,16 @@ fn medians(
         .into_iter()
         .map(|rounds| {
             (0..rounds[0].len())
-                .map(|i| {
-                    let mut v: Vec<f64> = rounds.iter().map(|r| r[i]).collect();
-                    v.sort_by(f64::total_cmp);
-                    v[v.len() / 2]
-                })
+                .map(|i| median(&rounds.iter().map(|r| r[i]).collect::<Vec<_>>()))
                 .collect()
         })
         .collect())
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
 fn relay(
@@ -534,5 +590,117 @@ fn sustained(
             "errors": r.errors, "rps": r.throughput(), "p50_ms": p50, "p99_ms": p99, "p999_ms": p999,
             "rss_start_kb": rss_start, "rss_end_kb": rss_end})
     );
+    Ok(())
+}
+
+/// `bench client` against a pair someone else runs.
+fn client_load(load: &ClientLoad, settings: zbridge_client::ClientConfig) -> anyhow::Result<()> {
+    println!(
+        "zbridge bench client: {} -> {}, {} calls/s, {} in flight, {} s",
+        settings.endpoints.join(","),
+        load.target,
+        load.rate.map_or("max".to_string(), |r| r.to_string()),
+        load.in_flight,
+        load.duration.as_secs_f64()
+    );
+    let client = zbridge_client::Client::connect(settings)?;
+    let mut report = load.run(&client);
+    println!("{}", report.json());
+    Ok(())
+}
+
+/// `bench client --local-pair`: throughput of the client beside a raw
+/// DEALER through the same bridge, then a kill -9 of the active under load.
+fn client_pair(load: &ClientLoad) -> anyhow::Result<()> {
+    let exe = std::env::current_exe()?;
+    let timings = (Duration::from_millis(100), Duration::from_millis(300));
+    let pair = LoopbackPair::new(timings.0, timings.1)?;
+    let mut primary = Some(BridgeProcess::spawn(&exe, &pair.flags("active"))?);
+    let secondary = BridgeProcess::spawn(&exe, &pair.flags("passive"))?;
+    let mut settings = zbridge_client::ClientConfig::local();
+    settings.endpoints = pair.endpoints();
+    settings.heartbeat_endpoints = pair.ports[2..]
+        .iter()
+        .map(|p| format!("tcp://127.0.0.1:{p}"))
+        .collect();
+    settings.request_timeout = Duration::from_secs(1);
+    settings.reconnect_delay = Duration::from_millis(100);
+    settings.hold_down = Duration::from_secs(1);
+    println!("zbridge bench client --local-pair: heartbeat 100/300 ms, client request_timeout 1 s");
+
+    // Throughput, 64 in flight, 3 interleaved rounds of 3 s.
+    let client = zbridge_client::Client::connect(settings.clone())?;
+    let (mut raw, mut lib) = (Vec::new(), Vec::new());
+    for round in 1..=3 {
+        let r = Load {
+            endpoint: pair.endpoints()[0].clone(),
+            targets: vec![load.target.clone()],
+            path: Route::Multipart,
+            clients: 1,
+            in_flight: 64,
+            requests: u64::MAX,
+            duration: Duration::from_secs(3),
+            payload_bytes: load.payload_bytes,
+            settle: Duration::from_secs(5),
+            tagged: false,
+            rate: None,
+        }
+        .run()?;
+        let c = ClientLoad {
+            rate: None,
+            in_flight: 64,
+            duration: Duration::from_secs(3),
+            ..load.clone()
+        }
+        .run(&client);
+        println!(
+            "round {round}: raw DEALER {:.0} requests/s, client {:.0} calls/s ({} lost, {:?})",
+            r.throughput(),
+            c.load.throughput(),
+            c.load.lost,
+            c.load.errors
+        );
+        raw.push(r.throughput());
+        lib.push(c.load.throughput());
+    }
+    drop(client);
+    let ratio = median(&lib) / median(&raw);
+    println!("throughput, 64 in flight: client / raw DEALER = {ratio:.2}x (goal >= 0.7x)");
+
+    // kill -9 of the active a third into the load.
+    let client = zbridge_client::Client::connect(settings)?;
+    let runner = {
+        let load = load.clone();
+        std::thread::spawn(move || load.run(&client))
+    };
+    std::thread::sleep(load.duration / 3);
+    if let Some(p) = &primary {
+        p.signal("KILL")?;
+    }
+    let killed = std::time::Instant::now();
+    let takeover = secondary
+        .wait_for_event(load.duration, |e| {
+            e["event"] == "bound" && e["port"] == "primary"
+        })
+        .map(|(at, _)| at.saturating_duration_since(killed));
+    let mut report = runner
+        .join()
+        .map_err(|_| anyhow::anyhow!("the client load panicked"))?;
+    drop(primary.take());
+    println!(
+        "kill -9 of the active at {:.1} s: takeover after {:?}; client: {} sent, {} ok, {} lost, errors {:?}, longest call {:.1} ms, {} failovers, {} switch-backs",
+        (load.duration / 3).as_secs_f64(),
+        takeover,
+        report.load.sent,
+        report.load.ok,
+        report.load.lost,
+        report.load.errors,
+        report.max_wait().as_secs_f64() * 1e3,
+        report.failovers,
+        report.switch_backs
+    );
+    let mut line = report.json();
+    line["throughput_ratio_vs_raw_dealer"] = json!(ratio);
+    println!("{line}");
     Ok(())
 }

@@ -983,3 +983,141 @@ impl Failover {
         })
     }
 }
+
+/// A bounded load through the client library: one thread keeps up to
+/// `in_flight` calls going (at `rate`, if given) for `duration`, then waits
+/// up to `settle` for the last results. Every reply is checked against its
+/// request (the target must echo the payload, as [`EchoService`] does).
+#[derive(Debug, Clone)]
+pub struct ClientLoad {
+    pub target: String,
+    /// Calls per second; `None`: as fast as the in-flight window allows.
+    pub rate: Option<f64>,
+    pub duration: Duration,
+    pub in_flight: usize,
+    pub payload_bytes: usize,
+    pub settle: Duration,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ClientLoadReport {
+    /// `errors` by [`zbridge_client::ClientError::kind`]; `lost`: calls
+    /// with no result by the end of `settle`.
+    pub load: LoadReport,
+    pub failovers: u64,
+    pub switch_backs: u64,
+}
+
+impl ClientLoadReport {
+    /// The longest call that got its answer: the gap a caller saw.
+    pub fn max_wait(&self) -> Duration {
+        self.load
+            .latencies
+            .iter()
+            .max()
+            .copied()
+            .unwrap_or_default()
+    }
+
+    /// The figures as the one-line JSON object of `zbridge bench client`.
+    pub fn json(&mut self) -> Value {
+        let (p50, p99) = (self.load.quantile_ms(0.5), self.load.quantile_ms(0.99));
+        serde_json::json!({
+            "sent": self.load.sent,
+            "ok": self.load.ok,
+            "lost": self.load.lost,
+            "mismatched": self.load.mismatched,
+            "errors": self.load.errors,
+            "p50_ms": p50,
+            "p99_ms": p99,
+            "max_ms": self.max_wait().as_secs_f64() * 1e3,
+            "throughput_rps": self.load.throughput(),
+            "failovers": self.failovers,
+            "switch_backs": self.switch_backs,
+        })
+    }
+}
+
+impl ClientLoad {
+    pub fn run(&self, client: &zbridge_client::Client) -> ClientLoadReport {
+        use std::collections::VecDeque;
+        let events = client.events();
+        let mut report = LoadReport::default();
+        let mut pending: VecDeque<(u64, zbridge_client::Pending)> = VecDeque::new();
+        let start = Instant::now();
+        let end = start + self.duration;
+        let interval = self
+            .rate
+            .map(|r| Duration::from_secs_f64(1.0 / r.max(0.001)));
+        let mut next_send = start;
+        let mut id = 0u64;
+        let filler = vec![b'x'; self.payload_bytes.saturating_sub(16)];
+        let in_flight = self.in_flight.max(1);
+        loop {
+            let now = Instant::now();
+            let sending = now < end;
+            if sending && pending.len() < in_flight && now >= next_send {
+                id += 1;
+                let mut payload = format!("{id:016x}").into_bytes();
+                payload.extend_from_slice(&filler);
+                pending.push_back((id, client.send(&self.target, vec![payload])));
+                report.sent += 1;
+                if let Some(interval) = interval {
+                    // Behind schedule after a stall: do not burst to catch up.
+                    next_send = (next_send + interval).max(now);
+                }
+                continue;
+            }
+            let until = match (sending, pending.len() < in_flight) {
+                (true, true) => next_send,
+                (true, false) => end,
+                (false, _) => end + self.settle,
+            };
+            let Some((want, call)) = pending.pop_front() else {
+                if !sending {
+                    break;
+                }
+                std::thread::sleep(until.saturating_duration_since(now));
+                continue;
+            };
+            match call.wait_timeout(until.saturating_duration_since(now)) {
+                Err(call) if sending || Instant::now() < end + self.settle => {
+                    pending.push_front((want, call));
+                }
+                Err(_) => {
+                    report.lost += 1 + pending.len() as u64;
+                    break;
+                }
+                Ok(Ok(reply)) => {
+                    let expected = format!("{want:016x}");
+                    match reply.frames.as_slice() {
+                        [frame] if frame.starts_with(expected.as_bytes()) => {
+                            report.ok += 1;
+                            report.latencies.push(reply.elapsed);
+                            let slot = start.elapsed().as_secs() as usize;
+                            if report.timeline.len() <= slot {
+                                report.timeline.resize(slot + 1, (0, 0));
+                            }
+                            report.timeline[slot].0 += 1;
+                        }
+                        _ => report.mismatched += 1,
+                    }
+                }
+                Ok(Err(e)) => *report.errors.entry(e.kind().to_string()).or_default() += 1,
+            }
+        }
+        report.elapsed = start.elapsed().min(self.duration);
+        let mut out = ClientLoadReport {
+            load: report,
+            ..ClientLoadReport::default()
+        };
+        for event in events.try_iter() {
+            match event {
+                zbridge_client::Event::FailedOver { .. } => out.failovers += 1,
+                zbridge_client::Event::SwitchedBack { .. } => out.switch_backs += 1,
+                _ => {}
+            }
+        }
+        out
+    }
+}

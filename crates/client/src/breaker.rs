@@ -144,7 +144,10 @@ mod tests {
         assert_eq!(b.record(false, t), None);
         assert_eq!(b.record(false, t), None);
         assert_eq!(b.record(true, t), Some(BreakerState::Open), "2 of 4 failed");
-        assert_eq!(b.admit(t + Duration::from_millis(400)), Err(Duration::from_millis(600)));
+        assert_eq!(
+            b.admit(t + Duration::from_millis(400)),
+            Err(Duration::from_millis(600))
+        );
     }
 
     #[test]

@@ -73,9 +73,8 @@ impl ClientConfig {
     /// Read the bridge's config file (its `[client]` section, if any).
     pub fn from_file(path: impl AsRef<Path>) -> Result<ClientConfig, ConfigError> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            ConfigError::new("", format!("cannot read {}: {e}", path.display()))
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::new("", format!("cannot read {}: {e}", path.display())))?;
         ClientConfig::from_toml_str(&text).map_err(|e| ConfigError {
             message: format!("{} (in {})", e.message, path.display()),
             ..e
@@ -117,13 +116,18 @@ impl ClientConfig {
             (Some(file), None) if !file.is_empty() => Some(read_token(file)?),
             (_, token) => token,
         };
-        let secs = |key: &str, value: Option<f64>, default: f64| seconds(key, value.unwrap_or(default));
+        let secs =
+            |key: &str, value: Option<f64>, default: f64| seconds(key, value.unwrap_or(default));
         Ok(ClientConfig {
             endpoints,
             heartbeat_endpoints,
             // The bridge answers `timeout` itself after its request_timeout:
             // wait a second longer, so that silence means a bridge problem.
-            request_timeout: secs("request_timeout", section.request_timeout, bridge_timeout + 1.0)?,
+            request_timeout: secs(
+                "request_timeout",
+                section.request_timeout,
+                bridge_timeout + 1.0,
+            )?,
             max_reconnect_attempts: section
                 .max_reconnect_attempts
                 .or(keys.max_reconnect_attempts)
@@ -222,7 +226,9 @@ impl Section {
             if !(rate > 0.0 && rate <= 1.0) {
                 return Err(ConfigError::new(
                     "breaker_failure_rate",
-                    format!("{rate} is not a share of failures: give a number above 0 and at most 1"),
+                    format!(
+                        "{rate} is not a share of failures: give a number above 0 and at most 1"
+                    ),
                 ));
             }
         }
@@ -272,7 +278,9 @@ fn seconds(key: &str, value: f64) -> Result<Duration, ConfigError> {
     Duration::try_from_secs_f64(value)
         .ok()
         .filter(|d| !d.is_zero())
-        .ok_or_else(|| ConfigError::new(key, format!("{value} is not a positive number of seconds")))
+        .ok_or_else(|| {
+            ConfigError::new(key, format!("{value} is not a positive number of seconds"))
+        })
 }
 
 fn read_token(path: &str) -> Result<Vec<u8>, ConfigError> {
@@ -280,7 +288,10 @@ fn read_token(path: &str) -> Result<Vec<u8>, ConfigError> {
         .map_err(|e| ConfigError::new("auth_token_file", format!("cannot read {path}: {e}")))?;
     let line = text.lines().next().unwrap_or("").trim();
     if line.is_empty() {
-        return Err(ConfigError::new("auth_token_file", format!("{path} is empty")));
+        return Err(ConfigError::new(
+            "auth_token_file",
+            format!("{path} is empty"),
+        ));
     }
     Ok(line.as_bytes().to_vec())
 }
@@ -325,7 +336,10 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.endpoints, ["tcp://10.0.0.1:7000", "tcp://[::1]:5601"]);
-        assert_eq!(c.heartbeat_endpoints, ["tcp://10.0.0.1:5610", "tcp://[::1]:5611"]);
+        assert_eq!(
+            c.heartbeat_endpoints,
+            ["tcp://10.0.0.1:5610", "tcp://[::1]:5611"]
+        );
         assert_eq!(c.request_timeout, Duration::from_secs(3));
         assert_eq!(c.reconnect_delay, Duration::from_millis(500));
         assert_eq!(c.max_reconnect_attempts, 5);
@@ -351,10 +365,17 @@ mod tests {
             ("[client]\nendpoints = [\"localhost:5600\"]", "endpoints"),
             ("[client]\nrequest_timeout = 0", "request_timeout"),
             ("[client]\nhold_down = -1", "hold_down"),
-            ("[client]\nbreaker_failure_rate = 1.5", "breaker_failure_rate"),
+            (
+                "[client]\nbreaker_failure_rate = 1.5",
+                "breaker_failure_rate",
+            ),
             ("[client]\nbreaker_window = 0", "breaker_window"),
         ] {
-            assert_eq!(ClientConfig::from_toml_str(text).unwrap_err().key, key, "{text}");
+            assert_eq!(
+                ClientConfig::from_toml_str(text).unwrap_err().key,
+                key,
+                "{text}"
+            );
         }
         let e = ClientConfig::from_toml_str("[client]\nendpoint = []").unwrap_err();
         assert!(e.message.contains("unknown field `endpoint`"), "{e}");

@@ -163,7 +163,10 @@ impl Engine {
 
     fn poll(&mut self, timeout_ms: i64) -> zmq::Result<()> {
         let mut items = Vec::with_capacity(1 + 2 * self.endpoints.len() + self.sources.len());
-        items.push(zmq::PollItem::from_fd(self.doorbell.as_raw_fd(), zmq::POLLIN));
+        items.push(zmq::PollItem::from_fd(
+            self.doorbell.as_raw_fd(),
+            zmq::POLLIN,
+        ));
         for e in &self.endpoints {
             items.push(e.socket.as_poll_item(zmq::POLLIN));
             items.push(e.monitor.as_poll_item(zmq::POLLIN));
@@ -215,7 +218,9 @@ impl Engine {
     fn submit(&mut self, call: Call, now: Instant) {
         match self.overall.admit(now) {
             Err(retry_after) => {
-                let _ = call.done.send(Err(ClientError::CircuitOpen { retry_after }));
+                let _ = call
+                    .done
+                    .send(Err(ClientError::CircuitOpen { retry_after }));
                 return;
             }
             Ok(Some(state)) => self.breaker_changed(None, state),
@@ -240,7 +245,9 @@ impl Engine {
         loop {
             match self.pick(now) {
                 Pick::To(i) => {
-                    let Some(live) = self.calls.get_mut(&id) else { return };
+                    let Some(live) = self.calls.get_mut(&id) else {
+                        return;
+                    };
                     match send_call(&self.endpoints[i].socket, id, &live.call) {
                         Ok(()) => {
                             live.at = Some(i);
@@ -261,7 +268,9 @@ impl Engine {
                     }
                 }
                 Pick::Wait => {
-                    let Some(live) = self.calls.get_mut(&id) else { return };
+                    let Some(live) = self.calls.get_mut(&id) else {
+                        return;
+                    };
                     live.at = None;
                     let deadline = now + self.config.request_timeout;
                     self.deadlines.push_back((deadline, id, live.tries));
@@ -270,7 +279,10 @@ impl Engine {
                 }
                 Pick::Refused(retry_after) => {
                     if let Some(live) = self.calls.remove(&id) {
-                        let _ = live.call.done.send(Err(ClientError::CircuitOpen { retry_after }));
+                        let _ = live
+                            .call
+                            .done
+                            .send(Err(ClientError::CircuitOpen { retry_after }));
                     }
                     return;
                 }
@@ -283,10 +295,9 @@ impl Engine {
     /// ones, and only if their breaker lets the call through.
     fn pick(&mut self, now: Instant) -> Pick {
         let n = self.endpoints.len();
-        let order: Vec<usize> = self.preferred.into_iter().chain(0..n).collect();
         let mut refused: Option<Duration> = None;
         for fallback in [false, true] {
-            for &i in &order {
+            for i in self.preferred.into_iter().chain(0..n) {
                 let e = &self.endpoints[i];
                 let candidate = e.connected
                     && if fallback {
@@ -362,17 +373,25 @@ impl Engine {
     /// Count `used` attempts against a call, then send it again or fail it.
     fn retry(&mut self, id: u64, used: u32, now: Instant) {
         let limit = self.config.max_reconnect_attempts * self.endpoints.len() as u32;
-        let Some(live) = self.calls.get_mut(&id) else { return };
+        let Some(live) = self.calls.get_mut(&id) else {
+            return;
+        };
         live.at = None;
         live.tries += used;
         if live.tries < limit {
             return self.dispatch(id, now);
         }
-        let Some(live) = self.calls.remove(&id) else { return };
+        let Some(live) = self.calls.remove(&id) else {
+            return;
+        };
         let error = if live.sent > 0 {
-            ClientError::Timeout { attempts: live.sent }
+            ClientError::Timeout {
+                attempts: live.sent,
+            }
         } else {
-            ClientError::AllBridgesDown { attempts: live.tries }
+            ClientError::AllBridgesDown {
+                attempts: live.tries,
+            }
         };
         warn!(target_name = %live.call.target, error = %error, "request failed");
         let _ = live.call.done.send(Err(error));
@@ -467,7 +486,9 @@ impl Engine {
             };
             let body = &frames[2..];
             let refusal = parse_error_reply(body);
-            let draining = refusal.as_ref().is_some_and(|r| r.code == ErrorCode::Draining);
+            let draining = refusal
+                .as_ref()
+                .is_some_and(|r| r.code == ErrorCode::Draining);
             if self.endpoints[i].probe.is_some_and(|(p, _)| p == id) {
                 self.on_probe_answer(i, draining, now);
                 continue;
@@ -484,7 +505,9 @@ impl Engine {
                 }
                 continue;
             }
-            let Some(live) = self.calls.remove(&id) else { continue };
+            let Some(live) = self.calls.remove(&id) else {
+                continue;
+            };
             if live.at.is_none() {
                 self.parked.retain(|&p| p != id);
             }
@@ -566,6 +589,14 @@ impl Engine {
                 .map_or(0.0, |d| d.as_secs_f64());
             match self.verifier.verify(&frame, wall) {
                 Ok(Message::Heartbeat(beat)) => {
+                    // A port moves with the active role: whoever serves it
+                    // now is the one whose silence counts for it.
+                    let host = self.sources[s].host.clone();
+                    for (j, other) in self.sources.iter_mut().enumerate() {
+                        if j != s && other.host == host && other.port == Some(beat.port) {
+                            other.port = None;
+                        }
+                    }
                     let source = &mut self.sources[s];
                     source.heard = Some(now);
                     source.port = Some(beat.port);
@@ -633,7 +664,9 @@ impl Engine {
             Event::EndpointDown { endpoint, reason } => {
                 warn!(%endpoint, reason, "zbridge client: bridge out of use")
             }
-            Event::EndpointUp { endpoint } => info!(%endpoint, "zbridge client: bridge back in use"),
+            Event::EndpointUp { endpoint } => {
+                info!(%endpoint, "zbridge client: bridge back in use")
+            }
             Event::FailedOver { from, to } => warn!(%from, %to, "zbridge client: failed over"),
             Event::SwitchedBack { from, to } => info!(%from, %to, "zbridge client: switched back"),
             Event::Breaker { endpoint, state } => {
@@ -693,7 +726,10 @@ fn send_call(socket: &zmq::Socket, id: u64, call: &Call) -> zmq::Result<()> {
     socket.send(&request_id(id)[..], zmq::SNDMORE | zmq::DONTWAIT)?;
     socket.send(&b""[..], zmq::SNDMORE)?;
     let last = call.frames.len();
-    socket.send(call.target.as_bytes(), if last == 0 { 0 } else { zmq::SNDMORE })?;
+    socket.send(
+        call.target.as_bytes(),
+        if last == 0 { 0 } else { zmq::SNDMORE },
+    )?;
     for (n, frame) in call.frames.iter().enumerate() {
         socket.send(&frame[..], if n + 1 == last { 0 } else { zmq::SNDMORE })?;
     }
@@ -722,14 +758,15 @@ fn open_endpoint(
     socket.set_immediate(true)?;
     socket.set_sndhwm(100_000)?;
     socket.set_rcvhwm(100_000)?;
-    socket.set_reconnect_ivl(50)?;
-    socket.set_reconnect_ivl_max(500)?;
+    // A bridge that takes over a port is found within 25 ms: no backoff.
+    socket.set_reconnect_ivl(25)?;
     let monitor = format!(
         "inproc://zbridge-client-monitor-{}-{}",
         std::process::id(),
         MONITORS.fetch_add(1, Ordering::Relaxed)
     );
-    let events = zmq::SocketEvent::HANDSHAKE_SUCCEEDED.to_raw() | zmq::SocketEvent::DISCONNECTED.to_raw();
+    let events =
+        zmq::SocketEvent::HANDSHAKE_SUCCEEDED.to_raw() | zmq::SocketEvent::DISCONNECTED.to_raw();
     socket.monitor(&monitor, i32::from(events))?;
     let events = context.socket(zmq::PAIR)?;
     events.set_linger(0)?;
@@ -782,7 +819,10 @@ mod tests {
 
     #[test]
     fn endpoints_split_into_host_and_port() {
-        assert_eq!(host_port("tcp://127.0.0.1:5600"), ("127.0.0.1".into(), 5600));
+        assert_eq!(
+            host_port("tcp://127.0.0.1:5600"),
+            ("127.0.0.1".into(), 5600)
+        );
         assert_eq!(host_port("tcp://[::1]:5601"), ("::1".into(), 5601));
     }
 }

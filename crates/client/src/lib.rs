@@ -161,7 +161,10 @@ pub enum Event {
     /// A connection to a bridge is up (libzmq's handshake finished).
     Connected { endpoint: String },
     /// A bridge is out of use; `reason` says what showed it.
-    EndpointDown { endpoint: String, reason: &'static str },
+    EndpointDown {
+        endpoint: String,
+        reason: &'static str,
+    },
     /// A bridge answered probes for the hold-down and is usable again.
     EndpointUp { endpoint: String },
     /// Requests now go to a lower-priority bridge.
@@ -169,7 +172,10 @@ pub enum Event {
     /// Requests now go to a higher-priority bridge again.
     SwitchedBack { from: String, to: String },
     /// A breaker changed state; `endpoint` is `None` for the overall one.
-    Breaker { endpoint: Option<String>, state: BreakerState },
+    Breaker {
+        endpoint: Option<String>,
+        state: BreakerState,
+    },
 }
 
 /// A call in flight; [`Pending::wait`] blocks for its one result.
@@ -229,7 +235,8 @@ impl Client {
             done,
             submitted: Instant::now(),
         };
-        if let Err(mpsc::SendError(Command::Call(call))) = self.shared.command(Command::Call(call)) {
+        if let Err(mpsc::SendError(Command::Call(call))) = self.shared.command(Command::Call(call))
+        {
             let _ = call.done.send(Err(ClientError::Closed));
         }
         Pending { result }

@@ -137,7 +137,11 @@ mod tests {
             assert_eq!(parse_error_reply(&[other]), None);
         }
         let two = [error_reply(ErrorCode::Timeout, "x"), b"more".to_vec()];
-        assert_eq!(parse_error_reply(&two), None, "a two-frame reply is the target's");
+        assert_eq!(
+            parse_error_reply(&two),
+            None,
+            "a two-frame reply is the target's"
+        );
     }
 
     #[test]
