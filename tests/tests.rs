@@ -3,6 +3,7 @@
 mod support;
 
 mod cli;
+mod client;
 mod drain;
 mod errors;
 mod garbage;

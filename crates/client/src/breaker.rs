@@ -82,10 +82,10 @@ impl Breaker {
     pub fn record(&mut self, failed: bool, now: Instant) -> Option<BreakerState> {
         match self.state {
             BreakerState::Closed => {
-                if self.outcomes.len() == self.config.window as usize {
-                    if self.outcomes.pop_front() == Some(true) {
-                        self.failures -= 1;
-                    }
+                if self.outcomes.len() == self.config.window as usize
+                    && self.outcomes.pop_front() == Some(true)
+                {
+                    self.failures -= 1;
                 }
                 self.outcomes.push_back(failed);
                 self.failures += u32::from(failed);

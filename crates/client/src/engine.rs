@@ -23,6 +23,10 @@ use zbridge_protocol::{parse_error_reply, ErrorCode};
 
 const PING: &[u8] = br#"{"action":"ping"}"#;
 
+/// How long a new client waits for a higher-priority bridge to connect
+/// before it uses a lower one.
+const CONNECT_GRACE: Duration = Duration::from_millis(250);
+
 pub(crate) struct Engine {
     config: ClientConfig,
     endpoints: Vec<Endpoint>,
@@ -74,6 +78,9 @@ struct Endpoint {
     up: bool,
     /// Down: since when every probe has been answered.
     answering_since: Option<Instant>,
+    /// Just created and not connected yet: until then, calls wait for it
+    /// rather than go to a lower-priority bridge.
+    fresh_until: Option<Instant>,
     /// The probe in flight: its id and deadline.
     probe: Option<(u64, Instant)>,
     next_probe: Instant,
@@ -299,6 +306,10 @@ impl Engine {
         for fallback in [false, true] {
             for i in self.preferred.into_iter().chain(0..n) {
                 let e = &self.endpoints[i];
+                if !fallback && e.up && !e.connected && e.fresh_until.is_some() {
+                    // Still connecting for the first time: wait for it.
+                    return Pick::Wait;
+                }
                 let candidate = e.connected
                     && if fallback {
                         !e.up && e.answering_since.is_some()
@@ -425,6 +436,16 @@ impl Engine {
         }
         for i in 0..self.endpoints.len() {
             self.probe(i, now);
+        }
+        let mut grace_over = false;
+        for e in &mut self.endpoints {
+            if e.fresh_until.is_some_and(|t| now >= t) {
+                e.fresh_until = None;
+                grace_over = true;
+            }
+        }
+        if grace_over {
+            self.dispatch_parked(now);
         }
         for s in 0..self.sources.len() {
             let source = &mut self.sources[s];
@@ -567,6 +588,7 @@ impl Engine {
             match u16::from_le_bytes([code[0], code[1]]) {
                 e if e == zmq::SocketEvent::HANDSHAKE_SUCCEEDED.to_raw() => {
                     self.endpoints[i].connected = true;
+                    self.endpoints[i].fresh_until = None;
                     let endpoint = self.endpoints[i].url.clone();
                     self.emit(Event::Connected { endpoint });
                     self.dispatch_parked(now);
@@ -692,6 +714,9 @@ impl Engine {
             next = next.min(deadline);
         }
         for e in &self.endpoints {
+            if let Some(t) = e.fresh_until {
+                next = next.min(t);
+            }
             match e.probe {
                 Some((_, deadline)) => next = next.min(deadline),
                 None if !e.up && e.connected => next = next.min(e.next_probe),
@@ -782,6 +807,7 @@ fn open_endpoint(
         connected: false,
         up: true,
         answering_since: None,
+        fresh_until: Some(now + config.request_timeout.min(CONNECT_GRACE)),
         probe: None,
         next_probe: now,
         breaker: Breaker::new(config.breaker, now),

@@ -57,7 +57,7 @@ pub enum Envelope {
 
 impl Envelope {
     /// How many frames it takes; the request body starts after them.
-    pub fn len(self) -> usize {
+    pub fn frames(self) -> usize {
         match self {
             Envelope::Bare => 0,
             Envelope::Delimiter => 1,
@@ -85,7 +85,7 @@ const MAX_TARGET_LEN: usize = 128;
 /// Parse the frames after the routing identity.
 pub fn parse_request<'a, F: Deref<Target = [u8]>>(frames: &'a [F], limits: &Limits) -> Parsed<'a> {
     let envelope = envelope(frames);
-    let body = envelope.len();
+    let body = envelope.frames();
     let request = classify(&frames[body..], limits).map(|request| match request {
         Request::Forward { target, payload } => Request::Forward {
             target,
@@ -408,7 +408,7 @@ mod tests {
             frames in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..64), 0..12)
         ) {
             let p = parse_request(&frames, &LIMITS);
-            prop_assert_eq!(p.body, p.envelope.len());
+            prop_assert_eq!(p.body, p.envelope.frames());
             prop_assert!(p.body == 0 || frames[p.body - 1].is_empty());
             match p.request {
                 Ok(Request::Forward { payload, .. }) => prop_assert!(payload <= frames.len()),
