@@ -199,3 +199,38 @@ fn bench_load_reports_its_figures_in_a_last_json_line() {
     }
     assert_eq!(last["rss_end_kb"].as_array().unwrap().len(), 2);
 }
+
+#[test]
+fn bench_client_drives_a_config_file_pair_and_ends_with_a_json_line() {
+    let rs = EchoService::start(None).unwrap();
+    let b = bridge(&[format!("--pc2-addr={}", rs.endpoint)]);
+    let port = b.frontend.rsplit(':').next().unwrap();
+    // A bridge config without a [client] section: the client derives its
+    // endpoints from primary_port (this bridge) and secondary_port (none).
+    let config = TempConfig::new(&format!(
+        "primary_port = {port}\nsecondary_port = {}\nprimary_heartbeat_port = {}\n\
+         secondary_heartbeat_port = {}\n",
+        free_port(),
+        free_port(),
+        free_port()
+    ));
+    let out = zbridge(&[
+        "bench",
+        "client",
+        &config.flag(),
+        "--target=pc2",
+        "--rate=300",
+        "--duration=2",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let last: serde_json::Value =
+        serde_json::from_str(stdout.lines().last().unwrap()).expect("a JSON line");
+    assert_eq!(last["lost"], 0, "{last}");
+    assert_eq!(last["ok"], last["sent"], "{last}");
+    assert_eq!(last["failovers"], 0, "{last}");
+    let sent = last["sent"].as_u64().unwrap();
+    assert!((450..=650).contains(&sent), "about 300/s for 2 s: {last}");
+    assert!(last["p99_ms"].as_f64().unwrap() > 0.0, "{last}");
+    assert_eq!(status(&b.frontend)["targets"]["pc2"]["replies_total"], sent);
+}
