@@ -987,7 +987,8 @@ impl Failover {
 /// A bounded load through the client library: one thread keeps up to
 /// `in_flight` calls going (at `rate`, if given) for `duration`, then waits
 /// up to `settle` for the last results. Every reply is checked against its
-/// request (the target must echo the payload, as [`EchoService`] does).
+/// request (the target must echo the payload as its last frame, as
+/// [`EchoService`] and tests/peers/rep_service.py do).
 #[derive(Debug, Clone)]
 pub struct ClientLoad {
     pub target: String,
@@ -1090,8 +1091,9 @@ impl ClientLoad {
                 }
                 Ok(Ok(reply)) => {
                     let expected = format!("{want:016x}");
-                    match reply.frames.as_slice() {
-                        [frame] if frame.starts_with(expected.as_bytes()) => {
+                    // The payload echoed, after a tag frame or not.
+                    match reply.frames.last() {
+                        Some(frame) if frame.starts_with(expected.as_bytes()) => {
                             report.ok += 1;
                             report.latencies.push(reply.elapsed);
                             let slot = start.elapsed().as_secs() as usize;

@@ -259,3 +259,52 @@ fn a_cut_backend_link_opens_the_breaker_and_traffic_resumes_when_it_returns() {
         assert_eq!(request(&hosts, &payload), Ok(format!("pc2\n{payload}\n")));
     }
 }
+
+#[test]
+fn a_client_whose_link_to_the_active_is_cut_fails_over_and_loses_nothing() {
+    let hosts = Hosts::new();
+    // The service and the client live on host 1, with the passive; the
+    // active is on host 0, across the link that will be cut.
+    let mut service = hosts.command(1, std::path::Path::new("python3"));
+    service
+        .arg(root().join("tests/peers/rep_service.py"))
+        .args(["--tag=pc2", "--port=5602", &format!("--host={}", ADDR[1])]);
+    let (_service, _) = Process::spawn(service, |l| l.starts_with("ready ")).unwrap();
+    let pc2 = format!("--pc2-addr=tcp://{}:5602", ADDR[1]);
+    let _primary = hosts.bridge_with(0, &["--main-pc-addr=", &pc2]);
+    let _secondary = hosts.bridge_with(1, &["--main-pc-addr=", &pc2]);
+    assert!(wait_until(Duration::from_secs(10), || hosts.roles()
+        == [Some("active".into()), Some("passive".into())]));
+    let config = TempConfig::new(&format!(
+        "primary_host = \"{}\"\nsecondary_host = \"{}\"\nheartbeat_timeout = 0.3\n\
+         [client]\nrequest_timeout = 1.0\nreconnect_delay = 0.1\nhold_down = 1.0\n",
+        ADDR[0], ADDR[1]
+    ));
+    let mut client = hosts.command(1, exe());
+    client.args([
+        "bench",
+        "client",
+        &config.flag(),
+        "--target=pc2",
+        "--rate=200",
+        "--duration=4",
+    ]);
+    let (mut client, _) =
+        Process::spawn(client, |l| l.starts_with("zbridge bench client")).unwrap();
+    // A second of load through the active, then its link goes silent: no
+    // disconnect, no reset; only heartbeat silence shows it.
+    std::thread::sleep(Duration::from_secs(1));
+    hosts.link(false);
+    assert!(client
+        .wait_exit(Duration::from_secs(30))
+        .is_some_and(|s| s.success()));
+    let events = client.events();
+    let report = events.last().expect("the JSON line");
+    assert_eq!(report["lost"], 0, "{report}");
+    assert_eq!(report["ok"], report["sent"], "{report}");
+    assert!(report["sent"].as_u64().unwrap() >= 700, "{report}");
+    assert!(report["failovers"].as_u64().unwrap() >= 1, "{report}");
+    let gap = report["max_ms"].as_f64().unwrap();
+    eprintln!("client-to-active link cut: longest call {gap:.1} ms");
+    assert!(gap <= 1200.0, "at most request_timeout + 200 ms: {report}");
+}

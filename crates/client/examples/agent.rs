@@ -12,7 +12,8 @@ use zbridge_client::{Client, ClientConfig, ClientError};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
-    let (Some(config), Some(target), Some(payload)) = (args.next(), args.next(), args.next()) else {
+    let (Some(config), Some(target), Some(payload)) = (args.next(), args.next(), args.next())
+    else {
         eprintln!("usage: agent CONFIG.toml TARGET PAYLOAD");
         std::process::exit(2);
     };
