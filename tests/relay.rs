@@ -111,8 +111,9 @@ fn ten_thousand_requests_from_eight_dealers_are_each_answered_once_by_their_targ
     assert_eq!(status["targets"]["beta"]["in_flight"], 0);
 }
 
-#[test]
-fn a_slow_target_does_not_delay_another_targets_replies() {
+/// A bridge with target `slow` (pyzmq REP, `sleep:SECONDS` delays it) and
+/// target `fast` (Rust ROUTER); both tag their replies with their name.
+fn slow_and_fast_bridge() -> (BridgeProcess, Process, EchoService, TempConfig) {
     let (slow, slow_port) = py_service("slow", 0);
     let fast = EchoService::start(Some("fast")).unwrap();
     let config = TempConfig::new(&format!(
@@ -120,7 +121,12 @@ fn a_slow_target_does_not_delay_another_targets_replies() {
          [targets.fast]\nendpoint = \"{}\"\n",
         fast.endpoint
     ));
-    let bridge = bridge(&[config.flag()]);
+    (bridge(&[config.flag()]), slow, fast, config)
+}
+
+#[test]
+fn a_slow_target_does_not_delay_another_targets_replies() {
+    let (bridge, slow, _fast, _config) = slow_and_fast_bridge();
     let client = Dealer::connect(&bridge.frontend);
     client.send(&[b"slow", b"sleep:1.5"]);
     for i in 0..100u32 {
@@ -139,14 +145,7 @@ fn a_slow_target_does_not_delay_another_targets_replies() {
 
 #[test]
 fn a_request_id_envelope_comes_back_with_every_kind_of_reply() {
-    let (slow, slow_port) = py_service("slow", 0);
-    let fast = EchoService::start(Some("fast")).unwrap();
-    let config = TempConfig::new(&format!(
-        "[targets.slow]\nendpoint = \"tcp://127.0.0.1:{slow_port}\"\n\
-         [targets.fast]\nendpoint = \"{}\"\n",
-        fast.endpoint
-    ));
-    let bridge = bridge(&[config.flag()]);
+    let (bridge, slow, _fast, _config) = slow_and_fast_bridge();
     let client = Dealer::connect(&bridge.frontend);
     // All in flight at once; the ids tell the answers apart.
     client.send(&[b"\x00slow", b"", b"slow", b"sleep:0.3"]);
