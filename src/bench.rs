@@ -141,7 +141,7 @@ pub fn run(what: What) -> anyhow::Result<()> {
             if local_pair {
                 client_pair(&load)
             } else {
-                let settings = crate::tools::client_config(&endpoints, config.as_deref(), 6.0)?;
+                let settings = crate::tools::client_config(&endpoints, config.as_deref(), None)?;
                 client_load(&load, settings)
             }
         }

@@ -49,9 +49,10 @@ pub enum Command {
         /// Target name, e.g. pc2.
         #[arg(long)]
         target: String,
-        /// Seconds each bridge gets to answer.
-        #[arg(long, default_value_t = 5.0)]
-        timeout: f64,
+        /// Seconds each bridge gets to answer (default: the config's
+        /// client request_timeout: the bridge's request_timeout + 1 s).
+        #[arg(long)]
+        timeout: Option<f64>,
         /// The payload, sent as one frame after the target frame.
         payload: String,
     },

@@ -33,11 +33,12 @@ fn call(endpoint: &str, frames: &[&[u8]], timeout: f64) -> anyhow::Result<Vec<Ve
 }
 
 /// The client settings for the bridges at `endpoints` (or those of the
-/// config file, or the local pair), each given `timeout` seconds.
+/// config file, or the local pair); `timeout`, if given, is the seconds each
+/// bridge gets to answer (else the config's request_timeout).
 pub fn client_config(
     endpoints: &[String],
     config: Option<&Path>,
-    timeout: f64,
+    timeout: Option<f64>,
 ) -> anyhow::Result<ClientConfig> {
     let mut client = match config {
         Some(path) => ClientConfig::from_file(path)?,
@@ -50,7 +51,9 @@ pub fn client_config(
             client.heartbeat_endpoints.clear();
         }
     }
-    client.request_timeout = seconds(timeout)?;
+    if let Some(timeout) = timeout {
+        client.request_timeout = seconds(timeout)?;
+    }
     Ok(client)
 }
 
@@ -58,7 +61,7 @@ pub fn request(
     endpoints: &[String],
     config: Option<&Path>,
     target: &str,
-    timeout: f64,
+    timeout: Option<f64>,
     payload: &str,
 ) -> anyhow::Result<()> {
     let mut settings = client_config(endpoints, config, timeout)?;
