@@ -632,11 +632,7 @@ impl Load {
 
 /// The `error` code of a bridge error document.
 pub fn error_code(frame: &[u8]) -> Option<String> {
-    if !frame.starts_with(br#"{"status":"error""#) {
-        return None;
-    }
-    let doc: Value = serde_json::from_slice(frame).ok()?;
-    doc["error"].as_str().map(str::to_string)
+    zbridge_protocol::parse_error_reply(&[frame]).map(|r| r.code.as_str().to_string())
 }
 
 /// A plain client with retry across bridge endpoints, as an agent without
@@ -1096,11 +1092,6 @@ impl ClientLoad {
                         Some(frame) if frame.starts_with(expected.as_bytes()) => {
                             report.ok += 1;
                             report.latencies.push(reply.elapsed);
-                            let slot = start.elapsed().as_secs() as usize;
-                            if report.timeline.len() <= slot {
-                                report.timeline.resize(slot + 1, (0, 0));
-                            }
-                            report.timeline[slot].0 += 1;
                         }
                         _ => report.mismatched += 1,
                     }
