@@ -16,11 +16,24 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-/// A TCP port on 127.0.0.1 that nobody listens on right now.
+/// A TCP port on 127.0.0.1 that nobody listens on right now and that this
+/// process has not handed out before: the OS may give a port it just
+/// released again, and two "free" ports in one configuration must differ.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map_or(0, |a| a.port())
+    static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_or(0, |a| a.port());
+        if port == 0 {
+            return 0;
+        }
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// Flags for a lone bridge that needs no peer: active at once on a free
