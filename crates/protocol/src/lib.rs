@@ -6,12 +6,14 @@
 //! action the bridge answers itself. Every way a request can be wrong maps to
 //! an [`ErrorCode`], and [`error_reply`] encodes the error document the client
 //! gets back (DESIGN §3). The relay owns the sockets; this crate only reads
-//! byte slices, so it can be fuzzed and property-tested.
+//! byte slices, so it can be fuzzed and property-tested. [`stream`] reads
+//! and writes the stamp on republished stream messages (DESIGN §3b).
 #![forbid(unsafe_code)]
 
 mod error;
 pub mod heartbeat;
 mod request;
+pub mod stream;
 
 pub use error::{error_reply, parse_error_reply, ErrorCode, Rejection};
 pub use request::{parse_request, Action, Envelope, Limits, Parsed, Request, MAX_REQUEST_ID_LEN};

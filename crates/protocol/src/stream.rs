@@ -1,0 +1,158 @@
+//! The stamp a bridge adds as the last frame of every message it
+//! republishes from a stream (DESIGN §3b, docs/PROTOCOL.md).
+//!
+//! A subscriber filters by topic prefix, so one counter per stream would
+//! show gaps wherever another subscriber's topics were interleaved. The
+//! bridge therefore counts per subscribed prefix: every message carries,
+//! for each prefix that some subscriber asked for and that the message's
+//! first frame starts with, that prefix's sequence number. A subscriber to
+//! `a.` sees consecutive numbers under `a.` unless it lost messages.
+//!
+//! Layout (integers big-endian):
+//!
+//! | bytes | field |
+//! | --- | --- |
+//! | 1 | version, 1 |
+//! | 8 | source: drawn at random when the bridge opens the stream; numbers from different sources cannot be compared |
+//! | 1 | n, length of the stream name (1 to 255; the config allows 64) |
+//! | n | stream name, UTF-8 |
+//! | then, per matching prefix: 8 | sequence number, from 1 |
+//! | 2 | m, length of the prefix |
+//! | m | the prefix |
+
+/// The stamp's format version, its first byte.
+pub const STAMP_VERSION: u8 = 1;
+
+/// A parsed stamp, borrowing the frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stamp<'a> {
+    pub source: u64,
+    pub stream: &'a str,
+    /// `(prefix, sequence number)` for each subscribed prefix the message
+    /// matched.
+    pub seqs: Vec<(&'a [u8], u64)>,
+}
+
+impl Stamp<'_> {
+    /// The sequence number under `prefix`, if the message carries one.
+    pub fn seq(&self, prefix: &[u8]) -> Option<u64> {
+        self.seqs.iter().find(|(p, _)| *p == prefix).map(|(_, s)| *s)
+    }
+}
+
+/// Write a stamp into `out` (cleared first). Prefixes longer than 65,535
+/// bytes and stream names longer than 255 are cut; the bridge's config
+/// and libzmq keep them far shorter.
+pub fn encode_stamp<'p>(
+    out: &mut Vec<u8>,
+    source: u64,
+    stream: &str,
+    seqs: impl IntoIterator<Item = (&'p [u8], u64)>,
+) {
+    out.clear();
+    out.push(STAMP_VERSION);
+    out.extend_from_slice(&source.to_be_bytes());
+    let name = &stream.as_bytes()[..stream.len().min(255)];
+    out.push(name.len() as u8);
+    out.extend_from_slice(name);
+    for (prefix, seq) in seqs {
+        let prefix = &prefix[..prefix.len().min(usize::from(u16::MAX))];
+        out.extend_from_slice(&seq.to_be_bytes());
+        out.extend_from_slice(&(prefix.len() as u16).to_be_bytes());
+        out.extend_from_slice(prefix);
+    }
+}
+
+/// Read a stamp; `None` when the frame is not one.
+pub fn parse_stamp(frame: &[u8]) -> Option<Stamp<'_>> {
+    let (&version, rest) = frame.split_first()?;
+    if version != STAMP_VERSION {
+        return None;
+    }
+    let (source, rest) = rest.split_first_chunk::<8>()?;
+    let (&n, rest) = rest.split_first()?;
+    if n == 0 || rest.len() < usize::from(n) {
+        return None;
+    }
+    let (name, mut rest) = rest.split_at(usize::from(n));
+    let stream = std::str::from_utf8(name).ok()?;
+    let mut seqs = Vec::new();
+    while !rest.is_empty() {
+        let (seq, after) = rest.split_first_chunk::<8>()?;
+        let (m, after) = after.split_first_chunk::<2>()?;
+        let m = usize::from(u16::from_be_bytes(*m));
+        if after.len() < m {
+            return None;
+        }
+        let (prefix, after) = after.split_at(m);
+        seqs.push((prefix, u64::from_be_bytes(*seq)));
+        rest = after;
+    }
+    Some(Stamp {
+        source: u64::from_be_bytes(*source),
+        stream,
+        seqs,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn a_stamp_reads_back_as_written() {
+        let mut out = Vec::new();
+        encode_stamp(
+            &mut out,
+            0x0102_0304_0506_0708,
+            "dream",
+            [(&b"a."[..], 7), (&b""[..], 41)],
+        );
+        let stamp = parse_stamp(&out).unwrap();
+        assert_eq!(stamp.source, 0x0102_0304_0506_0708);
+        assert_eq!(stamp.stream, "dream");
+        assert_eq!(stamp.seq(b"a."), Some(7));
+        assert_eq!(stamp.seq(b""), Some(41));
+        assert_eq!(stamp.seq(b"b."), None);
+    }
+
+    #[test]
+    fn frames_that_are_not_stamps_are_refused() {
+        let mut good = Vec::new();
+        encode_stamp(&mut good, 1, "s", [(&b"topic"[..], 1)]);
+        assert!(parse_stamp(&good).is_some());
+        for cut in 0..good.len() {
+            // Cut inside the header or inside an entry: refused. Cut
+            // exactly between the header and the entries: a stamp with none.
+            let header = 1 + 8 + 1 + 1;
+            assert_eq!(parse_stamp(&good[..cut]).is_some(), cut == header, "cut {cut}");
+        }
+        let mut wrong_version = good.clone();
+        wrong_version[0] = 2;
+        assert!(parse_stamp(&wrong_version).is_none());
+        assert!(parse_stamp(b"hello world, not a stamp").is_none());
+    }
+
+    proptest! {
+        #[test]
+        fn any_bytes_parse_without_panicking(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let _ = parse_stamp(&bytes);
+        }
+
+        #[test]
+        fn encoding_round_trips(
+            source in any::<u64>(),
+            name in "[a-z]{1,20}",
+            seqs in proptest::collection::vec((proptest::collection::vec(any::<u8>(), 0..20), any::<u64>()), 0..5),
+        ) {
+            let mut out = Vec::new();
+            encode_stamp(&mut out, source, &name, seqs.iter().map(|(p, s)| (p.as_slice(), *s)));
+            let stamp = parse_stamp(&out).unwrap();
+            prop_assert_eq!(stamp.source, source);
+            prop_assert_eq!(stamp.stream, name.as_str());
+            let back: Vec<(Vec<u8>, u64)> = stamp.seqs.iter().map(|(p, s)| (p.to_vec(), *s)).collect();
+            prop_assert_eq!(back, seqs);
+        }
+    }
+}
