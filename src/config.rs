@@ -81,6 +81,13 @@ pub struct TargetFile {
     pub request_timeout: Option<f64>,
 }
 
+/// `[streams.NAME]`: a remote PUB (or XPUB) the bridge republishes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamFile {
+    pub endpoint: String,
+}
+
 macro_rules! keys {
     ($( $(#[doc = $doc:literal])* $name:ident : $ty:ty = $default:expr ;)*) => {
         /// The config file as written, with every key defaulted.
@@ -93,6 +100,7 @@ macro_rules! keys {
             pub mode: Option<Mode>,
             $( $(#[doc = $doc])* pub $name: $ty, )*
             pub targets: BTreeMap<String, TargetFile>,
+            pub streams: BTreeMap<String, StreamFile>,
             /// The client library's section (zbridge-client); the bridge
             /// only checks it.
             #[serde(skip_serializing_if = "Option::is_none")]
@@ -105,6 +113,7 @@ macro_rules! keys {
                     mode: None,
                     $( $name: $default, )*
                     targets: BTreeMap::new(),
+                    streams: BTreeMap::new(),
                     client: None,
                 }
             }
@@ -129,6 +138,13 @@ keys! {
     primary_port: u16 = 5600;
     /// Frontend port of the passive role (0: any free port, for tests).
     secondary_port: u16 = 5601;
+    /// Stream PUB port of the active role (0: any free port, for tests).
+    primary_pub_port: u16 = 5630;
+    /// Stream PUB port of the passive role (0: any free port, for tests).
+    secondary_pub_port: u16 = 5631;
+    /// Messages queued for one stream subscriber before the bridge drops
+    /// (and counts) what it cannot take.
+    stream_hwm: i32 = 10_000;
     /// Seconds between heartbeats.
     heartbeat_interval: f64 = 1.0;
     /// Seconds without a heartbeat before the passive takes over.
@@ -237,6 +253,13 @@ pub struct Target {
     pub request_timeout: Duration,
 }
 
+/// A validated stream.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stream {
+    pub name: String,
+    pub endpoint: String,
+}
+
 /// A validated configuration, ready to run.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
@@ -258,6 +281,10 @@ pub struct Config {
     pub secondary_port: u16,
     pub bind_host: String,
     pub targets: Vec<Target>,
+    pub streams: Vec<Stream>,
+    pub primary_pub_port: u16,
+    pub secondary_pub_port: u16,
+    pub stream_hwm: i32,
     pub limits: Limits,
     /// ZMQ_MAXMSGSIZE on the frontends.
     pub max_transport_bytes: usize,
@@ -306,6 +333,10 @@ restart_keys!(
     monitor_host,
     primary_monitor_port,
     secondary_monitor_port,
+    primary_pub_port,
+    secondary_pub_port,
+    streams,
+    stream_hwm,
     log_format,
 );
 
@@ -364,6 +395,15 @@ impl Config {
     /// The frontend endpoint to bind for a port (`*` port when 0).
     pub fn frontend_endpoint(&self, port: Port) -> String {
         tcp_endpoint(&self.bind_host, self.frontend_port(port))
+    }
+
+    /// The stream PUB endpoint that goes with a frontend port.
+    pub fn pub_endpoint(&self, port: Port) -> String {
+        let number = match port {
+            Port::Primary => self.primary_pub_port,
+            Port::Secondary => self.secondary_pub_port,
+        };
+        tcp_endpoint(&self.bind_host, number)
     }
 }
 
@@ -442,6 +482,8 @@ impl File {
             ("secondary_heartbeat_port", self.secondary_heartbeat_port),
             ("primary_monitor_port", self.primary_monitor_port),
             ("secondary_monitor_port", self.secondary_monitor_port),
+            ("primary_pub_port", self.primary_pub_port),
+            ("secondary_pub_port", self.secondary_pub_port),
         ];
         for (i, (key, port)) in ports.iter().enumerate() {
             if let Some((other, _)) = ports[..i].iter().find(|(_, p)| *p == *port && *port != 0) {
@@ -477,6 +519,15 @@ impl File {
         at_least("max_message_bytes", self.max_message_bytes, 1)?;
         at_least("max_frames", self.max_frames, 1)?;
         at_least("max_in_flight", self.max_in_flight, 1)?;
+        if self.stream_hwm < 1 {
+            return Err(ConfigError::new(
+                "stream_hwm",
+                format!(
+                    "must be at least 1 message (0 would let a stalled subscriber grow the bridge without bound); got {}",
+                    self.stream_hwm
+                ),
+            ));
+        }
         at_least("rate_limit_clients", self.rate_limit_clients, 1)?;
         at_least(
             "breaker_failure_threshold",
@@ -503,6 +554,10 @@ impl File {
             secondary_port: self.secondary_port,
             bind_host: self.bind_host.clone(),
             targets: self.targets(request_timeout)?,
+            streams: self.streams()?,
+            primary_pub_port: self.primary_pub_port,
+            secondary_pub_port: self.secondary_pub_port,
+            stream_hwm: self.stream_hwm,
             limits: Limits {
                 max_message_bytes: self.max_message_bytes,
                 max_frames: self.max_frames,
@@ -596,17 +651,7 @@ impl File {
         }
         for (name, target) in &self.targets {
             let key = format!("targets.{name}");
-            if name.is_empty()
-                || name.len() > 64
-                || !name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
-            {
-                return Err(ConfigError::new(
-                    key,
-                    "a target name is 1 to 64 letters, digits, `_`, `-` or `.`",
-                ));
-            }
+            name_rule(&key, "target", name)?;
             let request_timeout = match target.request_timeout {
                 Some(s) => positive_seconds(&format!("{key}.request_timeout"), s)?,
                 None => default_timeout,
@@ -620,6 +665,20 @@ impl File {
         Ok(targets)
     }
 
+    fn streams(&self) -> Result<Vec<Stream>, ConfigError> {
+        self.streams
+            .iter()
+            .map(|(name, stream)| {
+                let key = format!("streams.{name}");
+                name_rule(&key, "stream", name)?;
+                Ok(Stream {
+                    name: name.clone(),
+                    endpoint: endpoint(&format!("{key}.endpoint"), &stream.endpoint)?,
+                })
+            })
+            .collect()
+    }
+
     /// The effective configuration as TOML, as `check-config` prints it,
     /// with the secret replaced.
     pub fn to_toml(&self) -> String {
@@ -629,6 +688,23 @@ impl File {
         }
         toml::to_string(&shown).unwrap_or_else(|e| format!("# cannot print config: {e}\n"))
     }
+}
+
+/// Target and stream names: what a log line, a metric label and a stamp
+/// can carry as they are.
+fn name_rule(key: &str, what: &str, name: &str) -> Result<(), ConfigError> {
+    if name.is_empty()
+        || name.len() > 64
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+    {
+        return Err(ConfigError::new(
+            key,
+            format!("a {what} name is 1 to 64 letters, digits, `_`, `-` or `.`"),
+        ));
+    }
+    Ok(())
 }
 
 fn seconds(key: &str, value: f64) -> Result<Duration, ConfigError> {

@@ -3,8 +3,12 @@
 //! The binary (`src/main.rs`) is glue over these modules: [`config`] reads
 //! and validates the configuration, [`relay`] owns the sockets and relays,
 //! [`run`] wires them into `zbridge run`, [`lab`] holds the real parts the
-//! demo, benchmarks and tests share.
-#![forbid(unsafe_code)]
+//! demo, benchmarks and tests share. [`streams`] republishes remote PUB
+//! services on the bridge's pub ports.
+//!
+//! Unsafe code is denied everywhere but one call: [`streams`] sets
+//! ZMQ_XPUB_NODROP through `zmq-sys`, which the `zmq` crate does not wrap.
+#![deny(unsafe_code)]
 
 pub mod bench;
 pub mod cli;
@@ -17,4 +21,5 @@ pub mod relay;
 pub mod run;
 pub mod soak;
 pub mod stop;
+pub mod streams;
 pub mod tools;

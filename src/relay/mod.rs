@@ -31,6 +31,7 @@ use crate::ha::machine::{Effect, Event, Machine, Peer, Phase, Port, Settings};
 use crate::ha::{Beat, Heartbeats};
 use crate::monitor;
 use crate::stop::Stop;
+use crate::streams::Streams;
 use inflight::Key;
 use serde_json::{json, Value};
 use state::{Return, State};
@@ -78,6 +79,9 @@ pub struct Relay {
     /// One per target, by index; `None` once a retired target is drained.
     dealers: Vec<Option<zmq::Socket>>,
     heartbeats: Heartbeats,
+    /// The stream thread, when streams are configured; its pub ports
+    /// follow the frontends.
+    streams: Option<Streams>,
     machine: Machine,
     first_effects: Vec<Effect>,
     state: State,
@@ -114,6 +118,7 @@ impl Relay {
             .collect::<anyhow::Result<Vec<_>>>()?;
         wait_connected(&dealers, CONNECT_GRACE)?;
         let heartbeats = Heartbeats::new(&context, &config, now)?;
+        let streams = Streams::start(&context, &config)?;
         let (machine, first_effects) = Machine::new(settings(&config), now);
         let state = State::new(config, now);
         let monitor = std::sync::Arc::new(std::sync::Mutex::new(monitor::Snapshot {
@@ -136,6 +141,7 @@ impl Relay {
             frontends: [None, None],
             dealers,
             heartbeats,
+            streams,
             machine,
             first_effects,
             state,
@@ -379,6 +385,13 @@ impl Relay {
                 }
                 Effect::Drain(port) => match &mut self.frontends[port.index()] {
                     Some(frontend) => {
+                        // The primary pub port goes at once, so that the
+                        // peer can bind it; the secondary one stays until
+                        // the frontend goes, so that subscribers there
+                        // keep receiving until they have found the primary.
+                        if let (Some(streams), Port::Primary) = (&self.streams, port) {
+                            streams.release(port);
+                        }
                         let config = &self.state.config;
                         frontend.draining_until = Some(now + config.drain_timeout);
                         // The primary port must move to the peer at once;
@@ -447,6 +460,9 @@ impl Relay {
         match open_frontend(&self.context, config, &endpoint) {
             Ok(frontend) => {
                 info!(?port, endpoint = %frontend.endpoint, "frontend bound");
+                if let Some(streams) = &self.streams {
+                    streams.hold(port);
+                }
                 events(
                     json!({"event": "bound", "port": port_name(port), "endpoint": frontend.endpoint}),
                 );
@@ -476,6 +492,9 @@ impl Relay {
                 continue;
             }
             self.state.answer_left(&self.frontends, port);
+            if let Some(streams) = &self.streams {
+                streams.release(port);
+            }
             if let Some(frontend) = self.frontends[i].take() {
                 let _ = frontend.socket.unbind(&frontend.endpoint);
                 info!(?port, endpoint = %frontend.endpoint, "frontend released");
@@ -629,6 +648,9 @@ impl Relay {
 
     /// Copy what the status document shows of the HA side.
     fn sync_view(&mut self, now: Instant) {
+        if let Some(streams) = &self.streams {
+            self.state.streams = streams.status();
+        }
         let view = &mut self.state.ha;
         view.role = role_name(self.machine.phase());
         view.node = Some(self.machine.node());
@@ -719,19 +741,44 @@ struct Readiness {
     dealers: Vec<(bool, bool)>,
 }
 
-fn open_frontend(context: &zmq::Context, config: &Config, endpoint: &str) -> zmq::Result<Frontend> {
+/// A PAIR socket that receives `socket`'s libzmq monitor events of the
+/// kinds in `kinds`.
+pub(crate) fn watch(
+    context: &zmq::Context,
+    socket: &zmq::Socket,
+    kinds: &[zmq::SocketEvent],
+) -> zmq::Result<zmq::Socket> {
     static MONITORS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let socket = context.socket(zmq::ROUTER)?;
     let monitor = format!(
-        "inproc://frontend-monitor-{}",
+        "inproc://monitor-{}",
         MONITORS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     );
-    let accepted = zmq::SocketEvent::ACCEPTED.to_raw();
-    let disconnected = zmq::SocketEvent::DISCONNECTED.to_raw();
-    socket.monitor(&monitor, i32::from(accepted | disconnected))?;
+    let mask = kinds.iter().fold(0, |mask, kind| mask | kind.to_raw());
+    socket.monitor(&monitor, i32::from(mask))?;
     let events = context.socket(zmq::PAIR)?;
     events.set_linger(0)?;
     events.connect(&monitor)?;
+    Ok(events)
+}
+
+/// The next monitor event waiting on `events` (from [`watch`]), as its raw
+/// number (`zmq::SocketEvent::from_raw` panics on kinds it does not know).
+pub(crate) fn next_event(events: &zmq::Socket) -> Option<u16> {
+    loop {
+        let event = events.recv_multipart(zmq::DONTWAIT).ok()?;
+        if let Some(id) = event.first().and_then(|f| f.get(..2)) {
+            return Some(u16::from_le_bytes([id[0], id[1]]));
+        }
+    }
+}
+
+fn open_frontend(context: &zmq::Context, config: &Config, endpoint: &str) -> zmq::Result<Frontend> {
+    let socket = context.socket(zmq::ROUTER)?;
+    let events = watch(
+        context,
+        &socket,
+        &[zmq::SocketEvent::ACCEPTED, zmq::SocketEvent::DISCONNECTED],
+    )?;
     socket.set_router_mandatory(true)?;
     socket.set_linger(1000)?;
     // Above max_message_bytes, so that an oversized request still gets its
@@ -761,22 +808,20 @@ fn open_frontend(context: &zmq::Context, config: &Config, endpoint: &str) -> zmq
 
 /// Count accepted and closed client connections from the socket monitor.
 fn count_connections(frontend: &mut Frontend) {
-    while let Ok(event) = frontend.events.recv_multipart(zmq::DONTWAIT) {
-        let Some(id) = event.first().and_then(|f| f.get(..2)) else {
-            continue;
-        };
-        match u16::from_le_bytes([id[0], id[1]]) {
-            e if e == zmq::SocketEvent::ACCEPTED.to_raw() => frontend.clients += 1,
-            e if e == zmq::SocketEvent::DISCONNECTED.to_raw() => {
-                frontend.clients = frontend.clients.saturating_sub(1);
-            }
-            _ => {}
+    while let Some(event) = next_event(&frontend.events) {
+        if event == zmq::SocketEvent::ACCEPTED.to_raw() {
+            frontend.clients += 1;
+        } else if event == zmq::SocketEvent::DISCONNECTED.to_raw() {
+            frontend.clients = frontend.clients.saturating_sub(1);
         }
     }
 }
 
 /// Read one whole message without blocking; `false` when none is waiting.
-fn recv_frames(socket: &zmq::Socket, frames: &mut Vec<zmq::Message>) -> zmq::Result<bool> {
+pub(crate) fn recv_frames(
+    socket: &zmq::Socket,
+    frames: &mut Vec<zmq::Message>,
+) -> zmq::Result<bool> {
     frames.clear();
     let mut flags = zmq::DONTWAIT;
     loop {

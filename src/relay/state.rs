@@ -87,6 +87,8 @@ pub(super) struct State {
     /// Requests in flight by the frontend they came in on.
     pub front_in_flight: [usize; 2],
     pub ha: HaView,
+    /// The stream thread's part of the status document.
+    pub streams: serde_json::Map<String, Value>,
     limiter: Limiter,
     /// Successful reloads.
     pub generation: u64,
@@ -109,6 +111,7 @@ impl State {
             stats: Stats::default(),
             front_in_flight: [0; 2],
             ha: HaView::default(),
+            streams: serde_json::Map::new(),
         };
         for target in state.config.targets.clone() {
             state.add_backend(&target);
@@ -600,7 +603,7 @@ impl State {
                 "alive": self.ha.peer_alive,
             })
         });
-        json!({
+        let mut doc = json!({
             "status": "ok",
             "version": env!("CARGO_PKG_VERSION"),
             "node": self.ha.node,
@@ -626,7 +629,11 @@ impl State {
             "rate_limited_clients_tracked": self.limiter.clients(),
             "config_generation": self.generation,
             "targets": targets,
-        })
+        });
+        if let Value::Object(doc) = &mut doc {
+            doc.extend(self.streams.clone());
+        }
+        doc
     }
 }
 
