@@ -3,7 +3,8 @@
 //! Built in code ([`ClientConfig::local`], then set fields), or read from
 //! the bridge's own TOML file: the top-level bridge keys give the defaults
 //! (`primary_host`:`primary_port`, then `secondary_host`:`secondary_port`;
-//! the two heartbeat ports; `heartbeat_timeout`; the auth token) and an
+//! the two heartbeat ports; the two pub ports; `heartbeat_timeout`; the
+//! auth token) and an
 //! optional `[client]` section overrides them.
 
 use serde::{Deserialize, Serialize};
@@ -18,6 +19,8 @@ pub struct ClientConfig {
     pub endpoints: Vec<String>,
     /// Heartbeat PUB endpoints of the bridges (empty: no heartbeat watch).
     pub heartbeat_endpoints: Vec<String>,
+    /// Stream pub ports of the bridges, for a [`crate::Subscriber`].
+    pub pub_endpoints: Vec<String>,
     /// How long one attempt waits for a bridge to answer before the
     /// request moves to the next bridge.
     pub request_timeout: Duration,
@@ -105,6 +108,12 @@ impl ClientConfig {
                 tcp(&secondary, keys.secondary_heartbeat_port.unwrap_or(5611)),
             ]
         });
+        let pub_endpoints = section.pub_endpoints.clone().unwrap_or_else(|| {
+            vec![
+                tcp(&primary, keys.primary_pub_port.unwrap_or(5630)),
+                tcp(&secondary, keys.secondary_pub_port.unwrap_or(5631)),
+            ]
+        });
         let bridge_timeout = keys.request_timeout.unwrap_or(5.0);
         let breaker = BreakerConfig::default();
         let token = match (&keys.auth_token, std::env::var("ZBRIDGE_AUTH_TOKEN")) {
@@ -121,6 +130,7 @@ impl ClientConfig {
         Ok(ClientConfig {
             endpoints,
             heartbeat_endpoints,
+            pub_endpoints,
             // The bridge answers `timeout` itself after its request_timeout:
             // wait a second longer, so that silence means a bridge problem.
             request_timeout: secs(
@@ -170,6 +180,9 @@ pub struct Section {
     pub endpoints: Option<Vec<String>>,
     /// Heartbeat PUB endpoints of the bridges.
     pub heartbeat_endpoints: Option<Vec<String>>,
+    /// Stream pub ports of the bridges (default: primary_host:primary_pub_port,
+    /// then secondary_host:secondary_pub_port).
+    pub pub_endpoints: Option<Vec<String>>,
     /// Seconds one attempt waits for an answer (default: the bridge's
     /// request_timeout + 1).
     pub request_timeout: Option<f64>,
@@ -199,9 +212,10 @@ impl Section {
         for (key, endpoints) in [
             ("endpoints", &self.endpoints),
             ("heartbeat_endpoints", &self.heartbeat_endpoints),
+            ("pub_endpoints", &self.pub_endpoints),
         ] {
             let Some(endpoints) = endpoints else { continue };
-            if key == "endpoints" && endpoints.is_empty() {
+            if key != "heartbeat_endpoints" && endpoints.is_empty() {
                 return Err(ConfigError::new(key, "give at least one bridge endpoint"));
             }
             if let Some(bad) = endpoints.iter().find(|e| !e.starts_with("tcp://")) {
@@ -255,6 +269,8 @@ struct BridgeKeys {
     secondary_port: Option<u16>,
     primary_heartbeat_port: Option<u16>,
     secondary_heartbeat_port: Option<u16>,
+    primary_pub_port: Option<u16>,
+    secondary_pub_port: Option<u16>,
     heartbeat_timeout: Option<f64>,
     heartbeat_max_skew: Option<f64>,
     request_timeout: Option<f64>,

@@ -21,13 +21,20 @@
 //! everything unanswered there to the next bridge with the same id. The
 //! first answer completes the call; any later one is dropped, so each call
 //! gets exactly one result.
+//!
+//! Streams: a [`Subscriber`] receives what the bridges republish from
+//! remote PUB services, from both bridges at once, merged into one feed
+//! that survives a failover and reports, by count, the messages it missed.
 
 mod breaker;
 mod config;
 mod engine;
+mod merge;
+mod subscriber;
 
 pub use breaker::BreakerState;
 pub use config::{BreakerConfig, ClientConfig, ConfigError, Section};
+pub use subscriber::{Delivery, StreamMessage, Subscriber};
 pub use zbridge_protocol::ErrorCode;
 
 use std::fmt;
