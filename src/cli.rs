@@ -1,4 +1,4 @@
-//! The command line: `zbridge run | check-config | request | status | bench | demo`.
+//! The command line: `zbridge run | check-config | request | subscribe | status | bench | demo`.
 
 use crate::config::{Mode, Overrides};
 use clap::{Parser, Subcommand};
@@ -55,6 +55,32 @@ pub enum Command {
         timeout: Option<f64>,
         /// The payload, sent as one frame after the target frame.
         payload: String,
+    },
+    /// Subscribe to a stream through the bridge pair (zbridge-client: both
+    /// bridges at once, survives a failover) and print what arrives.
+    Subscribe {
+        /// The bridge config file: pub ports, hosts and stream names.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Pub endpoints, comma-separated (default: from --config, else
+        /// tcp://127.0.0.1:5630,tcp://127.0.0.1:5631).
+        #[arg(long, value_delimiter = ',')]
+        endpoints: Vec<String>,
+        /// Stream name (default: every stream on the pub ports).
+        #[arg(long)]
+        stream: Option<String>,
+        /// Topic prefix; repeat for several (default: everything).
+        #[arg(long)]
+        topic: Vec<String>,
+        /// Exit after this many messages.
+        #[arg(long)]
+        count: Option<u64>,
+        /// Exit after this many seconds.
+        #[arg(long)]
+        seconds: Option<f64>,
+        /// One JSON object per line instead of text.
+        #[arg(long)]
+        json: bool,
     },
     /// Ask a bridge for its status document.
     Status {

@@ -1,9 +1,11 @@
-//! `zbridge request` and `zbridge status`: one call to a bridge from a terminal.
+//! `zbridge request`, `zbridge subscribe` and `zbridge status`: a bridge
+//! pair from a terminal.
 
 use anyhow::{bail, Context};
+use serde_json::json;
 use std::path::Path;
 use std::time::Duration;
-use zbridge_client::{Client, ClientConfig};
+use zbridge_client::{Client, ClientConfig, Delivery, Subscriber};
 
 fn seconds(timeout: f64) -> anyhow::Result<Duration> {
     Duration::try_from_secs_f64(timeout)
@@ -82,5 +84,120 @@ pub fn status(endpoint: &str, timeout: f64) -> anyhow::Result<()> {
         _ => bail!("the status reply has {} frames, expected 1", reply.len()),
     };
     println!("{}", serde_json::to_string_pretty(&doc)?);
+    Ok(())
+}
+
+/// When `zbridge subscribe` stops (never, if neither is given).
+pub struct Until {
+    pub count: Option<u64>,
+    pub seconds: Option<f64>,
+}
+
+pub fn subscribe(
+    config: Option<&Path>,
+    endpoints: &[String],
+    stream: Option<&str>,
+    topics: &[String],
+    until: Until,
+    json: bool,
+) -> anyhow::Result<()> {
+    let mut settings = match config {
+        Some(path) => ClientConfig::from_file(path)?,
+        None => ClientConfig::local(),
+    };
+    if !endpoints.is_empty() {
+        settings.pub_endpoints = endpoints.to_vec();
+    }
+    if let (Some(path), Some(stream)) = (config, stream) {
+        let file = crate::config::File::load(Some(path))?;
+        if !file.streams.contains_key(stream) {
+            let known: Vec<&str> = file.streams.keys().map(String::as_str).collect();
+            return Err(crate::config::ConfigError::new(
+                "streams",
+                format!(
+                    "no stream `{stream}` in {}; it has: {}",
+                    path.display(),
+                    if known.is_empty() {
+                        "none".to_string()
+                    } else {
+                        known.join(", ")
+                    }
+                ),
+            )
+            .into());
+        }
+    }
+    let deadline = match until.seconds {
+        Some(s) => Some(std::time::Instant::now() + seconds(s)?),
+        None => None,
+    };
+    let topics: Vec<Vec<u8>> = topics.iter().map(|t| t.as_bytes().to_vec()).collect();
+    let mut subscriber = Subscriber::connect(&settings, stream, &topics)?;
+    let mut received = 0;
+    while until.count.is_none_or(|n| received < n) {
+        let wait = match deadline {
+            Some(d) => d.saturating_duration_since(std::time::Instant::now()),
+            None => Duration::from_secs(1),
+        };
+        if wait.is_zero() {
+            break;
+        }
+        let Some(delivery) = subscriber.recv(wait)? else {
+            continue;
+        };
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        let line = match (&delivery, json) {
+            (Delivery::Message(m), true) => json!({
+                "stream": m.stream, "prefix": text(&m.prefix), "seq": m.seq,
+                "source": format!("{:016x}", m.source),
+                "frames": m.frames.iter().map(|f| text(f)).collect::<Vec<_>>(),
+            })
+            .to_string(),
+            (Delivery::Message(m), false) => {
+                let frames: Vec<String> = m.frames.iter().map(|f| text(f)).collect();
+                format!("{} #{} {}", m.stream, m.seq, frames.join(" | "))
+            }
+            (
+                Delivery::Gap {
+                    stream,
+                    prefix,
+                    missed,
+                },
+                true,
+            ) => json!({"gap": missed, "stream": stream, "prefix": text(prefix)}).to_string(),
+            (
+                Delivery::Gap {
+                    stream,
+                    prefix,
+                    missed,
+                },
+                false,
+            ) => format!(
+                "-- {stream}: {} messages under {:?} were lost",
+                missed.map_or("an unknown number of".to_string(), |n| n.to_string()),
+                text(prefix)
+            ),
+            (
+                Delivery::Moved {
+                    stream,
+                    prefix,
+                    from,
+                    to,
+                },
+                true,
+            ) => json!({
+                "moved": {"from": format!("{from:016x}"), "to": format!("{to:016x}")},
+                "stream": stream, "prefix": text(prefix),
+            })
+            .to_string(),
+            (Delivery::Moved { stream, .. }, false) => {
+                format!("-- {stream}: now from the other bridge")
+            }
+        };
+        println!("{line}");
+        if matches!(delivery, Delivery::Message(_)) {
+            received += 1;
+        }
+    }
     Ok(())
 }

@@ -1,0 +1,61 @@
+"""A pyzmq PUB service, like PC2's DreamWorld agent on 5598.
+
+Binds --host:--port (port 0: any free port) and prints `ready PORT`. Then
+publishes --count messages at --rate per second, cycling over --topics: message
+i is the two frames [topic, str(i)]. Prints `done` after the last one and stays
+up until killed. With --xpub it is an XPUB instead, and prints each
+subscription it receives as `sub HEX` or `unsub HEX` (the prefix in hex).
+"""
+import argparse
+import time
+
+import zmq
+
+parser = argparse.ArgumentParser()
+parser.add_argument("--host", default="127.0.0.1")
+parser.add_argument("--port", type=int, default=0)
+parser.add_argument("--topics", default="a.,b.,c.")
+parser.add_argument("--rate", type=float, default=1000.0)
+parser.add_argument("--count", type=int, default=100000)
+parser.add_argument("--xpub", action="store_true")
+args = parser.parse_args()
+
+ctx = zmq.Context()
+sock = ctx.socket(zmq.XPUB if args.xpub else zmq.PUB)
+sock.linger = 0
+sock.sndhwm = 100000
+if args.port:
+    sock.bind(f"tcp://{args.host}:{args.port}")
+    port = args.port
+else:
+    port = sock.bind_to_random_port(f"tcp://{args.host}")
+print(f"ready {port}", flush=True)
+topics = [t.encode() for t in args.topics.split(",")]
+
+
+def read_subscriptions(timeout_ms):
+    if not args.xpub:
+        time.sleep(timeout_ms / 1000)
+        return
+    if sock.poll(timeout_ms, zmq.POLLIN):
+        while True:
+            try:
+                msg = sock.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            kind = "sub" if msg[:1] == b"\x01" else "unsub"
+            print(f"{kind} {msg[1:].hex()}", flush=True)
+
+
+start = time.monotonic()
+for i in range(args.count):
+    due = start + i / args.rate
+    while True:
+        left = due - time.monotonic()
+        if left <= 0:
+            break
+        read_subscriptions(left * 1000)
+    sock.send_multipart([topics[i % len(topics)], str(i).encode()])
+print("done", flush=True)
+while True:
+    read_subscriptions(1000)

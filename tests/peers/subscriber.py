@@ -1,0 +1,54 @@
+"""A pyzmq SUB client on a bridge's pub port, as an existing agent would be.
+
+Connects to ENDPOINT, subscribes to TOPIC, and receives COUNT messages (or
+stops after --seconds). Prints one JSON document: each message's frames
+(UTF-8) without the bridge's stamp, and the stamp decoded (docs/PROTOCOL.md).
+"""
+import argparse
+import json
+import time
+
+import zmq
+
+
+def parse_stamp(b):
+    """The bridge's stamp, the last frame: version 1, u64 source, u8 name
+    length, name, then per matching prefix: u64 seq, u16 length, prefix."""
+    assert b[0] == 1, "not a zbridge stamp"
+    source = int.from_bytes(b[1:9], "big")
+    n = b[9]
+    stream = b[10:10 + n].decode()
+    i, seqs = 10 + n, {}
+    while i < len(b):
+        seq = int.from_bytes(b[i:i + 8], "big")
+        m = int.from_bytes(b[i + 8:i + 10], "big")
+        seqs[b[i + 10:i + 10 + m].decode()] = seq
+        i += 10 + m
+    return {"source": source, "stream": stream, "seqs": seqs}
+
+
+parser = argparse.ArgumentParser()
+parser.add_argument("endpoint")
+parser.add_argument("topic")
+parser.add_argument("count", type=int)
+parser.add_argument("--seconds", type=float, default=20.0)
+args = parser.parse_args()
+
+ctx = zmq.Context()
+sock = ctx.socket(zmq.SUB)
+sock.linger = 0
+sock.subscribe(args.topic.encode())
+sock.connect(args.endpoint)
+print(json.dumps({"event": "subscribed"}), flush=True)
+messages = []
+deadline = time.monotonic() + args.seconds
+while len(messages) < args.count:
+    left = deadline - time.monotonic()
+    if left <= 0 or not sock.poll(int(left * 1000), zmq.POLLIN):
+        break
+    frames = sock.recv_multipart()
+    messages.append({
+        "frames": [f.decode(errors="replace") for f in frames[:-1]],
+        "stamp": parse_stamp(frames[-1]),
+    })
+print(json.dumps({"messages": messages}), flush=True)
