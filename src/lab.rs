@@ -202,6 +202,17 @@ impl Process {
         found
     }
 
+    /// The lines on stdout so far.
+    pub fn output(&self) -> Vec<String> {
+        let out = self.out.lock().map(|o| o.clone()).unwrap_or_default();
+        out.into_iter().map(|(_, line)| line).collect()
+    }
+
+    /// Wait until a line on stdout contains `needle`.
+    pub fn wait_for_output(&self, needle: &str, timeout: Duration) -> bool {
+        wait_until(timeout, || self.output().iter().any(|l| l.contains(needle)))
+    }
+
     /// Wait until a log line contains `needle`.
     pub fn wait_for_log(&self, needle: &str, timeout: Duration) -> bool {
         wait_until(timeout, || self.log().iter().any(|l| l.contains(needle)))

@@ -283,11 +283,69 @@ pub fn metrics(status: &Value) -> String {
         "Round trip to a target's backend, since start.",
         latency,
     );
+    stream_metrics(&mut registry, status);
     let mut text = String::new();
     if let Err(e) = encode(&mut text, &registry) {
         text = format!("# cannot encode metrics: {e}\n# EOF\n");
     }
     text
+}
+
+/// Per-stream counters and gauges (DESIGN §3b).
+fn stream_metrics(registry: &mut Registry, status: &Value) {
+    let Some(streams) = status["streams"].as_object() else {
+        return;
+    };
+    let received = Family::<Labels, Counter>::default();
+    let published = Family::<Labels, Counter>::default();
+    let stalls = Family::<Labels, Counter>::default();
+    let up = Family::<Labels, Gauge<f64, AtomicU64>>::default();
+    let subscriptions = Family::<Labels, Gauge<f64, AtomicU64>>::default();
+    for (name, stream) in streams {
+        let s = labels(&[("stream", name)]);
+        let count = |key: &str| stream[key].as_u64().unwrap_or(0);
+        received.get_or_create(&s).inc_by(count("received_total"));
+        published.get_or_create(&s).inc_by(count("published_total"));
+        stalls
+            .get_or_create(&s)
+            .inc_by(count("subscriber_stalls_total"));
+        up.get_or_create(&s)
+            .set(f64::from(u8::from(stream["up"] == true)));
+        subscriptions
+            .get_or_create(&s)
+            .set(count("subscriptions") as f64);
+    }
+    registry.register(
+        "zbridge_stream_received",
+        "Messages read from a stream's upstream.",
+        received,
+    );
+    registry.register(
+        "zbridge_stream_published",
+        "Messages republished on the pub ports.",
+        published,
+    );
+    registry.register(
+        "zbridge_stream_subscriber_stalls",
+        "Times a subscriber's queue was full at stream_hwm and it began losing messages.",
+        stalls,
+    );
+    registry.register(
+        "zbridge_stream_up",
+        "1 while the bridge is connected to the stream's upstream.",
+        up,
+    );
+    registry.register(
+        "zbridge_stream_subscriptions",
+        "Topic prefixes subscribed upstream for the bridge's subscribers.",
+        subscriptions,
+    );
+    gauge(
+        registry,
+        "zbridge_stream_subscribers",
+        "Connections to this instance's pub ports.",
+        status["stream_subscribers"].as_f64().unwrap_or(0.0),
+    );
 }
 
 #[cfg(test)]
@@ -328,6 +386,16 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("zbridge_role 1"), "{text}");
+        let text =
+            metrics(&json!({"streams": {"dream": {"up": true, "subscriber_stalls_total": 3}}}));
+        assert!(
+            text.contains("zbridge_stream_subscriber_stalls_total{stream=\"dream\"} 3"),
+            "{text}"
+        );
+        assert!(
+            text.contains("zbridge_stream_up{stream=\"dream\"} 1"),
+            "{text}"
+        );
         assert!(text.ends_with("# EOF\n"), "{text}");
     }
 }

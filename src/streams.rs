@@ -13,10 +13,14 @@
 //! process still holds is retried here. Nothing here is on the request
 //! path, so a flood on a stream cannot delay a reply.
 //!
-//! Drops: an XPUB drops silently for a subscriber at its high-water mark.
-//! Each message is first offered with ZMQ_XPUB_NODROP set, which refuses it
-//! when any matching subscriber is full; it is then counted as dropped and
-//! sent again without the option, so subscribers with room still get it.
+//! Drops: an XPUB drops silently for a subscriber at its high-water mark
+//! (`stream_hwm`). Each message is first offered with ZMQ_XPUB_NODROP set,
+//! which refuses it when a matching subscriber's queue is full; that is a
+//! stall, counted and logged, and the message is sent again without the
+//! option so that subscribers with room still get it. libzmq then skips
+//! the full subscriber without telling until it has caught up, so the
+//! bridge counts stalls, not messages: what each subscriber lost shows as
+//! a jump in its sequence numbers (zbridge-client reports it as a gap).
 
 use crate::config::Config;
 use crate::ha::machine::Port;
@@ -125,7 +129,9 @@ struct Upstream {
     prefixes: Vec<Prefix>,
     received: u64,
     published: u64,
-    dropped: u64,
+    /// Times a subscriber's queue was full (see the module doc).
+    stalls: u64,
+    last_stall_log: Option<Instant>,
 }
 
 /// A prefix some subscriber asked for, and its sequence number.
@@ -207,7 +213,8 @@ impl Worker {
                 prefixes: Vec::new(),
                 received: 0,
                 published: 0,
-                dropped: 0,
+                stalls: 0,
+                last_stall_log: None,
             });
         }
         let now = Instant::now();
@@ -462,7 +469,7 @@ impl Worker {
             let last = k + 1 == held.len();
             match publish(&mut bound.socket, frames, &self.stamp, last) {
                 Ok(true) => {}
-                Ok(false) => upstream.dropped += 1,
+                Ok(false) => upstream.stalled(self.hwm),
                 Err(e) => warn!(stream = %upstream.name, error = %e, "cannot publish"),
             }
         }
@@ -476,9 +483,10 @@ impl Worker {
                 json!({
                     "endpoint": u.endpoint,
                     "up": u.up,
+                    "source": format!("{:016x}", u.source),
                     "received_total": u.received,
                     "published_total": u.published,
-                    "dropped_total": u.dropped,
+                    "subscriber_stalls_total": u.stalls,
                     "subscriptions": u.prefixes.iter().filter(|p| p.wanted()).count(),
                 }),
             );
@@ -501,7 +509,27 @@ impl Worker {
     }
 }
 
+/// How often a stalling subscriber is logged, per stream.
+const STALL_LOG_EVERY: Duration = Duration::from_secs(10);
+
 impl Upstream {
+    fn stalled(&mut self, hwm: i32) {
+        self.stalls += 1;
+        let now = Instant::now();
+        if self
+            .last_stall_log
+            .is_none_or(|t| now >= t + STALL_LOG_EVERY)
+        {
+            self.last_stall_log = Some(now);
+            warn!(
+                stream = %self.name,
+                stream_hwm = hwm,
+                subscriber_stalls_total = self.stalls,
+                "a subscriber is not keeping up: its queue is full and it loses messages until it catches up (it sees how many in the sequence numbers); raise stream_hwm or speed it up"
+            );
+        }
+    }
+
     /// A subscriber on `port` asked for (or withdrew) `prefix`; the
     /// upstream hears of it when the first asks and when the last leaves.
     fn subscription(&mut self, port: usize, subscribe: bool, prefix: &[u8]) {
@@ -573,8 +601,8 @@ fn open_pub(context: &zmq::Context, endpoint: &str, hwm: i32, ipv6: bool) -> zmq
     })
 }
 
-/// Send `frames` and the stamp; `Ok(false)` when some subscriber was full
-/// and missed it. `owned`: the frames may be moved out (the last port).
+/// Send `frames` and the stamp; `Ok(false)` when a subscriber's queue was
+/// full (it missed this message). `owned`: the frames may be moved out (the last port).
 fn publish(
     socket: &mut zmq::Socket,
     frames: &mut Vec<zmq::Message>,

@@ -13,3 +13,4 @@ mod netns;
 mod relay;
 mod reload;
 mod soak;
+mod streams;

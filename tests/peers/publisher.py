@@ -2,9 +2,12 @@
 
 Binds --host:--port (port 0: any free port) and prints `ready PORT`. Then
 publishes --count messages at --rate per second, cycling over --topics: message
-i is the two frames [topic, str(i)]. Prints `done` after the last one and stays
+i is the two frames [topic, str(i)], plus a third of --pad bytes if given. Prints `done` after the last one and stays
 up until killed. With --xpub it is an XPUB instead, and prints each
-subscription it receives as `sub HEX` or `unsub HEX` (the prefix in hex).
+subscription it receives as `sub HEX` or `unsub HEX` (the prefix in hex);
+with --wait-subscriber it starts publishing only after the first one.
+--burst N sends the first N messages as fast as it can (then prints `burst`)
+and the rest at --rate.
 """
 import argparse
 import time
@@ -17,10 +20,14 @@ parser.add_argument("--port", type=int, default=0)
 parser.add_argument("--topics", default="a.,b.,c.")
 parser.add_argument("--rate", type=float, default=1000.0)
 parser.add_argument("--count", type=int, default=100000)
+parser.add_argument("--pad", type=int, default=0)
 parser.add_argument("--xpub", action="store_true")
+parser.add_argument("--wait-subscriber", action="store_true")
+parser.add_argument("--burst", type=int, default=0)
 args = parser.parse_args()
 
 ctx = zmq.Context()
+args.xpub = args.xpub or args.wait_subscriber
 sock = ctx.socket(zmq.XPUB if args.xpub else zmq.PUB)
 sock.linger = 0
 sock.sndhwm = 100000
@@ -31,31 +38,43 @@ else:
     port = sock.bind_to_random_port(f"tcp://{args.host}")
 print(f"ready {port}", flush=True)
 topics = [t.encode() for t in args.topics.split(",")]
+pad = [b"x" * args.pad] if args.pad else []
 
 
 def read_subscriptions(timeout_ms):
+    """Print what arrived within timeout_ms; True if a subscription did."""
     if not args.xpub:
         time.sleep(timeout_ms / 1000)
-        return
+        return False
+    subscribed = False
     if sock.poll(timeout_ms, zmq.POLLIN):
         while True:
             try:
                 msg = sock.recv(zmq.NOBLOCK)
             except zmq.Again:
-                return
+                return subscribed
             kind = "sub" if msg[:1] == b"\x01" else "unsub"
+            subscribed = subscribed or kind == "sub"
             print(f"{kind} {msg[1:].hex()}", flush=True)
+    return subscribed
 
 
+if args.wait_subscriber:
+    while not read_subscriptions(1000):
+        pass
+for i in range(args.burst):
+    sock.send_multipart([topics[i % len(topics)], str(i).encode()] + pad)
+if args.burst:
+    print("burst", flush=True)
 start = time.monotonic()
-for i in range(args.count):
-    due = start + i / args.rate
+for i in range(args.burst, args.count):
+    due = start + (i - args.burst) / args.rate
     while True:
         left = due - time.monotonic()
         if left <= 0:
             break
         read_subscriptions(left * 1000)
-    sock.send_multipart([topics[i % len(topics)], str(i).encode()])
+    sock.send_multipart([topics[i % len(topics)], str(i).encode()] + pad)
 print("done", flush=True)
 while True:
     read_subscriptions(1000)

@@ -36,7 +36,10 @@ pub struct Stamp<'a> {
 impl Stamp<'_> {
     /// The sequence number under `prefix`, if the message carries one.
     pub fn seq(&self, prefix: &[u8]) -> Option<u64> {
-        self.seqs.iter().find(|(p, _)| *p == prefix).map(|(_, s)| *s)
+        self.seqs
+            .iter()
+            .find(|(p, _)| *p == prefix)
+            .map(|(_, s)| *s)
     }
 }
 
@@ -126,7 +129,11 @@ mod tests {
             // Cut inside the header or inside an entry: refused. Cut
             // exactly between the header and the entries: a stamp with none.
             let header = 1 + 8 + 1 + 1;
-            assert_eq!(parse_stamp(&good[..cut]).is_some(), cut == header, "cut {cut}");
+            assert_eq!(
+                parse_stamp(&good[..cut]).is_some(),
+                cut == header,
+                "cut {cut}"
+            );
         }
         let mut wrong_version = good.clone();
         wrong_version[0] = 2;

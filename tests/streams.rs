@@ -1,0 +1,365 @@
+//! Streams: pyzmq PUB services republished through real bridges.
+
+use crate::support::*;
+use serde_json::Value;
+use std::process::Command;
+use std::time::{Duration, Instant};
+use zbridge_client::{ClientConfig, Delivery, Subscriber};
+
+/// The pyzmq publisher of tests/peers on `port` (0: any), with its flags.
+fn publisher(port: u16, flags: &[&str]) -> (Process, u16) {
+    let mut command = Command::new("python3");
+    command
+        .arg(root().join("tests/peers/publisher.py"))
+        .arg(format!("--port={port}"))
+        .args(flags);
+    let (process, line) =
+        Process::spawn(command, |l| l.starts_with("ready ")).expect("publisher starts");
+    let port = line["ready ".len()..].trim().parse().expect("port");
+    (process, port)
+}
+
+/// A config with one stream, `dream`, from `port`.
+fn stream_config(port: u16) -> TempConfig {
+    TempConfig::new(&format!(
+        "[streams.dream]\nendpoint = \"tcp://127.0.0.1:{port}\"\n"
+    ))
+}
+
+/// A lone active bridge with the stream of `config`, its pub port on
+/// `pub_port`.
+fn stream_bridge(config: &TempConfig, pub_port: u16, extra: &[String]) -> BridgeProcess {
+    let mut flags = vec![
+        config.flag(),
+        format!("--primary-pub-port={pub_port}"),
+        format!("--secondary-pub-port={}", free_port()),
+    ];
+    flags.extend_from_slice(extra);
+    bridge(&flags)
+}
+
+/// The `dream` stream's part of the status document.
+fn dream(bridge: &BridgeProcess) -> Value {
+    status(&bridge.frontend)["streams"]["dream"].clone()
+}
+
+/// The library's settings for pub endpoints on this host.
+fn subscriber_settings(pub_ports: &[u16]) -> ClientConfig {
+    let mut settings = ClientConfig::local();
+    settings.pub_endpoints = pub_ports
+        .iter()
+        .map(|p| format!("tcp://127.0.0.1:{p}"))
+        .collect();
+    settings.heartbeat_timeout = TIMEOUT;
+    settings
+}
+
+/// The publisher's counter in a message (its second frame).
+fn counter(frames: &[Vec<u8>]) -> u64 {
+    std::str::from_utf8(&frames[1]).unwrap().parse().unwrap()
+}
+
+/// What a library subscriber delivered, in order.
+#[derive(Default, Debug)]
+struct Feed {
+    counters: Vec<u64>,
+    sources: Vec<u64>,
+    gaps: u64,
+    unknown_gaps: u64,
+    moves: u64,
+}
+
+impl Feed {
+    fn take(&mut self, delivery: Delivery) {
+        match delivery {
+            Delivery::Message(m) => {
+                self.counters.push(counter(&m.frames));
+                self.sources.push(m.source);
+            }
+            Delivery::Gap {
+                missed: Some(n), ..
+            } => self.gaps += n,
+            Delivery::Gap { missed: None, .. } => self.unknown_gaps += 1,
+            Delivery::Moved { .. } => self.moves += 1,
+        }
+    }
+
+    /// Receive until `done` says so or `timeout` passes.
+    fn run(
+        &mut self,
+        subscriber: &mut Subscriber,
+        timeout: Duration,
+        done: impl Fn(&Feed) -> bool,
+    ) {
+        let deadline = Instant::now() + timeout;
+        while !done(self) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(!left.is_zero(), "the feed stalled: {self:?}");
+            if let Some(d) = subscriber
+                .recv(left.min(Duration::from_millis(100)))
+                .unwrap()
+            {
+                self.take(d);
+            }
+        }
+    }
+
+    /// Counters between the first and last delivered, `step` apart, that
+    /// never came.
+    fn missed(&self, step: u64) -> u64 {
+        let (Some(first), Some(last)) = (self.counters.first(), self.counters.last()) else {
+            return 0;
+        };
+        (last - first) / step + 1 - self.counters.len() as u64
+    }
+
+    fn assert_in_order_once(&self) {
+        assert!(
+            self.counters.windows(2).all(|w| w[0] < w[1]),
+            "each message once, in order"
+        );
+    }
+}
+
+#[test]
+fn a_pyzmq_subscriber_gets_exactly_its_topic_in_order_with_consecutive_numbers() {
+    let (_publisher, port) = publisher(0, &["--rate=1000", "--count=60000"]);
+    let config = stream_config(port);
+    let pub_port = free_port();
+    let bridge = stream_bridge(&config, pub_port, &[]);
+    assert!(
+        wait_until(Duration::from_secs(5), || dream(&bridge)["up"] == true),
+        "the bridge connects to the upstream"
+    );
+    let out = Command::new("python3")
+        .arg(root().join("tests/peers/subscriber.py"))
+        .arg(format!("tcp://127.0.0.1:{pub_port}"))
+        .arg("b.")
+        .arg("300")
+        .output()
+        .expect("run python3");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let doc: Value = serde_json::from_str(stdout.lines().last().unwrap_or("")).expect("output");
+    let messages = doc["messages"].as_array().unwrap();
+    assert_eq!(messages.len(), 300, "{stdout}");
+    let mut counters = Vec::new();
+    let mut seqs = Vec::new();
+    for m in messages {
+        assert_eq!(m["frames"][0], "b.", "only the topic asked for: {m}");
+        assert_eq!(m["stamp"]["stream"], "dream");
+        assert_eq!(m["stamp"]["source"], messages[0]["stamp"]["source"]);
+        counters.push(m["frames"][1].as_str().unwrap().parse::<u64>().unwrap());
+        seqs.push(m["stamp"]["seqs"]["b."].as_u64().unwrap());
+    }
+    // The publisher cycles a., b., c.: every third message is b.'s.
+    assert!(
+        counters.windows(2).all(|w| w[1] == w[0] + 3),
+        "in order, none missing: {counters:?}"
+    );
+    assert!(
+        seqs.windows(2).all(|w| w[1] == w[0] + 1),
+        "consecutive numbers: {seqs:?}"
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || dream(&bridge)["published_total"]
+            .as_u64()
+            .is_some_and(|n| n >= 300)),
+        "the status counts what was republished"
+    );
+    assert_eq!(dream(&bridge)["subscriber_stalls_total"], 0);
+}
+
+#[test]
+fn the_upstream_is_asked_for_a_prefix_only_once_someone_subscribes_to_it() {
+    let (publisher, port) = publisher(0, &["--xpub", "--rate=100", "--count=6000"]);
+    let config = stream_config(port);
+    let pub_port = free_port();
+    let bridge = stream_bridge(&config, pub_port, &[]);
+    assert!(
+        wait_until(Duration::from_secs(5), || dream(&bridge)["up"] == true),
+        "the bridge connects to the upstream"
+    );
+    assert_eq!(dream(&bridge)["subscriptions"], 0);
+    let mut subscriber = Subscriber::connect(
+        &subscriber_settings(&[pub_port]),
+        Some("dream"),
+        &[b"a.".to_vec()],
+    )
+    .unwrap();
+    // "a." is 612e in hex.
+    assert!(
+        publisher.wait_for_output("sub 612e", Duration::from_secs(5)),
+        "the subscription reaches the upstream: {:?}",
+        publisher.output()
+    );
+    let mut feed = Feed::default();
+    feed.run(&mut subscriber, Duration::from_secs(10), |f| {
+        f.counters.len() >= 3
+    });
+    assert!(
+        feed.counters.iter().all(|c| c % 3 == 0),
+        "only a.: {feed:?}"
+    );
+    drop(subscriber);
+    assert!(
+        publisher.wait_for_output("unsub 612e", Duration::from_secs(5)),
+        "the last subscriber's leaving reaches the upstream"
+    );
+    let asked: Vec<String> = publisher
+        .output()
+        .into_iter()
+        .filter(|l| l.starts_with("sub ") || l.starts_with("unsub "))
+        .collect();
+    assert_eq!(
+        asked,
+        ["sub 612e", "unsub 612e"],
+        "the upstream saw no subscription before the subscriber and nothing more"
+    );
+}
+
+#[test]
+fn kill_9_of_the_active_at_1000_messages_per_second_the_subscriber_moves_and_counts_what_it_missed()
+{
+    let (_publisher, port) = publisher(0, &["--topics=a.", "--rate=1000", "--count=60000"]);
+    let config = stream_config(port);
+    let pub_ports = [free_port(), free_port()];
+    let pair = Pair::new(&[
+        &config.flag(),
+        &format!("--primary-pub-port={}", pub_ports[0]),
+        &format!("--secondary-pub-port={}", pub_ports[1]),
+    ]);
+    let (primary, secondary) = pair.start_both();
+    for b in [&primary, &secondary] {
+        assert!(
+            wait_until(Duration::from_secs(5), || dream(b)["up"] == true),
+            "both bridges connect to the upstream"
+        );
+    }
+    let survivor = dream(&secondary)["source"].as_str().unwrap().to_string();
+    let mut subscriber = Subscriber::connect(
+        &subscriber_settings(&pub_ports),
+        Some("dream"),
+        &[b"a.".to_vec()],
+    )
+    .unwrap();
+    let mut feed = Feed::default();
+    feed.run(&mut subscriber, Duration::from_secs(10), |f| {
+        f.counters.len() >= 500
+    });
+    primary.signal("KILL").unwrap();
+    let killed_at = *feed.counters.last().unwrap();
+    // Two seconds of publishing after the kill.
+    feed.run(&mut subscriber, Duration::from_secs(10), |f| {
+        f.counters.last().is_some_and(|c| *c >= killed_at + 2000)
+    });
+    feed.assert_in_order_once();
+    let after: Vec<String> = feed.sources[feed.sources.len() - 100..]
+        .iter()
+        .map(|s| format!("{s:016x}"))
+        .collect();
+    assert!(
+        after.iter().all(|s| *s == survivor),
+        "it resumed on the surviving bridge ({survivor}): {after:?}"
+    );
+    eprintln!(
+        "kill -9: {} delivered, {} missed, gaps reported {}, moves {}",
+        feed.counters.len(),
+        feed.missed(1),
+        feed.gaps,
+        feed.moves
+    );
+    assert_eq!(feed.unknown_gaps, 0, "{feed:?}");
+    assert_eq!(
+        feed.missed(1),
+        feed.gaps,
+        "what it missed is what it reported"
+    );
+}
+
+#[test]
+fn a_stream_whose_upstream_is_down_at_start_is_reported_down_and_delivers_once_it_appears() {
+    let port = free_port();
+    let config = stream_config(port);
+    let pub_port = free_port();
+    let bridge = stream_bridge(&config, pub_port, &[]);
+    let stream = dream(&bridge);
+    assert_eq!(stream["up"], false, "{stream}");
+    let mut subscriber = Subscriber::connect(
+        &subscriber_settings(&[pub_port]),
+        Some("dream"),
+        &[b"c.".to_vec()],
+    )
+    .unwrap();
+    let (_publisher, _) = publisher(port, &["--rate=1000", "--count=60000"]);
+    assert!(
+        wait_until(Duration::from_secs(5), || dream(&bridge)["up"] == true),
+        "the stream is up once the upstream is"
+    );
+    let mut feed = Feed::default();
+    feed.run(&mut subscriber, Duration::from_secs(10), |f| {
+        f.counters.len() >= 50
+    });
+    assert!(
+        feed.counters.iter().all(|c| c % 3 == 2),
+        "c. only: {feed:?}"
+    );
+    feed.assert_in_order_once();
+    assert_eq!((feed.missed(3), feed.gaps), (0, 0), "{feed:?}");
+}
+
+#[test]
+fn a_subscriber_that_stops_reading_is_counted_as_stalled_and_sees_its_losses_in_the_numbers() {
+    let (publisher, port) = publisher(
+        0,
+        &[
+            "--topics=a.",
+            "--wait-subscriber",
+            "--burst=20000",
+            "--pad=1000",
+            "--rate=200",
+            "--count=60000",
+        ],
+    );
+    let config = stream_config(port);
+    let pub_port = free_port();
+    let bridge = stream_bridge(&config, pub_port, &["--stream-hwm=100".into()]);
+    // A raw SUB with a small queue of its own, that reads nothing until
+    // the burst is over: most of the burst cannot reach it.
+    let context = zmq::Context::new();
+    let socket = context.socket(zmq::SUB).unwrap();
+    socket.set_rcvhwm(100).unwrap();
+    socket.set_subscribe(b"a.").unwrap();
+    socket
+        .connect(&format!("tcp://127.0.0.1:{pub_port}"))
+        .unwrap();
+    assert!(
+        publisher.wait_for_output("burst", Duration::from_secs(20)),
+        "the publisher sent its burst"
+    );
+    let (mut counters, mut seqs) = (Vec::new(), Vec::new());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    // Past the burst: the slow messages after it arrive.
+    while counters.last().is_none_or(|c| *c < 20_050) {
+        assert!(
+            Instant::now() < deadline,
+            "the feed stalled at {:?}",
+            counters.last()
+        );
+        if socket.poll(zmq::POLLIN, 100).unwrap() == 0 {
+            continue;
+        }
+        let frames = socket.recv_multipart(0).unwrap();
+        let stamp = zbridge_protocol::stream::parse_stamp(frames.last().unwrap()).unwrap();
+        counters.push(counter(&frames));
+        seqs.push(stamp.seq(b"a.").unwrap());
+    }
+    let stalls = dream(&bridge)["subscriber_stalls_total"].as_u64().unwrap();
+    let missed = counters.last().unwrap() - counters[0] + 1 - counters.len() as u64;
+    let jumps: u64 = seqs.windows(2).map(|w| w[1] - w[0] - 1).sum();
+    eprintln!(
+        "slow subscriber: {stalls} stalls at the bridge, {missed} missed, number jumps {jumps}"
+    );
+    assert!(stalls > 0, "the bridge counted the stalls");
+    assert!(missed > 0, "the subscriber missed messages");
+    assert_eq!(jumps, missed, "the numbers show exactly what it missed");
+}
