@@ -126,6 +126,9 @@ struct Upstream {
     events: zmq::Socket,
     up: bool,
     source: u64,
+    /// Connections to the upstream after the first (see the stamp).
+    session: u32,
+    connected_before: bool,
     prefixes: Vec<Prefix>,
     received: u64,
     published: u64,
@@ -210,6 +213,8 @@ impl Worker {
                 events,
                 up: false,
                 source: random_source(),
+                session: 0,
+                connected_before: false,
                 prefixes: Vec::new(),
                 received: 0,
                 published: 0,
@@ -395,6 +400,9 @@ impl Worker {
         while let Some(event) = next_event(&upstream.events) {
             if event == zmq::SocketEvent::CONNECTED.to_raw() && !upstream.up {
                 upstream.up = true;
+                if std::mem::replace(&mut upstream.connected_before, true) {
+                    upstream.session = upstream.session.wrapping_add(1);
+                }
                 info!(stream = %upstream.name, endpoint = %upstream.endpoint, "stream upstream connected");
             } else if event == zmq::SocketEvent::DISCONNECTED.to_raw() && upstream.up {
                 upstream.up = false;
@@ -459,7 +467,13 @@ impl Worker {
             .iter()
             .filter(|p| p.wanted() && topic.starts_with(&p.bytes))
             .map(|p| (p.bytes.as_slice(), p.seq));
-        encode_stamp(&mut self.stamp, upstream.source, &upstream.name, seqs);
+        encode_stamp(
+            &mut self.stamp,
+            upstream.source,
+            upstream.session,
+            &upstream.name,
+            seqs,
+        );
         upstream.published += 1;
         let held: Vec<usize> = (0..2).filter(|p| self.pubs[*p].is_some()).collect();
         for (k, port) in held.iter().enumerate() {

@@ -308,3 +308,74 @@ fn a_client_whose_link_to_the_active_is_cut_fails_over_and_loses_nothing() {
     eprintln!("client-to-active link cut: longest call {gap:.1} ms");
     assert!(gap <= 1200.0, "at most request_timeout + 200 ms: {report}");
 }
+
+#[test]
+fn a_cut_stream_upstream_resumes_by_itself_and_the_subscriber_is_told_the_gap() {
+    let hosts = Hosts::new();
+    // PC2's publisher on host 1; the bridge and a subscriber on host 0.
+    let mut publisher = hosts.command(1, std::path::Path::new("python3"));
+    publisher
+        .arg(root().join("tests/peers/publisher.py"))
+        .args([
+            "--port=5598",
+            &format!("--host={}", ADDR[1]),
+            "--topics=a.",
+            "--rate=200",
+            "--count=100000",
+        ]);
+    let (_publisher, _) = Process::spawn(publisher, |l| l.starts_with("ready ")).unwrap();
+    let config = TempConfig::new(&format!(
+        "[streams.dream]\nendpoint = \"tcp://{}:5598\"\n",
+        ADDR[1]
+    ));
+    let _bridge = hosts.bridge_with(0, &["--main-pc-addr=", "--pc2-addr=", &config.flag()]);
+    let up = |want: bool| {
+        hosts
+            .status(0, 5600)
+            .is_some_and(|s| s["streams"]["dream"]["up"] == want)
+    };
+    assert!(wait_until(Duration::from_secs(10), || up(true)));
+    let mut subscriber = hosts.command(0, exe());
+    subscriber.args([
+        "subscribe",
+        "--json",
+        "--stream=dream",
+        "--topic=a.",
+        "--seconds=60",
+        &format!("--endpoints=tcp://{}:5630", ADDR[0]),
+    ]);
+    let (subscriber, _) = Process::spawn(subscriber, |l| l.contains("\"frames\"")).unwrap();
+
+    hosts.link(false);
+    assert!(
+        wait_until(Duration::from_secs(5), || up(false)),
+        "the bridge notices the silent upstream"
+    );
+    hosts.link(true);
+    assert!(
+        wait_until(Duration::from_secs(10), || up(true)),
+        "the stream reconnects by itself"
+    );
+    subscriber
+        .wait_for_event(Duration::from_secs(10), |e| {
+            e.get("gap").is_some_and(Value::is_null)
+        })
+        .expect("the subscriber is told that an unknown number was lost");
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            let lines = subscriber.events();
+            let gap = lines.iter().position(|e| e.get("gap").is_some());
+            gap.is_some_and(|g| lines[g..].iter().filter(|e| e["frames"].is_array()).count() >= 20)
+        }),
+        "the stream resumed: twenty messages after the gap"
+    );
+    let counters: Vec<u64> = subscriber
+        .events()
+        .iter()
+        .filter_map(|e| e["frames"][1].as_str()?.parse().ok())
+        .collect();
+    assert!(
+        counters.windows(2).all(|w| w[0] < w[1]),
+        "in order, once each: {counters:?}"
+    );
+}

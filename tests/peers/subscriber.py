@@ -12,19 +12,21 @@ import zmq
 
 
 def parse_stamp(b):
-    """The bridge's stamp, the last frame: version 1, u64 source, u8 name
-    length, name, then per matching prefix: u64 seq, u16 length, prefix."""
+    """The bridge's stamp, the last frame: version 1, u64 source, u32
+    session, u8 name length, name, then per matching prefix: u64 seq, u16
+    length, prefix."""
     assert b[0] == 1, "not a zbridge stamp"
     source = int.from_bytes(b[1:9], "big")
-    n = b[9]
-    stream = b[10:10 + n].decode()
-    i, seqs = 10 + n, {}
+    session = int.from_bytes(b[9:13], "big")
+    n = b[13]
+    stream = b[14:14 + n].decode()
+    i, seqs = 14 + n, {}
     while i < len(b):
         seq = int.from_bytes(b[i:i + 8], "big")
         m = int.from_bytes(b[i + 8:i + 10], "big")
         seqs[b[i + 10:i + 10 + m].decode()] = seq
         i += 10 + m
-    return {"source": source, "stream": stream, "seqs": seqs}
+    return {"source": source, "session": session, "stream": stream, "seqs": seqs}
 
 
 parser = argparse.ArgumentParser()

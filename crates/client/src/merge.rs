@@ -6,7 +6,9 @@
 //! prefix) this follows one source, the current one: its messages are
 //! delivered in order, a repeat (the same bridge heard on two ports) is
 //! dropped, and a jump in the numbers is reported as a gap of that many
-//! messages. The other sources' copies are kept in a bounded buffer.
+//! messages; a new upstream session (the bridge lost its upstream and
+//! reconnected) is a gap of unknown size. The other sources' copies are
+//! kept in a bounded buffer.
 //!
 //! When the current source goes down (its connections dropped or fell
 //! silent), the feed moves to another source: it finds the last message
@@ -55,6 +57,8 @@ pub struct StreamMessage {
     pub seq: u64,
     /// The numbering source (one per bridge process and stream).
     pub source: u64,
+    /// The bridge's connection to the upstream (see the stamp).
+    pub session: u32,
     pub frames: Vec<Vec<u8>>,
 }
 
@@ -67,12 +71,31 @@ pub(crate) struct Merge {
 
 #[derive(Default)]
 struct Feed {
-    /// Source, last number and content hash delivered.
-    current: Option<(u64, u64, u64)>,
+    /// Where the feed is: the last message delivered.
+    current: Option<Position>,
     standby: HashMap<u64, VecDeque<Held>>,
     /// Moving since this time: waiting for the last delivered message to
     /// show up among another source's copies.
     moving_since: Option<Instant>,
+}
+
+#[derive(Clone, Copy)]
+struct Position {
+    source: u64,
+    session: u32,
+    seq: u64,
+    hash: u64,
+}
+
+impl Position {
+    fn of(message: &StreamMessage, hash: u64) -> Position {
+        Position {
+            source: message.source,
+            session: message.session,
+            seq: message.seq,
+            hash,
+        }
+    }
 }
 
 struct Held {
@@ -89,30 +112,37 @@ impl Merge {
         let hash = content_hash(&message.frames);
         match feed.current {
             None => {
-                feed.current = Some((message.source, message.seq, hash));
+                feed.current = Some(Position::of(&message, hash));
                 self.out.push_back(Delivery::Message(message));
             }
-            Some((source, last, _)) if source == message.source => {
-                if message.seq <= last {
+            Some(at) if at.source == message.source => {
+                if message.seq <= at.seq {
                     return;
                 }
-                if message.seq > last + 1 {
+                let missed = if message.session != at.session {
+                    Some(None)
+                } else if message.seq > at.seq + 1 {
+                    Some(Some(message.seq - at.seq - 1))
+                } else {
+                    None
+                };
+                if let Some(missed) = missed {
                     self.out.push_back(Delivery::Gap {
                         stream: message.stream.clone(),
                         prefix: message.prefix.clone(),
-                        missed: Some(message.seq - last - 1),
+                        missed,
                     });
                 }
-                feed.current = Some((source, message.seq, hash));
+                feed.current = Some(Position::of(&message, hash));
                 self.out.push_back(Delivery::Message(message));
             }
-            Some((source, _, _)) => {
+            Some(at) => {
                 let held = feed.standby.entry(message.source).or_default();
                 if held.len() == STANDBY {
                     held.pop_front();
                 }
                 held.push_back(Held { hash, message });
-                if self.down.contains(&source) {
+                if self.down.contains(&at.source) {
                     feed.moving_since.get_or_insert(now);
                     move_feed(feed, now, grace, &mut self.out);
                 }
@@ -125,7 +155,7 @@ impl Merge {
         self.down.insert(source);
         for feed in self.keys.values_mut() {
             feed.standby.remove(&source);
-            if feed.current.is_some_and(|(s, _, _)| s == source) {
+            if feed.current.is_some_and(|at| at.source == source) {
                 feed.moving_since.get_or_insert(now);
                 move_feed(feed, now, grace, &mut self.out);
             }
@@ -159,7 +189,15 @@ impl Merge {
 /// the last message delivered; past `grace`, to the one with the most
 /// copies, with a gap of unknown size.
 fn move_feed(feed: &mut Feed, now: Instant, grace: Duration, out: &mut VecDeque<Delivery>) {
-    let (Some((from, _, last_hash)), Some(since)) = (feed.current, feed.moving_since) else {
+    let (
+        Some(Position {
+            source: from,
+            hash: last_hash,
+            ..
+        }),
+        Some(since),
+    ) = (feed.current, feed.moving_since)
+    else {
         return;
     };
     let found = feed.standby.iter().find_map(|(source, held)| {
@@ -182,7 +220,7 @@ fn move_feed(feed: &mut Feed, now: Instant, grace: Duration, out: &mut VecDeque<
     let mut last = None;
     if let Some(h) = start.checked_sub(1).and_then(|i| held.get(i)) {
         last = Some(h.message.seq);
-        feed.current = Some((to, h.message.seq, h.hash));
+        feed.current = Some(Position::of(&h.message, h.hash));
     }
     let (stream, prefix) = match held.front() {
         Some(h) => (h.message.stream.clone(), h.message.prefix.clone()),
@@ -215,7 +253,7 @@ fn move_feed(feed: &mut Feed, now: Instant, grace: Duration, out: &mut VecDeque<
             }
         }
         last = Some(h.message.seq);
-        feed.current = Some((to, h.message.seq, h.hash));
+        feed.current = Some(Position::of(&h.message, h.hash));
         out.push_back(Delivery::Message(h.message));
     }
 }
@@ -238,6 +276,7 @@ mod tests {
             prefix: b"a.".to_vec(),
             seq,
             source,
+            session: 0,
             frames: vec![b"a.x".to_vec(), body.as_bytes().to_vec()],
         }
     }
@@ -262,6 +301,16 @@ mod tests {
             merge.message(now, GRACE, message(7, seq, body));
         }
         assert_eq!(drain(&mut merge), ["m1", "m2", "gap 2", "m5", "m6"]);
+    }
+
+    #[test]
+    fn a_new_upstream_session_is_a_gap_of_unknown_size() {
+        let (mut merge, now) = (Merge::default(), Instant::now());
+        merge.message(now, GRACE, message(7, 1, "m1"));
+        let mut after = message(7, 2, "m9");
+        after.session = 1;
+        merge.message(now, GRACE, after);
+        assert_eq!(drain(&mut merge), ["m1", "gap ?", "m9"]);
     }
 
     #[test]

@@ -193,6 +193,7 @@ impl Subscriber {
                 prefix,
                 seq,
                 source: stamp.source,
+                session: stamp.session,
                 frames,
             };
             self.merge.message(now, MOVE_GRACE, message);

@@ -14,6 +14,7 @@
 //! | --- | --- |
 //! | 1 | version, 1 |
 //! | 8 | source: drawn at random when the bridge opens the stream; numbers from different sources cannot be compared |
+//! | 4 | session: 0 at first, one more each time the bridge reconnects to the upstream; a change means the upstream's messages in between were lost, how many nobody knows |
 //! | 1 | n, length of the stream name (1 to 255; the config allows 64) |
 //! | n | stream name, UTF-8 |
 //! | then, per matching prefix: 8 | sequence number, from 1 |
@@ -27,6 +28,7 @@ pub const STAMP_VERSION: u8 = 1;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Stamp<'a> {
     pub source: u64,
+    pub session: u32,
     pub stream: &'a str,
     /// `(prefix, sequence number)` for each subscribed prefix the message
     /// matched.
@@ -49,12 +51,14 @@ impl Stamp<'_> {
 pub fn encode_stamp<'p>(
     out: &mut Vec<u8>,
     source: u64,
+    session: u32,
     stream: &str,
     seqs: impl IntoIterator<Item = (&'p [u8], u64)>,
 ) {
     out.clear();
     out.push(STAMP_VERSION);
     out.extend_from_slice(&source.to_be_bytes());
+    out.extend_from_slice(&session.to_be_bytes());
     let name = &stream.as_bytes()[..stream.len().min(255)];
     out.push(name.len() as u8);
     out.extend_from_slice(name);
@@ -73,6 +77,7 @@ pub fn parse_stamp(frame: &[u8]) -> Option<Stamp<'_>> {
         return None;
     }
     let (source, rest) = rest.split_first_chunk::<8>()?;
+    let (session, rest) = rest.split_first_chunk::<4>()?;
     let (&n, rest) = rest.split_first()?;
     if n == 0 || rest.len() < usize::from(n) {
         return None;
@@ -93,6 +98,7 @@ pub fn parse_stamp(frame: &[u8]) -> Option<Stamp<'_>> {
     }
     Some(Stamp {
         source: u64::from_be_bytes(*source),
+        session: u32::from_be_bytes(*session),
         stream,
         seqs,
     })
@@ -109,11 +115,13 @@ mod tests {
         encode_stamp(
             &mut out,
             0x0102_0304_0506_0708,
+            3,
             "dream",
             [(&b"a."[..], 7), (&b""[..], 41)],
         );
         let stamp = parse_stamp(&out).unwrap();
         assert_eq!(stamp.source, 0x0102_0304_0506_0708);
+        assert_eq!(stamp.session, 3);
         assert_eq!(stamp.stream, "dream");
         assert_eq!(stamp.seq(b"a."), Some(7));
         assert_eq!(stamp.seq(b""), Some(41));
@@ -123,12 +131,12 @@ mod tests {
     #[test]
     fn frames_that_are_not_stamps_are_refused() {
         let mut good = Vec::new();
-        encode_stamp(&mut good, 1, "s", [(&b"topic"[..], 1)]);
+        encode_stamp(&mut good, 1, 0, "s", [(&b"topic"[..], 1)]);
         assert!(parse_stamp(&good).is_some());
         for cut in 0..good.len() {
             // Cut inside the header or inside an entry: refused. Cut
             // exactly between the header and the entries: a stamp with none.
-            let header = 1 + 8 + 1 + 1;
+            let header = 1 + 8 + 4 + 1 + 1;
             assert_eq!(
                 parse_stamp(&good[..cut]).is_some(),
                 cut == header,
@@ -150,13 +158,15 @@ mod tests {
         #[test]
         fn encoding_round_trips(
             source in any::<u64>(),
+            session in any::<u32>(),
             name in "[a-z]{1,20}",
             seqs in proptest::collection::vec((proptest::collection::vec(any::<u8>(), 0..20), any::<u64>()), 0..5),
         ) {
             let mut out = Vec::new();
-            encode_stamp(&mut out, source, &name, seqs.iter().map(|(p, s)| (p.as_slice(), *s)));
+            encode_stamp(&mut out, source, session, &name, seqs.iter().map(|(p, s)| (p.as_slice(), *s)));
             let stamp = parse_stamp(&out).unwrap();
             prop_assert_eq!(stamp.source, source);
+            prop_assert_eq!(stamp.session, session);
             prop_assert_eq!(stamp.stream, name.as_str());
             let back: Vec<(Vec<u8>, u64)> = stamp.seqs.iter().map(|(p, s)| (p.to_vec(), *s)).collect();
             prop_assert_eq!(back, seqs);
