@@ -36,6 +36,33 @@ pub fn free_port() -> u16 {
     }
 }
 
+/// A config file that is deleted when dropped.
+pub struct TempConfig(pub std::path::PathBuf);
+
+impl TempConfig {
+    pub fn new(toml: &str) -> TempConfig {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "zbridge-{}-{}.toml",
+            std::process::id(),
+            N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        // A test or benchmark cannot go on without its config.
+        std::fs::write(&path, toml).expect("write a config file to the temp directory");
+        TempConfig(path)
+    }
+
+    pub fn flag(&self) -> String {
+        format!("--config={}", self.0.display())
+    }
+}
+
+impl Drop for TempConfig {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 /// Flags for a lone bridge that needs no peer: active at once on a free
 /// port, heartbeats on a free port, its peer looked for where nobody is.
 pub fn lone_bridge_flags() -> Vec<String> {

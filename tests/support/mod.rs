@@ -3,12 +3,12 @@
 #![allow(dead_code)] // each test module uses a different part
 
 use serde_json::Value;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 pub use zbridge::lab::{
     free_port, lone_bridge_flags, wait_until, BridgeProcess, EchoService, Load, Process, Route,
+    TempConfig,
 };
 
 pub fn exe() -> &'static Path {
@@ -28,32 +28,6 @@ pub fn bridge(extra: &[String]) -> BridgeProcess {
     args.extend(["--main-pc-addr=".into(), "--pc2-addr=".into()]);
     args.extend_from_slice(extra);
     BridgeProcess::spawn(exe(), &args).expect("bridge starts")
-}
-
-/// A config file that is deleted when dropped.
-pub struct TempConfig(pub PathBuf);
-
-impl TempConfig {
-    pub fn new(toml: &str) -> TempConfig {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let path = std::env::temp_dir().join(format!(
-            "zbridge-test-{}-{}.toml",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::write(&path, toml).expect("write config");
-        TempConfig(path)
-    }
-
-    pub fn flag(&self) -> String {
-        format!("--config={}", self.0.display())
-    }
-}
-
-impl Drop for TempConfig {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
 }
 
 /// The pyzmq REP service of tests/peers, on `port` (0: any). Returns it

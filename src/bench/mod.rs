@@ -4,6 +4,10 @@
 //! echo service, libzmq's own ROUTER-DEALER proxy (`zmq::proxy`, the limit
 //! for a relay) and a real `zbridge run` process on its JSON and multipart
 //! paths, and prints ratios. Every load is bounded in count and time.
+//! `bench stream` ([`stream`]) does the same for a stream against libzmq's
+//! XSUB/XPUB proxy.
+
+mod stream;
 
 use crate::lab::{
     lone_bridge_flags, BridgeProcess, ClientLoad, EchoService, Failover, Fault, Load, LoadReport,
@@ -86,6 +90,19 @@ pub enum What {
         #[arg(long)]
         local_pair: bool,
     },
+    /// A stream against libzmq's XSUB/XPUB proxy and a direct
+    /// subscription, then a kill -9 of the active under a paced stream.
+    Stream {
+        /// Seconds of each throughput run.
+        #[arg(long, default_value_t = 3.0)]
+        seconds: f64,
+        /// Rounds over all contenders, interleaved; figures are medians.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// Messages per second during the kill -9.
+        #[arg(long, default_value_t = 1000.0)]
+        rate: f64,
+    },
     /// A pair under load for a long time, with faults of the active at
     /// random times; RSS and fds sampled; a JSON line at the end.
     Soak {
@@ -145,6 +162,11 @@ pub fn run(what: What) -> anyhow::Result<()> {
                 client_load(&load, settings)
             }
         }
+        What::Stream {
+            seconds,
+            rounds,
+            rate,
+        } => stream::stream(seconds, rounds.max(1), rate),
         What::Soak {
             duration,
             rate,
@@ -167,7 +189,9 @@ pub fn run(what: What) -> anyhow::Result<()> {
     }
 }
 
-/// libzmq's ROUTER-DEALER proxy on its own context and thread.
+/// libzmq's own proxy (`zmq::proxy`) on its own context and thread: a
+/// socket of type `front` bound on loopback, one of type `back` connected
+/// to `upstream`.
 struct Proxy {
     endpoint: String,
     context: zmq::Context,
@@ -175,15 +199,19 @@ struct Proxy {
 }
 
 impl Proxy {
-    fn start(backend: &str) -> anyhow::Result<Proxy> {
+    fn start(
+        front: zmq::SocketType,
+        back: zmq::SocketType,
+        upstream: &str,
+    ) -> anyhow::Result<Proxy> {
         let context = zmq::Context::new();
-        let front = context.socket(zmq::ROUTER)?;
-        let back = context.socket(zmq::DEALER)?;
+        let front = context.socket(front)?;
+        let back = context.socket(back)?;
         for s in [&front, &back] {
             s.set_linger(0)?;
         }
         front.bind("tcp://127.0.0.1:*")?;
-        back.connect(backend)?;
+        back.connect(upstream)?;
         let endpoint = front
             .get_last_endpoint()?
             .map_err(|_| anyhow::anyhow!("non-UTF-8 endpoint"))?;
@@ -283,7 +311,7 @@ fn relay(
 ) -> anyhow::Result<()> {
     let duration = Duration::try_from_secs_f64(seconds).context("--seconds")?;
     let echo = EchoService::start(None)?;
-    let proxy = Proxy::start(&echo.endpoint)?;
+    let proxy = Proxy::start(zmq::ROUTER, zmq::DEALER, &echo.endpoint)?;
     let exe = std::env::current_exe()?;
     let mut flags = lone_bridge_flags();
     flags.extend([

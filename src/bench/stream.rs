@@ -1,0 +1,363 @@
+//! `zbridge bench stream`: a stream through the bridge against libzmq's
+//! XSUB/XPUB proxy and a direct subscription, then what a kill -9 of the
+//! active costs a subscriber on the primary pub port and one using
+//! zbridge-client. Measurements, not tests; every load is bounded.
+
+use super::Proxy;
+use crate::lab::{
+    free_port, lone_bridge_flags, status, wait_until, BridgeProcess, LoopbackPair, TempConfig,
+};
+use anyhow::{bail, Context as _};
+use serde_json::json;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// Size of each message's payload frame.
+const PAYLOAD: usize = 100;
+/// Most messages one publisher sends, whatever the rate.
+const MAX_MESSAGES: u64 = 200_000_000;
+
+/// A PUB on its own thread: `[b"a.", counter + padding]`, as fast as it
+/// can (`rate` None) or paced, while `go` is set.
+struct Publisher {
+    endpoint: String,
+    go: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Publisher {
+    fn start(rate: Option<f64>) -> anyhow::Result<Publisher> {
+        let context = zmq::Context::new();
+        let socket = context.socket(zmq::PUB)?;
+        socket.set_linger(0)?;
+        socket.bind("tcp://127.0.0.1:*")?;
+        let endpoint = socket
+            .get_last_endpoint()?
+            .map_err(|_| anyhow::anyhow!("non-UTF-8 endpoint"))?;
+        let (go, stop) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicBool::new(false)),
+        );
+        let (run, halt) = (Arc::clone(&go), Arc::clone(&stop));
+        let thread = std::thread::spawn(move || {
+            let _context = context;
+            let mut payload = [b'x'; PAYLOAD];
+            let start = Instant::now();
+            let mut n: u64 = 0;
+            while !halt.load(Ordering::Relaxed) && n < MAX_MESSAGES {
+                if !run.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(1));
+                    continue;
+                }
+                if let Some(rate) = rate {
+                    let due = start + Duration::from_secs_f64(n as f64 / rate);
+                    let now = Instant::now();
+                    if due > now {
+                        std::thread::sleep(due - now);
+                    }
+                }
+                payload[..8].copy_from_slice(&n.to_be_bytes());
+                let sent = socket
+                    .send(&b"a."[..], zmq::SNDMORE)
+                    .and_then(|()| socket.send(&payload[..], 0));
+                if sent.is_err() {
+                    return;
+                }
+                n += 1;
+            }
+        });
+        Ok(Publisher {
+            endpoint,
+            go,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    fn set(&self, on: bool) {
+        self.go.store(on, Ordering::Relaxed);
+    }
+}
+
+impl Drop for Publisher {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A config file with one stream, `bench`, from `upstream`.
+fn stream_config(upstream: &str) -> TempConfig {
+    TempConfig::new(&format!("[streams.bench]\nendpoint = \"{upstream}\"\n"))
+}
+
+/// Messages per second a SUB on `endpoint` receives while `publisher`
+/// floods, over `duration` after the first one.
+fn received_rate(endpoint: &str, publisher: &Publisher, duration: Duration) -> anyhow::Result<f64> {
+    let context = zmq::Context::new();
+    let socket = context.socket(zmq::SUB)?;
+    socket.set_linger(0)?;
+    socket.set_rcvhwm(10_000)?;
+    socket.set_subscribe(b"a.")?;
+    socket.connect(endpoint)?;
+    publisher.set(true);
+    let result = (|| {
+        if socket.poll(zmq::POLLIN, 5000)? == 0 {
+            bail!("nothing arrived from {endpoint} within 5 s");
+        }
+        let start = Instant::now();
+        let mut count: u64 = 0;
+        while start.elapsed() < duration {
+            if socket.poll(zmq::POLLIN, 100)? == 0 {
+                continue;
+            }
+            while socket.recv_multipart(zmq::DONTWAIT).is_ok() {
+                count += 1;
+            }
+        }
+        Ok(count as f64 / start.elapsed().as_secs_f64())
+    })();
+    publisher.set(false);
+    result
+}
+
+pub fn stream(seconds: f64, rounds: usize, rate: f64) -> anyhow::Result<()> {
+    let duration = Duration::try_from_secs_f64(seconds).context("--seconds")?;
+    let exe = std::env::current_exe()?;
+    let publisher = Publisher::start(None)?;
+    let proxy = Proxy::start(zmq::XPUB, zmq::XSUB, &publisher.endpoint)?;
+    let config = stream_config(&publisher.endpoint);
+    let pub_port = free_port();
+    let mut flags = lone_bridge_flags();
+    flags.extend([
+        "--main-pc-addr=".into(),
+        "--pc2-addr=".into(),
+        "--log-level=warn".into(),
+        config.flag(),
+        format!("--primary-pub-port={pub_port}"),
+        format!("--secondary-pub-port={}", free_port()),
+    ]);
+    let bridge = BridgeProcess::spawn(&exe, &flags)?;
+    let up = wait_until(Duration::from_secs(5), || {
+        status(&bridge.frontend).is_some_and(|s| s["streams"]["bench"]["up"] == true)
+    });
+    if !up {
+        bail!("the bridge did not connect to the publisher");
+    }
+    let contenders = [
+        ("direct", publisher.endpoint.clone()),
+        ("libzmq XSUB/XPUB proxy", proxy.endpoint.clone()),
+        ("zbridge", format!("tcp://127.0.0.1:{pub_port}")),
+    ];
+    println!(
+        "zbridge bench stream: {PAYLOAD} B messages, the publisher as fast as it can, {rounds} interleaved rounds of {seconds} s"
+    );
+    let mut rates = vec![Vec::new(); contenders.len()];
+    for round in 1..=rounds {
+        for ((name, endpoint), samples) in contenders.iter().zip(&mut rates) {
+            let r = received_rate(endpoint, &publisher, duration)?;
+            println!("round {round}: {name}: {r:.0} messages/s");
+            samples.push(r);
+        }
+    }
+    let medians: Vec<f64> = rates.iter().map(|r| super::median(r)).collect();
+    let (direct, proxied, bridged) = (medians[0], medians[1], medians[2]);
+    println!(
+        "medians: direct {direct:.0}/s, libzmq proxy {proxied:.0}/s, zbridge {bridged:.0}/s; zbridge / proxy = {:.2}x (goal >= 0.8x), zbridge / direct = {:.2}x",
+        bridged / proxied,
+        bridged / direct
+    );
+    drop(bridge);
+    drop(proxy);
+    drop(publisher);
+    let failover = kill_9(&exe, rate)?;
+    println!(
+        "{}",
+        json!({
+            "messages_per_s": {"direct": direct.round(), "libzmq_proxy": proxied.round(), "zbridge": bridged.round()},
+            "ratio_to_proxy": (bridged / proxied * 100.0).round() / 100.0,
+            "ratio_to_direct": (bridged / direct * 100.0).round() / 100.0,
+            "kill_9": failover,
+        })
+    );
+    Ok(())
+}
+
+/// What a subscriber got: the publisher's counters, in arrival order.
+#[derive(Default)]
+struct Seen {
+    counters: Vec<u64>,
+    arrivals: Vec<Instant>,
+    gaps: u64,
+    unknown_gaps: u64,
+}
+
+impl Seen {
+    fn push(&mut self, payload: &[u8]) {
+        if let Some(n) = payload.get(..8).and_then(|b| b.try_into().ok()) {
+            self.counters.push(u64::from_be_bytes(n));
+            self.arrivals.push(Instant::now());
+        }
+    }
+
+    /// Counters between the first and the last received that never came.
+    fn missed(&self) -> u64 {
+        let mut unique = self.counters.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        match (unique.first(), unique.last()) {
+            (Some(first), Some(last)) => last - first + 1 - unique.len() as u64,
+            _ => 0,
+        }
+    }
+
+    fn longest_silence(&self) -> Duration {
+        self.arrivals
+            .windows(2)
+            .map(|w| w[1] - w[0])
+            .max()
+            .unwrap_or_default()
+    }
+}
+
+/// A pair on loopback relaying a stream published at `rate`; a raw SUB on
+/// the primary pub port and a zbridge-client Subscriber; kill -9 of the
+/// active two seconds in, three seconds more.
+fn kill_9(exe: &std::path::Path, rate: f64) -> anyhow::Result<serde_json::Value> {
+    let timings = (Duration::from_millis(100), Duration::from_millis(300));
+    let publisher = Publisher::start(Some(rate))?;
+    publisher.set(true);
+    let config = stream_config(&publisher.endpoint);
+    let pair = LoopbackPair::new(timings.0, timings.1)?;
+    let pub_ports = [free_port(), free_port()];
+    let flags = |mode: &str| {
+        let mut f = pair.flags(mode);
+        f.extend([
+            config.flag(),
+            format!("--primary-pub-port={}", pub_ports[0]),
+            format!("--secondary-pub-port={}", pub_ports[1]),
+            "--log-level=warn".into(),
+        ]);
+        f
+    };
+    let primary = BridgeProcess::spawn(exe, &flags("active"))?;
+    let secondary = BridgeProcess::spawn(exe, &flags("passive"))?;
+    for b in [&primary, &secondary] {
+        let up = wait_until(Duration::from_secs(5), || {
+            status(&b.frontend).is_some_and(|s| s["streams"]["bench"]["up"] == true)
+        });
+        if !up {
+            bail!("a bridge did not connect to the publisher");
+        }
+    }
+    let endpoints: Vec<String> = pub_ports
+        .iter()
+        .map(|p| format!("tcp://127.0.0.1:{p}"))
+        .collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let raw = Arc::new(Mutex::new(Seen::default()));
+    let library = Arc::new(Mutex::new(Seen::default()));
+    let raw_thread = {
+        let (stop, seen, endpoint) = (Arc::clone(&stop), Arc::clone(&raw), endpoints[0].clone());
+        std::thread::spawn(move || -> anyhow::Result<()> {
+            let context = zmq::Context::new();
+            let socket = context.socket(zmq::SUB)?;
+            socket.set_linger(0)?;
+            socket.set_subscribe(b"a.")?;
+            socket.connect(&endpoint)?;
+            while !stop.load(Ordering::Relaxed) {
+                if socket.poll(zmq::POLLIN, 50)? == 0 {
+                    continue;
+                }
+                while let Ok(frames) = socket.recv_multipart(zmq::DONTWAIT) {
+                    if let Some(payload) = frames.get(1) {
+                        seen.lock()
+                            .map_err(|_| anyhow::anyhow!("poisoned"))?
+                            .push(payload);
+                    }
+                }
+            }
+            Ok(())
+        })
+    };
+    let library_thread = {
+        let (stop, seen) = (Arc::clone(&stop), Arc::clone(&library));
+        let mut settings = zbridge_client::ClientConfig::local();
+        settings.pub_endpoints = endpoints.clone();
+        settings.heartbeat_timeout = timings.1;
+        std::thread::spawn(move || -> anyhow::Result<()> {
+            let mut subscriber =
+                zbridge_client::Subscriber::connect(&settings, Some("bench"), &[b"a.".to_vec()])?;
+            while !stop.load(Ordering::Relaxed) {
+                let Some(delivery) = subscriber.recv(Duration::from_millis(50))? else {
+                    continue;
+                };
+                let mut seen = seen.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+                match delivery {
+                    zbridge_client::Delivery::Message(m) => {
+                        if let Some(payload) = m.frames.get(1) {
+                            seen.push(payload);
+                        }
+                    }
+                    zbridge_client::Delivery::Gap {
+                        missed: Some(n), ..
+                    } => seen.gaps += n,
+                    zbridge_client::Delivery::Gap { missed: None, .. } => seen.unknown_gaps += 1,
+                    zbridge_client::Delivery::Moved { .. } => {}
+                }
+            }
+            Ok(())
+        })
+    };
+    // Two seconds of publishing, the kill, three seconds more.
+    std::thread::sleep(Duration::from_secs(2));
+    primary.signal("KILL")?;
+    let killed = Instant::now();
+    let takeover = secondary
+        .wait_for_event(Duration::from_secs(5), |e| {
+            e["event"] == "bound" && e["port"] == "primary"
+        })
+        .map(|(at, _)| at.saturating_duration_since(killed));
+    std::thread::sleep(Duration::from_secs(3));
+    stop.store(true, Ordering::Relaxed);
+    for thread in [raw_thread, library_thread] {
+        thread
+            .join()
+            .map_err(|_| anyhow::anyhow!("a subscriber panicked"))??;
+    }
+    let (raw, library) = (
+        raw.lock().map_err(|_| anyhow::anyhow!("poisoned"))?,
+        library.lock().map_err(|_| anyhow::anyhow!("poisoned"))?,
+    );
+    let worth = |missed: u64| missed as f64 / rate * 1000.0;
+    println!(
+        "kill -9 of the active at {rate:.0} messages/s (heartbeat 100/300 ms): takeover after {takeover:?}"
+    );
+    println!(
+        "  raw SUB on the primary pub port: {} received, {} missed ({:.0} ms' worth; goal <= heartbeat_timeout, 300 ms), longest silence {:.0} ms",
+        raw.counters.len(),
+        raw.missed(),
+        worth(raw.missed()),
+        raw.longest_silence().as_secs_f64() * 1000.0
+    );
+    println!(
+        "  zbridge-client Subscriber: {} received, {} missed ({:.0} ms' worth; goal <= 50 ms), gaps reported {} (+{} of unknown size), longest silence {:.0} ms",
+        library.counters.len(),
+        library.missed(),
+        worth(library.missed()),
+        library.gaps,
+        library.unknown_gaps,
+        library.longest_silence().as_secs_f64() * 1000.0
+    );
+    Ok(json!({
+        "rate": rate,
+        "takeover_ms": takeover.map(|t| t.as_secs_f64() * 1000.0),
+        "primary_port_subscriber": {"received": raw.counters.len(), "missed": raw.missed(), "missed_ms": worth(raw.missed())},
+        "library_subscriber": {"received": library.counters.len(), "missed": library.missed(), "missed_ms": worth(library.missed()), "gaps_reported": library.gaps, "unknown_gaps": library.unknown_gaps},
+    }))
+}
