@@ -50,6 +50,15 @@ pub fn check_config(path: &Path, overrides: &Overrides) -> anyhow::Result<()> {
             t.request_timeout.as_secs_f64()
         );
     }
+    if !config.streams.is_empty() {
+        println!(
+            "# streams (republished on pub port {} while active, {} while passive):",
+            config.primary_pub_port, config.secondary_pub_port
+        );
+    }
+    for s in &config.streams {
+        println!("#   {} <- {}", s.name, s.endpoint);
+    }
     Ok(())
 }
 

@@ -37,6 +37,37 @@ fn both_example_configs_are_valid_and_their_targets_are_the_files_own() {
         );
         assert!(stdout.contains(&format!("{target} -> {addr}")), "{stdout}");
     }
+    let dreamworld = file["streams"]["dreamworld"]["endpoint"].as_str().unwrap();
+    assert!(
+        stdout.contains(&format!("dreamworld <- {dreamworld}")),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn a_stream_config_is_checked_by_key() {
+    for (toml, key) in [
+        (
+            "[streams.dream]\nendpoint = \"nowhere\"\n",
+            "streams.dream.endpoint",
+        ),
+        (
+            "[streams.\"bad name\"]\nendpoint = \"tcp://127.0.0.1:5598\"\n",
+            "streams.bad name",
+        ),
+        (
+            "[streams.dream]\nendpoint = \"tcp://127.0.0.1:5598\"\nfilter = \"a\"\n",
+            "filter",
+        ),
+        ("stream_hwm = 0\n", "stream_hwm"),
+        ("primary_pub_port = 5600\n", "primary_pub_port"),
+    ] {
+        let config = TempConfig::new(toml);
+        let out = zbridge(&["check-config", &config.0.display().to_string()]);
+        assert_eq!(out.status.code(), Some(2), "{toml}");
+        let stderr = text(&out.stderr);
+        assert!(stderr.contains(&format!("`{key}`")), "{toml}: {stderr}");
+    }
 }
 
 #[test]

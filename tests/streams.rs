@@ -363,3 +363,55 @@ fn a_subscriber_that_stops_reading_is_counted_as_stalled_and_sees_its_losses_in_
     assert!(missed > 0, "the subscriber missed messages");
     assert_eq!(jumps, missed, "the numbers show exactly what it missed");
 }
+
+#[test]
+fn zbridge_subscribe_prints_what_arrives_and_refuses_a_stream_the_config_lacks() {
+    let (_publisher, port) = publisher(0, &["--rate=1000", "--count=60000"]);
+    let pub_port = free_port();
+    let config = TempConfig::new(&format!(
+        "primary_pub_port = {pub_port}\nsecondary_pub_port = {}\n\
+         [streams.dream]\nendpoint = \"tcp://127.0.0.1:{port}\"\n",
+        free_port()
+    ));
+    let _bridge = stream_bridge(&config, pub_port, &[]);
+    let out = Command::new(exe())
+        .args([
+            "subscribe",
+            &config.flag(),
+            "--stream=dream",
+            "--topic=a.",
+            "--json",
+        ])
+        .args(["--count=5", "--seconds=20"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 5, "{lines:?}");
+    for line in &lines {
+        assert_eq!(line["stream"], "dream");
+        assert_eq!(line["frames"][0], "a.");
+    }
+    let out = Command::new(exe())
+        .args([
+            "subscribe",
+            &config.flag(),
+            "--stream=nightmare",
+            "--count=1",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("no stream `nightmare`") && stderr.contains("dream"),
+        "{stderr}"
+    );
+}
