@@ -151,7 +151,7 @@ mod tests {
 
     proptest! {
         #[test]
-        fn any_bytes_parse_without_panicking(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+        fn arbitrary_bytes_parse_as_a_stamp_or_not_at_all(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
             let _ = parse_stamp(&bytes);
         }
 
