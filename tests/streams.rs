@@ -217,9 +217,10 @@ fn the_upstream_is_asked_for_a_prefix_only_once_someone_subscribes_to_it() {
     );
 }
 
-#[test]
-fn kill_9_of_the_active_at_1000_messages_per_second_the_subscriber_moves_and_counts_what_it_missed()
-{
+/// A pair relaying a stream published at 1,000 msg/s, a library
+/// subscriber, then `signal` to the active: the subscriber must move to
+/// the passive's copies, in order, and report exactly what it missed.
+fn fault_of_the_active_with_a_subscriber(signal: &str) {
     let (_publisher, port) = publisher(0, &["--topics=a.", "--rate=1000", "--count=60000"]);
     let config = stream_config(port);
     let pub_ports = [free_port(), free_port()];
@@ -228,14 +229,9 @@ fn kill_9_of_the_active_at_1000_messages_per_second_the_subscriber_moves_and_cou
         &format!("--primary-pub-port={}", pub_ports[0]),
         &format!("--secondary-pub-port={}", pub_ports[1]),
     ]);
-    let (primary, secondary) = pair.start_both();
-    for b in [&primary, &secondary] {
-        assert!(
-            wait_until(Duration::from_secs(5), || dream(b)["up"] == true),
-            "both bridges connect to the upstream"
-        );
-    }
-    let survivor = dream(&secondary)["source"].as_str().unwrap().to_string();
+    // The subscriber first follows the active (the only bridge), so that
+    // the fault must move it.
+    let primary = pair.start("active");
     let mut subscriber = Subscriber::connect(
         &subscriber_settings(&pub_ports),
         Some("dream"),
@@ -244,13 +240,25 @@ fn kill_9_of_the_active_at_1000_messages_per_second_the_subscriber_moves_and_cou
     .unwrap();
     let mut feed = Feed::default();
     feed.run(&mut subscriber, Duration::from_secs(10), |f| {
-        f.counters.len() >= 500
+        !f.counters.is_empty()
     });
-    primary.signal("KILL").unwrap();
-    let killed_at = *feed.counters.last().unwrap();
-    // Two seconds of publishing after the kill.
+    let secondary = pair.start("passive");
+    assert!(
+        wait_until(Duration::from_secs(5), || dream(&secondary)
+            ["subscriptions"]
+            == 1),
+        "the passive carries the subscriber's prefix too"
+    );
+    let survivor = dream(&secondary)["source"].as_str().unwrap().to_string();
+    let then = feed.counters.len();
     feed.run(&mut subscriber, Duration::from_secs(10), |f| {
-        f.counters.last().is_some_and(|c| *c >= killed_at + 2000)
+        f.counters.len() >= then + 500
+    });
+    primary.signal(signal).unwrap();
+    let fault_at = *feed.counters.last().unwrap();
+    // Two seconds of publishing after the fault.
+    feed.run(&mut subscriber, Duration::from_secs(10), |f| {
+        f.counters.last().is_some_and(|c| *c >= fault_at + 2000)
     });
     feed.assert_in_order_once();
     let after: Vec<String> = feed.sources[feed.sources.len() - 100..]
@@ -261,12 +269,12 @@ fn kill_9_of_the_active_at_1000_messages_per_second_the_subscriber_moves_and_cou
         after.iter().all(|s| *s == survivor),
         "it resumed on the surviving bridge ({survivor}): {after:?}"
     );
+    assert_eq!(feed.moves, 1, "{feed:?}");
     eprintln!(
-        "kill -9: {} delivered, {} missed, gaps reported {}, moves {}",
+        "{signal}: {} delivered, {} missed, gaps reported {}",
         feed.counters.len(),
         feed.missed(1),
         feed.gaps,
-        feed.moves
     );
     assert_eq!(feed.unknown_gaps, 0, "{feed:?}");
     assert_eq!(
@@ -274,6 +282,17 @@ fn kill_9_of_the_active_at_1000_messages_per_second_the_subscriber_moves_and_cou
         feed.gaps,
         "what it missed is what it reported"
     );
+}
+
+#[test]
+fn kill_9_of_the_active_at_1000_messages_per_second_the_subscriber_moves_and_counts_what_it_missed()
+{
+    fault_of_the_active_with_a_subscriber("KILL");
+}
+
+#[test]
+fn a_hung_active_is_left_by_the_subscriber_when_its_connection_falls_silent() {
+    fault_of_the_active_with_a_subscriber("STOP");
 }
 
 #[test]
