@@ -475,13 +475,13 @@ impl Worker {
             seqs,
         );
         upstream.published += 1;
-        let held: Vec<usize> = (0..2).filter(|p| self.pubs[*p].is_some()).collect();
-        for (k, port) in held.iter().enumerate() {
-            let Some(bound) = &mut self.pubs[*port] else {
-                continue;
-            };
-            let last = k + 1 == held.len();
-            match publish(&mut bound.socket, frames, &self.stamp, last) {
+        // The frames can be moved out for the last port held; the port
+        // before it (during a takeover) gets copies.
+        let last_held = self.pubs.iter().rposition(Option::is_some);
+        for (port, bound) in self.pubs.iter_mut().enumerate() {
+            let Some(bound) = bound else { continue };
+            let owned = Some(port) == last_held;
+            match publish(&mut bound.socket, frames, &self.stamp, owned) {
                 Ok(true) => {}
                 Ok(false) => upstream.stalled(self.hwm),
                 Err(e) => warn!(stream = %upstream.name, error = %e, "cannot publish"),
