@@ -225,7 +225,39 @@ impl Seen {
     }
 }
 
-/// A pair on loopback relaying a stream published at `rate`; a raw SUB on
+/// A plain SUB on `endpoint` (reconnecting every `ivl` ms) that records
+/// what it gets until `stop`.
+fn raw_subscriber(
+    endpoint: &str,
+    ivl: i32,
+    seen: Arc<Mutex<Seen>>,
+    stop: Arc<AtomicBool>,
+) -> JoinHandle<anyhow::Result<()>> {
+    let endpoint = endpoint.to_string();
+    std::thread::spawn(move || -> anyhow::Result<()> {
+        let context = zmq::Context::new();
+        let socket = context.socket(zmq::SUB)?;
+        socket.set_linger(0)?;
+        socket.set_reconnect_ivl(ivl)?;
+        socket.set_subscribe(b"a.")?;
+        socket.connect(&endpoint)?;
+        while !stop.load(Ordering::Relaxed) {
+            if socket.poll(zmq::POLLIN, 50)? == 0 {
+                continue;
+            }
+            while let Ok(frames) = socket.recv_multipart(zmq::DONTWAIT) {
+                if let Some(payload) = frames.get(1) {
+                    seen.lock()
+                        .map_err(|_| anyhow::anyhow!("poisoned"))?
+                        .push(payload);
+                }
+            }
+        }
+        Ok(())
+    })
+}
+
+/// A pair on loopback relaying a stream published at `rate`; plain SUBs on
 /// the primary pub port and a zbridge-client Subscriber; kill -9 of the
 /// active two seconds in, three seconds more.
 fn kill_9(exe: &std::path::Path, rate: f64) -> anyhow::Result<serde_json::Value> {
@@ -260,31 +292,18 @@ fn kill_9(exe: &std::path::Path, rate: f64) -> anyhow::Result<serde_json::Value>
         .map(|p| format!("tcp://127.0.0.1:{p}"))
         .collect();
     let stop = Arc::new(AtomicBool::new(false));
-    let raw = Arc::new(Mutex::new(Seen::default()));
     let library = Arc::new(Mutex::new(Seen::default()));
-    let raw_thread = {
-        let (stop, seen, endpoint) = (Arc::clone(&stop), Arc::clone(&raw), endpoints[0].clone());
-        std::thread::spawn(move || -> anyhow::Result<()> {
-            let context = zmq::Context::new();
-            let socket = context.socket(zmq::SUB)?;
-            socket.set_linger(0)?;
-            socket.set_subscribe(b"a.")?;
-            socket.connect(&endpoint)?;
-            while !stop.load(Ordering::Relaxed) {
-                if socket.poll(zmq::POLLIN, 50)? == 0 {
-                    continue;
-                }
-                while let Ok(frames) = socket.recv_multipart(zmq::DONTWAIT) {
-                    if let Some(payload) = frames.get(1) {
-                        seen.lock()
-                            .map_err(|_| anyhow::anyhow!("poisoned"))?
-                            .push(payload);
-                    }
-                }
-            }
-            Ok(())
+    // Plain SUBs on the primary pub port: one with libzmq's default
+    // reconnect interval (100 ms), one that retries every 10 ms.
+    type Plain = (i32, Arc<Mutex<Seen>>, JoinHandle<anyhow::Result<()>>);
+    let raws: Vec<Plain> = [100, 10]
+        .into_iter()
+        .map(|ivl| {
+            let seen = Arc::new(Mutex::new(Seen::default()));
+            let thread = raw_subscriber(&endpoints[0], ivl, Arc::clone(&seen), Arc::clone(&stop));
+            (ivl, seen, thread)
         })
-    };
+        .collect();
     let library_thread = {
         let (stop, seen) = (Arc::clone(&stop), Arc::clone(&library));
         let mut settings = zbridge_client::ClientConfig::local();
@@ -325,26 +344,29 @@ fn kill_9(exe: &std::path::Path, rate: f64) -> anyhow::Result<serde_json::Value>
         .map(|(at, _)| at.saturating_duration_since(killed));
     std::thread::sleep(Duration::from_secs(3));
     stop.store(true, Ordering::Relaxed);
-    for thread in [raw_thread, library_thread] {
-        thread
-            .join()
-            .map_err(|_| anyhow::anyhow!("a subscriber panicked"))??;
-    }
-    let (raw, library) = (
-        raw.lock().map_err(|_| anyhow::anyhow!("poisoned"))?,
-        library.lock().map_err(|_| anyhow::anyhow!("poisoned"))?,
-    );
+    library_thread
+        .join()
+        .map_err(|_| anyhow::anyhow!("a subscriber panicked"))??;
+    let library = library.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
     let worth = |missed: u64| missed as f64 / rate * 1000.0;
     println!(
         "kill -9 of the active at {rate:.0} messages/s (heartbeat 100/300 ms): takeover after {takeover:?}"
     );
-    println!(
-        "  raw SUB on the primary pub port: {} received, {} missed ({:.0} ms' worth; goal <= heartbeat_timeout, 300 ms), longest silence {:.0} ms",
-        raw.counters.len(),
-        raw.missed(),
-        worth(raw.missed()),
-        raw.longest_silence().as_secs_f64() * 1000.0
-    );
+    let mut plain = Vec::new();
+    for (ivl, seen, thread) in raws {
+        thread
+            .join()
+            .map_err(|_| anyhow::anyhow!("a subscriber panicked"))??;
+        let raw = seen.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+        println!(
+            "  plain SUB on the primary pub port, reconnect_ivl {ivl} ms: {} received, {} missed ({:.0} ms' worth; goal <= heartbeat_timeout, 300 ms), longest silence {:.0} ms",
+            raw.counters.len(),
+            raw.missed(),
+            worth(raw.missed()),
+            raw.longest_silence().as_secs_f64() * 1000.0
+        );
+        plain.push(json!({"reconnect_ivl_ms": ivl, "received": raw.counters.len(), "missed": raw.missed(), "missed_ms": worth(raw.missed())}));
+    }
     println!(
         "  zbridge-client Subscriber: {} received, {} missed ({:.0} ms' worth; goal <= 50 ms), gaps reported {} (+{} of unknown size), longest silence {:.0} ms",
         library.counters.len(),
@@ -357,7 +379,7 @@ fn kill_9(exe: &std::path::Path, rate: f64) -> anyhow::Result<serde_json::Value>
     Ok(json!({
         "rate": rate,
         "takeover_ms": takeover.map(|t| t.as_secs_f64() * 1000.0),
-        "primary_port_subscriber": {"received": raw.counters.len(), "missed": raw.missed(), "missed_ms": worth(raw.missed())},
+        "primary_port_subscribers": plain,
         "library_subscriber": {"received": library.counters.len(), "missed": library.missed(), "missed_ms": worth(library.missed()), "gaps_reported": library.gaps, "unknown_gaps": library.unknown_gaps},
     }))
 }
