@@ -36,6 +36,8 @@ use zbridge_protocol::stream::encode_stamp;
 const BATCH: usize = 256;
 /// How often a pub port another process holds is tried again.
 const RETRY_EVERY: Duration = Duration::from_millis(50);
+/// How long a pub port may stay taken before that is an error.
+const BIND_WARN_AFTER: Duration = Duration::from_secs(5);
 /// How often the status document is refreshed.
 const STATUS_EVERY: Duration = Duration::from_millis(100);
 /// Prefixes remembered per stream. Numbers continue across an
@@ -56,11 +58,13 @@ pub struct Streams {
 
 impl Streams {
     /// Connect to every configured stream; `None` when there are none (no
-    /// pub port is bound then).
-    pub fn start(context: &zmq::Context, config: &Config) -> anyhow::Result<Option<Streams>> {
+    /// pub port is bound then). The streams get their own libzmq context,
+    /// so their traffic has its own I/O thread, apart from the requests'.
+    pub fn start(config: &Config) -> anyhow::Result<Option<Streams>> {
         if config.streams.is_empty() {
             return Ok(None);
         }
+        let context = &zmq::Context::new();
         static CONTROLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let endpoint = format!(
             "inproc://streams-control-{}",
@@ -170,6 +174,9 @@ struct Worker {
     ipv6: bool,
     hwm: i32,
     next_retry: Option<Instant>,
+    /// Since when each held pub port has failed to bind, and whether that
+    /// was logged as a warning.
+    bind_failing: [Option<(Instant, bool)>; 2],
     status: Arc<Mutex<Map<String, Value>>>,
     next_status: Instant,
     stamp: Vec<u8>,
@@ -236,6 +243,7 @@ impl Worker {
             ipv6: config.bind_host.contains(':'),
             hwm: config.stream_hwm,
             next_retry: None,
+            bind_failing: [None; 2],
             status,
             next_status: now,
             stamp: Vec::with_capacity(64),
@@ -343,6 +351,7 @@ impl Worker {
                 }
                 Some(b'r') => {
                     self.held[port] = false;
+                    self.bind_failing[port] = None;
                     self.close(port);
                 }
                 _ => return false,
@@ -363,13 +372,22 @@ impl Worker {
                 Ok(bound) => {
                     info!(endpoint = %bound.endpoint, "stream pub port bound");
                     self.pubs[port] = Some(bound);
+                    self.bind_failing[port] = None;
                     self.next_status = now;
                 }
                 Err(e) => {
-                    if e == zmq::Error::EADDRINUSE {
-                        info!(%endpoint, "stream pub port still held (by the peer, draining); retrying");
-                    } else {
-                        error!(%endpoint, error = %e, "cannot bind the stream pub port; retrying");
+                    // The peer gives the port up as it stops: first an info
+                    // line; a warning if it is still held after a while.
+                    match &mut self.bind_failing[port] {
+                        None => {
+                            info!(%endpoint, error = %e, "stream pub port not free yet (the peer may be letting it go); retrying every 50 ms");
+                            self.bind_failing[port] = Some((now, false));
+                        }
+                        Some((since, warned)) if !*warned && now >= *since + BIND_WARN_AFTER => {
+                            *warned = true;
+                            error!(%endpoint, error = %e, "cannot bind the stream pub port: another process holds it? streams are not served there; still retrying");
+                        }
+                        Some(_) => {}
                     }
                     self.next_retry = Some(now + RETRY_EVERY);
                 }
@@ -406,7 +424,7 @@ impl Worker {
                 info!(stream = %upstream.name, endpoint = %upstream.endpoint, "stream upstream connected");
             } else if event == zmq::SocketEvent::DISCONNECTED.to_raw() && upstream.up {
                 upstream.up = false;
-                warn!(stream = %upstream.name, endpoint = %upstream.endpoint, "stream upstream lost; reconnecting (subscribers will see the gap in the sequence numbers)");
+                warn!(stream = %upstream.name, endpoint = %upstream.endpoint, "stream upstream lost; reconnecting (what it publishes meanwhile is lost; subscribers are told by the stamp's session)");
             }
         }
         self.next_status = Instant::now();

@@ -118,7 +118,7 @@ impl Relay {
             .collect::<anyhow::Result<Vec<_>>>()?;
         wait_connected(&dealers, CONNECT_GRACE)?;
         let heartbeats = Heartbeats::new(&context, &config, now)?;
-        let streams = Streams::start(&context, &config)?;
+        let streams = Streams::start(&config)?;
         let (machine, first_effects) = Machine::new(settings(&config), now);
         let state = State::new(config, now);
         let monitor = std::sync::Arc::new(std::sync::Mutex::new(monitor::Snapshot {
