@@ -11,7 +11,8 @@
 //! XPUB held. The relay thread says which ports to hold ([`Streams::hold`],
 //! [`Streams::release`]) as the role machine decides; a pub port another
 //! process still holds is retried here. Nothing here is on the request
-//! path, so a flood on a stream cannot delay a reply.
+//! path: streams have their own thread and libzmq context (I/O thread),
+//! so stream messages never queue with requests (they share only the CPU).
 //!
 //! Drops: an XPUB drops silently for a subscriber at its high-water mark
 //! (`stream_hwm`). Each message is first offered with ZMQ_XPUB_NODROP set,
