@@ -1,16 +1,36 @@
 //! `zbridge demo`: the first thing a newcomer runs. On loopback, with ports
 //! the OS picks: a primary and a secondary bridge, two demo services
-//! (`main_pc`, `pc2`), two clients at a steady rate; the active is killed
-//! with SIGKILL mid-run. Prints what happened, cleans up every process it
-//! started, exits 0 (1 if a request was lost).
+//! (`main_pc`, `pc2`), two clients at a steady rate, and a publisher whose
+//! stream a zbridge-client subscriber follows through the bridges; the
+//! active is killed with SIGKILL mid-run. Prints what happened, cleans up
+//! every process it started, exits 0 (1 if a request or a message was
+//! lost).
 
-use crate::lab::{ask, Failover, Fault, RetryingReport};
+use crate::lab::{
+    ask, follow_stream, free_port, Failover, Fault, Publisher, RetryingReport, Seen, TempConfig,
+};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+/// Messages per second of the demo's publisher.
+const STREAM_RATE: f64 = 200.0;
 
 pub fn run(seconds: u64) -> anyhow::Result<()> {
     let exe = std::env::current_exe()?;
     let total = Duration::from_secs(seconds.max(3));
     let before = total / 3;
+    let publisher = Publisher::start(Some(STREAM_RATE))?;
+    publisher.set(true);
+    let config = TempConfig::new(&format!(
+        "[streams.dream]\nendpoint = \"{}\"\n",
+        publisher.endpoint
+    ));
+    let pub_ports = [free_port(), free_port()];
+    let pub_endpoints: Vec<String> = pub_ports
+        .iter()
+        .map(|p| format!("tcp://127.0.0.1:{p}"))
+        .collect();
     let scenario = Failover {
         fault: Fault::Kill,
         heartbeat_interval: Duration::from_millis(100),
@@ -19,16 +39,36 @@ pub fn run(seconds: u64) -> anyhow::Result<()> {
         before,
         after: total - before,
         stopped_for: Duration::ZERO,
+        extra_flags: vec![
+            config.flag(),
+            format!("--primary-pub-port={}", pub_ports[0]),
+            format!("--secondary-pub-port={}", pub_ports[1]),
+        ],
     };
     println!(
-        "zbridge demo: a redundant pair of bridges, two services and two clients, on loopback"
+        "zbridge demo: a redundant pair of bridges, two services, two clients and a stream, on loopback"
     );
     println!(
         "heartbeats every {} ms; the passive takes over after {} ms without one\n",
         scenario.heartbeat_interval.as_millis(),
         scenario.heartbeat_timeout.as_millis()
     );
-    let report = scenario.run(&exe, &mut |primary| show_requests(primary))?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let follower = follow_stream(
+        pub_endpoints.clone(),
+        scenario.heartbeat_timeout,
+        "dream",
+        Arc::clone(&seen),
+        Arc::clone(&stop),
+    );
+    let report = scenario.run(&exe, &mut |primary| show_requests(primary));
+    stop.store(true, Ordering::Relaxed);
+    follower
+        .join()
+        .map_err(|_| anyhow::anyhow!("the stream subscriber panicked"))??;
+    let report = report?;
+    let stream = seen.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
     println!(
         "\nload: client A knows both bridges ({}, {}), client B only the primary port;\n\
          each sends {} requests/s for {} s; after {:.1} s the active gets kill -9.\n",
@@ -76,6 +116,17 @@ pub fn run(seconds: u64) -> anyhow::Result<()> {
             r.max_wait.as_millis()
         );
     }
+    let missed = stream.missed();
+    println!(
+        "  stream `dream`, {STREAM_RATE} messages/s from a PUB service, republished on {}:",
+        pub_endpoints.join(" and ")
+    );
+    println!(
+        "    a zbridge-client subscriber got {} messages, missed {missed}, was told of {} lost, moved to the other bridge {} time(s)",
+        stream.counters.len(),
+        stream.gaps,
+        stream.moves
+    );
     if let Some(role) = &report.rejoined_as {
         println!(
             "  the killed primary was restarted: it joined as {role} (no failback by default)"
@@ -84,6 +135,9 @@ pub fn run(seconds: u64) -> anyhow::Result<()> {
     println!("\nTry it yourself: README.md, \"A two-minute tour\".");
     if report.both.lost + report.primary_only.lost > 0 {
         anyhow::bail!("requests were lost: this is a bug, please report it");
+    }
+    if stream.counters.is_empty() || stream.unknown_gaps > 0 || missed != stream.gaps {
+        anyhow::bail!("the stream subscriber lost messages it was not told of: this is a bug, please report it");
     }
     Ok(())
 }

@@ -11,6 +11,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -931,6 +932,8 @@ pub struct Failover {
     pub after: Duration,
     /// How long a stopped active stays stopped.
     pub stopped_for: Duration,
+    /// More flags for both bridges (e.g. a config file with streams).
+    pub extra_flags: Vec<String>,
 }
 
 pub struct FailoverReport {
@@ -955,7 +958,11 @@ impl Failover {
         before_load: &mut dyn FnMut(&str),
     ) -> anyhow::Result<FailoverReport> {
         let pair = LoopbackPair::new(self.heartbeat_interval, self.heartbeat_timeout)?;
-        let flags = |mode: &str| pair.flags(mode);
+        let flags = |mode: &str| {
+            let mut flags = pair.flags(mode);
+            flags.extend(self.extra_flags.iter().cloned());
+            flags
+        };
         let endpoint = |p: u16| format!("tcp://127.0.0.1:{p}");
         let ports = pair.ports;
         let primary = BridgeProcess::spawn(exe, &flags("active"))?;
@@ -1164,4 +1171,170 @@ impl ClientLoad {
         }
         out
     }
+}
+
+/// Size of each message's payload frame.
+pub const PAYLOAD: usize = 100;
+/// Most messages one publisher sends, whatever the rate.
+const MAX_MESSAGES: u64 = 200_000_000;
+
+/// A PUB on loopback, on its own thread, for the stream benchmark and the
+/// demo: `[b"a.", counter + padding]`, as fast as it can (`rate` None) or
+/// paced, while [`Publisher::set`] says so.
+pub struct Publisher {
+    pub endpoint: String,
+    go: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Publisher {
+    pub fn start(rate: Option<f64>) -> anyhow::Result<Publisher> {
+        let context = zmq::Context::new();
+        let socket = context.socket(zmq::PUB)?;
+        socket.set_linger(0)?;
+        socket.bind("tcp://127.0.0.1:*")?;
+        let endpoint = socket
+            .get_last_endpoint()?
+            .map_err(|_| anyhow::anyhow!("non-UTF-8 endpoint"))?;
+        let (go, stop) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicBool::new(false)),
+        );
+        let (run, halt) = (Arc::clone(&go), Arc::clone(&stop));
+        let thread = std::thread::spawn(move || {
+            let _context = context;
+            let mut payload = [b'x'; PAYLOAD];
+            let start = Instant::now();
+            let mut n: u64 = 0;
+            while !halt.load(Ordering::Relaxed) && n < MAX_MESSAGES {
+                if !run.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(1));
+                    continue;
+                }
+                if let Some(rate) = rate {
+                    let due = start + Duration::from_secs_f64(n as f64 / rate);
+                    let now = Instant::now();
+                    if due > now {
+                        std::thread::sleep(due - now);
+                    }
+                }
+                payload[..8].copy_from_slice(&n.to_be_bytes());
+                let sent = socket
+                    .send(&b"a."[..], zmq::SNDMORE)
+                    .and_then(|()| socket.send(&payload[..], 0));
+                if sent.is_err() {
+                    return;
+                }
+                n += 1;
+            }
+        });
+        Ok(Publisher {
+            endpoint,
+            go,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// Publish (or pause).
+    pub fn set(&self, on: bool) {
+        self.go.store(on, Ordering::Relaxed);
+    }
+}
+
+impl Drop for Publisher {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// What a subscriber to a [`Publisher`]'s stream got: the publisher's
+/// counters in arrival order, and what it was told.
+#[derive(Debug, Default)]
+pub struct Seen {
+    pub counters: Vec<u64>,
+    pub arrivals: Vec<Instant>,
+    /// Messages reported lost, by count.
+    pub gaps: u64,
+    /// Losses reported without a count.
+    pub unknown_gaps: u64,
+    /// Moves to the other bridge.
+    pub moves: u64,
+}
+
+impl Seen {
+    /// A message's payload frame: the publisher's counter first.
+    pub fn push(&mut self, payload: &[u8]) {
+        if let Some(n) = payload.get(..8).and_then(|b| b.try_into().ok()) {
+            self.counters.push(u64::from_be_bytes(n));
+            self.arrivals.push(Instant::now());
+        }
+    }
+
+    /// What a zbridge-client subscriber delivered.
+    pub fn take(&mut self, delivery: zbridge_client::Delivery) {
+        use zbridge_client::Delivery;
+        match delivery {
+            Delivery::Message(m) => {
+                if let Some(payload) = m.frames.get(1) {
+                    self.push(payload);
+                }
+            }
+            Delivery::Gap {
+                missed: Some(n), ..
+            } => self.gaps += n,
+            Delivery::Gap { missed: None, .. } => self.unknown_gaps += 1,
+            Delivery::Moved { .. } => self.moves += 1,
+        }
+    }
+
+    /// Counters between the first and the last received that never came.
+    pub fn missed(&self) -> u64 {
+        let mut unique = self.counters.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        match (unique.first(), unique.last()) {
+            (Some(first), Some(last)) => last - first + 1 - unique.len() as u64,
+            _ => 0,
+        }
+    }
+
+    pub fn longest_silence(&self) -> Duration {
+        self.arrivals
+            .windows(2)
+            .map(|w| w[1] - w[0])
+            .max()
+            .unwrap_or_default()
+    }
+}
+
+/// A zbridge-client Subscriber to `a.` of `stream` on `pub_endpoints`,
+/// recording into `seen` until `stop`.
+pub fn follow_stream(
+    pub_endpoints: Vec<String>,
+    heartbeat_timeout: Duration,
+    stream: &str,
+    seen: Arc<Mutex<Seen>>,
+    stop: Arc<AtomicBool>,
+) -> JoinHandle<anyhow::Result<()>> {
+    let mut settings = zbridge_client::ClientConfig::local();
+    settings.pub_endpoints = pub_endpoints;
+    settings.heartbeat_timeout = heartbeat_timeout;
+    let stream = stream.to_string();
+    std::thread::spawn(move || {
+        let mut subscriber =
+            zbridge_client::Subscriber::connect(&settings, Some(&stream), &[b"a.".to_vec()])?;
+        while !stop.load(Ordering::Relaxed) {
+            if let Some(delivery) = subscriber.recv(Duration::from_millis(50))? {
+                seen.lock()
+                    .map_err(|_| anyhow::anyhow!("poisoned"))?
+                    .take(delivery);
+            }
+        }
+        Ok(())
+    })
 }

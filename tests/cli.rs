@@ -267,3 +267,27 @@ fn clean_last_line(out: &std::process::Output) -> serde_json::Value {
     assert_eq!(last["ok"], last["sent"], "{last}");
     last
 }
+
+#[test]
+fn the_demo_loses_nothing_and_shows_the_stream_moving() {
+    let mut command = Command::new(exe());
+    command.args(["demo", "--seconds=3"]);
+    let (mut demo, _) =
+        Process::spawn(command, |l| l.starts_with("zbridge demo:")).expect("the demo starts");
+    let status = demo.wait_exit(std::time::Duration::from_secs(60));
+    let output = demo.output().join("\n");
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "{output}\n{}",
+        demo.log().join("\n")
+    );
+    assert!(
+        output.contains("the passive bridge held the primary port"),
+        "{output}"
+    );
+    assert_eq!(output.matches(", lost 0,").count(), 2, "{output}");
+    assert!(
+        output.contains("missed 0, was told of 0 lost, moved to the other bridge 1 time(s)"),
+        "{output}"
+    );
+}

@@ -519,6 +519,7 @@ fn failover(rate: f64) -> anyhow::Result<()> {
                 before: Duration::from_secs(1),
                 after: timeout * 2 + Duration::from_secs(2),
                 stopped_for: timeout * 2,
+                extra_flags: Vec::new(),
             };
             let r = scenario.run(&exe, &mut |_| {})?;
             let ms = |d: Option<Duration>| d.map_or("-".to_string(), |d| d.as_millis().to_string());

@@ -5,7 +5,8 @@
 
 use super::Proxy;
 use crate::lab::{
-    free_port, lone_bridge_flags, status, wait_until, BridgeProcess, LoopbackPair, TempConfig,
+    follow_stream, free_port, lone_bridge_flags, status, wait_until, BridgeProcess, LoopbackPair,
+    Publisher, Seen, TempConfig, PAYLOAD,
 };
 use anyhow::{bail, Context as _};
 use serde_json::json;
@@ -13,83 +14,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
-
-/// Size of each message's payload frame.
-const PAYLOAD: usize = 100;
-/// Most messages one publisher sends, whatever the rate.
-const MAX_MESSAGES: u64 = 200_000_000;
-
-/// A PUB on its own thread: `[b"a.", counter + padding]`, as fast as it
-/// can (`rate` None) or paced, while `go` is set.
-struct Publisher {
-    endpoint: String,
-    go: Arc<AtomicBool>,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl Publisher {
-    fn start(rate: Option<f64>) -> anyhow::Result<Publisher> {
-        let context = zmq::Context::new();
-        let socket = context.socket(zmq::PUB)?;
-        socket.set_linger(0)?;
-        socket.bind("tcp://127.0.0.1:*")?;
-        let endpoint = socket
-            .get_last_endpoint()?
-            .map_err(|_| anyhow::anyhow!("non-UTF-8 endpoint"))?;
-        let (go, stop) = (
-            Arc::new(AtomicBool::new(false)),
-            Arc::new(AtomicBool::new(false)),
-        );
-        let (run, halt) = (Arc::clone(&go), Arc::clone(&stop));
-        let thread = std::thread::spawn(move || {
-            let _context = context;
-            let mut payload = [b'x'; PAYLOAD];
-            let start = Instant::now();
-            let mut n: u64 = 0;
-            while !halt.load(Ordering::Relaxed) && n < MAX_MESSAGES {
-                if !run.load(Ordering::Relaxed) {
-                    std::thread::sleep(Duration::from_millis(1));
-                    continue;
-                }
-                if let Some(rate) = rate {
-                    let due = start + Duration::from_secs_f64(n as f64 / rate);
-                    let now = Instant::now();
-                    if due > now {
-                        std::thread::sleep(due - now);
-                    }
-                }
-                payload[..8].copy_from_slice(&n.to_be_bytes());
-                let sent = socket
-                    .send(&b"a."[..], zmq::SNDMORE)
-                    .and_then(|()| socket.send(&payload[..], 0));
-                if sent.is_err() {
-                    return;
-                }
-                n += 1;
-            }
-        });
-        Ok(Publisher {
-            endpoint,
-            go,
-            stop,
-            thread: Some(thread),
-        })
-    }
-
-    fn set(&self, on: bool) {
-        self.go.store(on, Ordering::Relaxed);
-    }
-}
-
-impl Drop for Publisher {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
 
 /// A config file with one stream, `bench`, from `upstream`.
 fn stream_config(upstream: &str) -> TempConfig {
@@ -188,43 +112,6 @@ pub fn stream(seconds: f64, rounds: usize, rate: f64) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// What a subscriber got: the publisher's counters, in arrival order.
-#[derive(Default)]
-struct Seen {
-    counters: Vec<u64>,
-    arrivals: Vec<Instant>,
-    gaps: u64,
-    unknown_gaps: u64,
-}
-
-impl Seen {
-    fn push(&mut self, payload: &[u8]) {
-        if let Some(n) = payload.get(..8).and_then(|b| b.try_into().ok()) {
-            self.counters.push(u64::from_be_bytes(n));
-            self.arrivals.push(Instant::now());
-        }
-    }
-
-    /// Counters between the first and the last received that never came.
-    fn missed(&self) -> u64 {
-        let mut unique = self.counters.clone();
-        unique.sort_unstable();
-        unique.dedup();
-        match (unique.first(), unique.last()) {
-            (Some(first), Some(last)) => last - first + 1 - unique.len() as u64,
-            _ => 0,
-        }
-    }
-
-    fn longest_silence(&self) -> Duration {
-        self.arrivals
-            .windows(2)
-            .map(|w| w[1] - w[0])
-            .max()
-            .unwrap_or_default()
-    }
-}
-
 /// A plain SUB on `endpoint` (reconnecting every `ivl` ms) that records
 /// what it gets until `stop`.
 fn raw_subscriber(
@@ -304,35 +191,13 @@ fn kill_9(exe: &std::path::Path, rate: f64) -> anyhow::Result<serde_json::Value>
             (ivl, seen, thread)
         })
         .collect();
-    let library_thread = {
-        let (stop, seen) = (Arc::clone(&stop), Arc::clone(&library));
-        let mut settings = zbridge_client::ClientConfig::local();
-        settings.pub_endpoints = endpoints.clone();
-        settings.heartbeat_timeout = timings.1;
-        std::thread::spawn(move || -> anyhow::Result<()> {
-            let mut subscriber =
-                zbridge_client::Subscriber::connect(&settings, Some("bench"), &[b"a.".to_vec()])?;
-            while !stop.load(Ordering::Relaxed) {
-                let Some(delivery) = subscriber.recv(Duration::from_millis(50))? else {
-                    continue;
-                };
-                let mut seen = seen.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
-                match delivery {
-                    zbridge_client::Delivery::Message(m) => {
-                        if let Some(payload) = m.frames.get(1) {
-                            seen.push(payload);
-                        }
-                    }
-                    zbridge_client::Delivery::Gap {
-                        missed: Some(n), ..
-                    } => seen.gaps += n,
-                    zbridge_client::Delivery::Gap { missed: None, .. } => seen.unknown_gaps += 1,
-                    zbridge_client::Delivery::Moved { .. } => {}
-                }
-            }
-            Ok(())
-        })
-    };
+    let library_thread = follow_stream(
+        endpoints.clone(),
+        timings.1,
+        "bench",
+        Arc::clone(&library),
+        Arc::clone(&stop),
+    );
     // Two seconds of publishing, the kill, three seconds more.
     std::thread::sleep(Duration::from_secs(2));
     primary.signal("KILL")?;
