@@ -24,8 +24,10 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::{Hash, Hasher};
 use std::time::{Duration, Instant};
 
-/// Copies kept per (stream, prefix) and other source.
+/// Copies kept per (stream, prefix) and other source: at most this many...
 const STANDBY: usize = 10_000;
+/// ...and at most this many bytes of frames.
+const STANDBY_BYTES: usize = 16 << 20;
 
 /// What the merged feed says, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,7 +75,7 @@ pub(crate) struct Merge {
 struct Feed {
     /// Where the feed is: the last message delivered.
     current: Option<Position>,
-    standby: HashMap<u64, VecDeque<Held>>,
+    standby: HashMap<u64, Standby>,
     /// Moving since this time: waiting for the last delivered message to
     /// show up among another source's copies.
     moving_since: Option<Instant>,
@@ -87,6 +89,12 @@ struct Position {
     hash: u64,
 }
 
+impl Held {
+    fn size(&self) -> usize {
+        self.message.frames.iter().map(Vec::len).sum()
+    }
+}
+
 impl Position {
     fn of(message: &StreamMessage, hash: u64) -> Position {
         Position {
@@ -94,6 +102,26 @@ impl Position {
             session: message.session,
             seq: message.seq,
             hash,
+        }
+    }
+}
+
+/// Another source's recent copies, oldest first.
+#[derive(Default)]
+struct Standby {
+    held: VecDeque<Held>,
+    bytes: usize,
+}
+
+impl Standby {
+    fn push(&mut self, held: Held) {
+        self.bytes += held.size();
+        self.held.push_back(held);
+        while self.held.len() > STANDBY || self.bytes > STANDBY_BYTES {
+            match self.held.pop_front() {
+                Some(old) => self.bytes -= old.size(),
+                None => break,
+            }
         }
     }
 }
@@ -137,11 +165,10 @@ impl Merge {
                 self.out.push_back(Delivery::Message(message));
             }
             Some(at) => {
-                let held = feed.standby.entry(message.source).or_default();
-                if held.len() == STANDBY {
-                    held.pop_front();
-                }
-                held.push_back(Held { hash, message });
+                feed.standby
+                    .entry(message.source)
+                    .or_default()
+                    .push(Held { hash, message });
                 if self.down.contains(&at.source) {
                     feed.moving_since.get_or_insert(now);
                     move_feed(feed, now, grace, &mut self.out);
@@ -200,23 +227,25 @@ fn move_feed(feed: &mut Feed, now: Instant, grace: Duration, out: &mut VecDeque<
     else {
         return;
     };
-    let found = feed.standby.iter().find_map(|(source, held)| {
-        held.iter()
+    let found = feed.standby.iter().find_map(|(source, standby)| {
+        standby
+            .held
+            .iter()
             .rposition(|h| h.hash == last_hash)
             .map(|i| (*source, i + 1))
     });
     let (to, start, known) = match found {
         Some((to, start)) => (to, start, true),
         None if now >= since + grace => {
-            match feed.standby.iter().max_by_key(|(_, held)| held.len()) {
-                Some((to, held)) if !held.is_empty() => (*to, 0, false),
+            match feed.standby.iter().max_by_key(|(_, s)| s.held.len()) {
+                Some((to, s)) if !s.held.is_empty() => (*to, 0, false),
                 _ => return,
             }
         }
         None => return,
     };
     feed.moving_since = None;
-    let held = feed.standby.remove(&to).unwrap_or_default();
+    let held = feed.standby.remove(&to).unwrap_or_default().held;
     let mut last = None;
     if let Some(h) = start.checked_sub(1).and_then(|i| held.get(i)) {
         last = Some(h.message.seq);
@@ -301,6 +330,22 @@ mod tests {
             merge.message(now, GRACE, message(7, seq, body));
         }
         assert_eq!(drain(&mut merge), ["m1", "m2", "gap 2", "m5", "m6"]);
+    }
+
+    #[test]
+    fn the_other_sources_copies_are_bounded_in_bytes() {
+        let mut standby = Standby::default();
+        for seq in 1..=3 {
+            let mut m = message(2, seq, "big");
+            m.frames = vec![vec![0; 8 << 20]];
+            standby.push(Held {
+                hash: 0,
+                message: m,
+            });
+        }
+        let kept: Vec<u64> = standby.held.iter().map(|h| h.message.seq).collect();
+        assert_eq!(kept, [2, 3]);
+        assert_eq!(standby.bytes, 16 << 20);
     }
 
     #[test]
