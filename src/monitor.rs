@@ -134,100 +134,100 @@ pub fn metrics(status: &Value) -> String {
     counter(
         &mut registry,
         "zbridge_requests",
-        "Requests read from the frontends.",
+        "Requests read from the frontends",
         &status["requests_total"],
     );
     counter(
         &mut registry,
         "zbridge_replies",
-        "Backend replies relayed to clients.",
+        "Backend replies relayed to clients",
         &status["replies_total"],
     );
     counters_by(
         &mut registry,
         "zbridge_errors",
-        "Error replies, by error code.",
+        "Error replies, by error code",
         "code",
         &status["errors_total"],
     );
     counter(
         &mut registry,
         "zbridge_late_replies",
-        "Backend replies that came after their request's deadline.",
+        "Backend replies that came after their request's deadline",
         &status["late_replies_total"],
     );
     counter(
         &mut registry,
         "zbridge_dropped_replies",
-        "Replies whose client was gone.",
+        "Replies whose client was gone",
         &status["dropped_replies_total"],
     );
     counter(
         &mut registry,
         "zbridge_failovers",
-        "Takeovers of the primary port by this instance.",
+        "Takeovers of the primary port by this instance",
         &status["failovers_total"],
     );
     counter(
         &mut registry,
         "zbridge_primary_bind_failures",
-        "Attempts to take a primary port another process held.",
+        "Attempts to take a primary port another process held",
         &status["primary_bind_failures_total"],
     );
     counters_by(
         &mut registry,
         "zbridge_heartbeats_rejected",
-        "Heartbeats rejected, by reason.",
+        "Heartbeats rejected, by reason",
         "reason",
         &status["heartbeats_rejected_total"],
     );
     gauge(
         &mut registry,
         "zbridge_role",
-        "1 while this instance is active, else 0.",
+        "1 while this instance is active, else 0",
         f64::from(u8::from(status["role"] == "active")),
     );
     gauge(
         &mut registry,
         "zbridge_clients_connected",
-        "Client connections to the frontends.",
+        "Client connections to the frontends",
         status["clients_connected"].as_f64().unwrap_or(0.0),
     );
     gauge(
         &mut registry,
         "zbridge_throughput_rps",
-        "Requests per second over the last 10 s.",
+        "Requests per second over the last 10 s",
         status["throughput_rps"].as_f64().unwrap_or(0.0),
     );
     gauge(
         &mut registry,
         "zbridge_error_rate",
-        "Fraction of requests answered with an error over the last 10 s.",
+        "Fraction of requests answered with an error over the last 10 s",
         status["error_rate"].as_f64().unwrap_or(0.0),
     );
     gauge(
         &mut registry,
         "zbridge_epoch",
-        "The role epoch this instance knows.",
+        "The role epoch this instance knows",
         status["epoch"].as_f64().unwrap_or(0.0),
     );
     gauge(
         &mut registry,
         "zbridge_uptime_seconds",
-        "Seconds since start.",
+        "Seconds since start",
         status["uptime_s"].as_f64().unwrap_or(0.0),
     );
     gauge(
         &mut registry,
         "zbridge_peer_alive",
-        "1 while the peer's heartbeats arrive, else 0.",
+        "1 while the peer's heartbeats arrive, else 0",
         f64::from(u8::from(status["peer"]["alive"] == true)),
     );
     if let Some(age) = status["peer"]["last_heartbeat_age_s"].as_f64() {
         gauge(
             &mut registry,
             "zbridge_peer_last_heartbeat_age_seconds",
-            "Seconds since the peer's last valid heartbeat.",
+            "Seconds since the peer's last valid heartbeat",
             age,
         );
     }
@@ -260,27 +260,27 @@ pub fn metrics(status: &Value) -> String {
     }
     registry.register(
         "zbridge_target_requests",
-        "Requests sent to a target's backend.",
+        "Requests sent to a target's backend",
         requests,
     );
     registry.register(
         "zbridge_target_replies",
-        "Replies from a target's backend.",
+        "Replies from a target's backend",
         replies,
     );
     registry.register(
         "zbridge_target_in_flight",
-        "Requests in flight to a target.",
+        "Requests in flight to a target",
         in_flight,
     );
     registry.register(
         "zbridge_target_breaker_open",
-        "1 while a target's circuit breaker is open or half-open.",
+        "1 while a target's circuit breaker is open or half-open",
         breaker_open,
     );
     registry.register(
         "zbridge_target_latency_seconds",
-        "Round trip to a target's backend, since start.",
+        "Round trip to a target's backend, since start",
         latency,
     );
     stream_metrics(&mut registry, status);
@@ -317,33 +317,33 @@ fn stream_metrics(registry: &mut Registry, status: &Value) {
     }
     registry.register(
         "zbridge_stream_received",
-        "Messages read from a stream's upstream.",
+        "Messages read from a stream's upstream",
         received,
     );
     registry.register(
         "zbridge_stream_published",
-        "Messages republished on the pub ports.",
+        "Messages republished on the pub ports",
         published,
     );
     registry.register(
         "zbridge_stream_subscriber_stalls",
-        "Times a subscriber's queue was full at stream_hwm and it began losing messages.",
+        "Times a subscriber's queue was full at stream_hwm and it began losing messages",
         stalls,
     );
     registry.register(
         "zbridge_stream_up",
-        "1 while the bridge is connected to the stream's upstream.",
+        "1 while the bridge is connected to the stream's upstream",
         up,
     );
     registry.register(
         "zbridge_stream_subscriptions",
-        "Topic prefixes subscribed upstream for the bridge's subscribers.",
+        "Topic prefixes subscribed upstream for the bridge's subscribers",
         subscriptions,
     );
     gauge(
         registry,
         "zbridge_stream_subscribers",
-        "Connections to this instance's pub ports.",
+        "Connections to this instance's pub ports",
         status["stream_subscribers"].as_f64().unwrap_or(0.0),
     );
 }
