@@ -144,6 +144,8 @@ impl Merge {
                 self.out.push_back(Delivery::Message(message));
             }
             Some(at) if at.source == message.source => {
+                // Its connection is back (a blip, not a death): stay.
+                feed.moving_since = None;
                 if message.seq <= at.seq {
                     return;
                 }
@@ -373,6 +375,18 @@ mod tests {
         assert_eq!(drain(&mut merge), ["moved 1->2", "m4", "m5"]);
         merge.message(now, GRACE, message(2, 506, "m7"));
         assert_eq!(drain(&mut merge), ["gap 1", "m7"]);
+    }
+
+    #[test]
+    fn a_source_whose_connection_comes_back_is_kept() {
+        let (mut merge, now) = (Merge::default(), Instant::now());
+        merge.message(now, GRACE, message(1, 1, "m1"));
+        merge.source_down(now, GRACE, 1);
+        merge.message(now, GRACE, message(1, 2, "m2"));
+        merge.message(now, GRACE, message(2, 70, "m2"));
+        merge.tick(now + GRACE, GRACE);
+        merge.message(now + GRACE, GRACE, message(1, 3, "m3"));
+        assert_eq!(drain(&mut merge), ["m1", "m2", "m3"]);
     }
 
     #[test]
