@@ -43,6 +43,11 @@ fn dream(bridge: &BridgeProcess) -> Value {
     status(&bridge.frontend)["streams"]["dream"].clone()
 }
 
+/// Whether the `dream` stream comes up within 5 s.
+fn stream_up(bridge: &BridgeProcess) -> bool {
+    wait_until(Duration::from_secs(5), || dream(bridge)["up"] == true)
+}
+
 /// The library's settings for pub endpoints on this host.
 fn subscriber_settings(pub_ports: &[u16]) -> ClientConfig {
     let mut settings = ClientConfig::local();
@@ -104,6 +109,18 @@ impl Feed {
         }
     }
 
+    /// Receive `n` messages and check that all are of the publisher's
+    /// topic number `topic` (of three, taken in turn).
+    fn only_topic(&mut self, subscriber: &mut Subscriber, n: usize, topic: u64) {
+        self.run(subscriber, Duration::from_secs(10), |f| {
+            f.counters.len() >= n
+        });
+        assert!(
+            self.counters.iter().all(|c| c % 3 == topic),
+            "only topic {topic}: {self:?}"
+        );
+    }
+
     /// Counters between the first and last delivered, `step` apart, that
     /// never came.
     fn missed(&self, step: u64) -> u64 {
@@ -127,10 +144,7 @@ fn a_pyzmq_subscriber_gets_exactly_its_topic_in_order_with_consecutive_numbers()
     let config = stream_config(port);
     let pub_port = free_port();
     let bridge = stream_bridge(&config, pub_port, &[]);
-    assert!(
-        wait_until(Duration::from_secs(5), || dream(&bridge)["up"] == true),
-        "the bridge connects to the upstream"
-    );
+    assert!(stream_up(&bridge), "the bridge connects to the upstream");
     let out = Command::new("python3")
         .arg(root().join("tests/peers/subscriber.py"))
         .arg(format!("tcp://127.0.0.1:{pub_port}"))
@@ -175,10 +189,7 @@ fn the_upstream_is_asked_for_a_prefix_only_once_someone_subscribes_to_it() {
     let config = stream_config(port);
     let pub_port = free_port();
     let bridge = stream_bridge(&config, pub_port, &[]);
-    assert!(
-        wait_until(Duration::from_secs(5), || dream(&bridge)["up"] == true),
-        "the bridge connects to the upstream"
-    );
+    assert!(stream_up(&bridge), "the bridge connects to the upstream");
     assert_eq!(dream(&bridge)["subscriptions"], 0);
     let mut subscriber = Subscriber::connect(
         &subscriber_settings(&[pub_port]),
@@ -192,14 +203,7 @@ fn the_upstream_is_asked_for_a_prefix_only_once_someone_subscribes_to_it() {
         "the subscription reaches the upstream: {:?}",
         publisher.output()
     );
-    let mut feed = Feed::default();
-    feed.run(&mut subscriber, Duration::from_secs(10), |f| {
-        f.counters.len() >= 3
-    });
-    assert!(
-        feed.counters.iter().all(|c| c % 3 == 0),
-        "only a.: {feed:?}"
-    );
+    Feed::default().only_topic(&mut subscriber, 3, 0);
     drop(subscriber);
     assert!(
         publisher.wait_for_output("unsub 612e", Duration::from_secs(5)),
@@ -310,18 +314,9 @@ fn a_stream_whose_upstream_is_down_at_start_is_reported_down_and_delivers_once_i
     )
     .unwrap();
     let (_publisher, _) = publisher(port, &["--rate=1000", "--count=60000"]);
-    assert!(
-        wait_until(Duration::from_secs(5), || dream(&bridge)["up"] == true),
-        "the stream is up once the upstream is"
-    );
+    assert!(stream_up(&bridge), "the stream is up once the upstream is");
     let mut feed = Feed::default();
-    feed.run(&mut subscriber, Duration::from_secs(10), |f| {
-        f.counters.len() >= 50
-    });
-    assert!(
-        feed.counters.iter().all(|c| c % 3 == 2),
-        "c. only: {feed:?}"
-    );
+    feed.only_topic(&mut subscriber, 50, 2);
     feed.assert_in_order_once();
     assert_eq!((feed.missed(3), feed.gaps), (0, 0), "{feed:?}");
 }
