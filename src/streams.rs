@@ -45,7 +45,7 @@ const STATUS_EVERY: Duration = Duration::from_millis(100);
 /// unsubscribe and a new subscribe of the same prefix, so prefixes nobody
 /// wants are kept until there are this many; then they are forgotten and
 /// the stream draws a new source, which tells subscribers that its numbers
-/// start again.
+/// start again. More prefixes than this wanted at once are refused.
 const MAX_PREFIXES: usize = 1024;
 /// Largest subscription message a subscriber may send.
 const MAX_SUBSCRIPTION_BYTES: i64 = 4096;
@@ -575,6 +575,12 @@ impl Upstream {
                         self.prefixes.retain(Prefix::wanted);
                         self.source = random_source();
                         warn!(stream = %self.name, "too many prefixes: forgot those nobody wants; numbering starts again under a new source");
+                    }
+                    if self.prefixes.len() >= MAX_PREFIXES {
+                        // All wanted: a subscriber asking for thousands of
+                        // prefixes would cost every message a long scan.
+                        warn!(stream = %self.name, prefix = %String::from_utf8_lossy(prefix), max = MAX_PREFIXES, "subscription refused: the stream has as many prefixes subscribed as it takes");
+                        return;
                     }
                     self.prefixes.push(Prefix {
                         bytes: prefix.to_vec(),
