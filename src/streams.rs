@@ -140,6 +140,9 @@ struct Upstream {
     /// Times a subscriber's queue was full (see the module doc).
     stalls: u64,
     last_stall_log: Option<Instant>,
+    /// Subscriptions refused over MAX_PREFIXES.
+    refused: u64,
+    last_refusal_log: Option<Instant>,
 }
 
 /// A prefix some subscriber asked for, and its sequence number.
@@ -228,6 +231,8 @@ impl Worker {
                 published: 0,
                 stalls: 0,
                 last_stall_log: None,
+                refused: 0,
+                last_refusal_log: None,
             });
         }
         let now = Instant::now();
@@ -520,6 +525,7 @@ impl Worker {
                     "received_total": u.received,
                     "published_total": u.published,
                     "subscriber_stalls_total": u.stalls,
+                    "subscriptions_refused_total": u.refused,
                     "subscriptions": u.prefixes.iter().filter(|p| p.wanted()).count(),
                 }),
             );
@@ -542,7 +548,8 @@ impl Worker {
     }
 }
 
-/// How often a stalling subscriber is logged, per stream.
+/// How often a stalling subscriber (or a refused subscription) is logged,
+/// per stream.
 const STALL_LOG_EVERY: Duration = Duration::from_secs(10);
 
 impl Upstream {
@@ -579,7 +586,15 @@ impl Upstream {
                     if self.prefixes.len() >= MAX_PREFIXES {
                         // All wanted: a subscriber asking for thousands of
                         // prefixes would cost every message a long scan.
-                        warn!(stream = %self.name, prefix = %String::from_utf8_lossy(prefix), max = MAX_PREFIXES, "subscription refused: the stream has as many prefixes subscribed as it takes");
+                        self.refused += 1;
+                        let now = Instant::now();
+                        if self
+                            .last_refusal_log
+                            .is_none_or(|t| now >= t + STALL_LOG_EVERY)
+                        {
+                            self.last_refusal_log = Some(now);
+                            warn!(stream = %self.name, prefix = %String::from_utf8_lossy(prefix), max = MAX_PREFIXES, subscriptions_refused_total = self.refused, "subscription refused: the stream has as many prefixes subscribed as it takes");
+                        }
                         return;
                     }
                     self.prefixes.push(Prefix {

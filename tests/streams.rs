@@ -429,3 +429,35 @@ fn zbridge_subscribe_prints_what_arrives_and_refuses_a_stream_the_config_lacks()
         "{stderr}"
     );
 }
+
+#[test]
+fn a_subscriber_asking_for_too_many_prefixes_is_refused_beyond_the_cap() {
+    let (_publisher, port) = publisher(0, &["--rate=100", "--count=60000"]);
+    let config = stream_config(port);
+    let pub_port = free_port();
+    let bridge = stream_bridge(&config, pub_port, &[]);
+    assert!(stream_up(&bridge), "the bridge connects to the upstream");
+    let context = zmq::Context::new();
+    let socket = context.socket(zmq::SUB).unwrap();
+    socket.set_linger(0).unwrap();
+    // libzmq's SUB drops its own subscriptions beyond its send HWM.
+    socket.set_sndhwm(10_000).unwrap();
+    for i in 0..1100 {
+        socket.set_subscribe(format!("p{i}.").as_bytes()).unwrap();
+    }
+    socket
+        .connect(&format!("tcp://127.0.0.1:{pub_port}"))
+        .unwrap();
+    assert!(
+        bridge.wait_for_log("subscription refused", Duration::from_secs(10)),
+        "the bridge says it refused: {}\n{}",
+        dream(&bridge),
+        bridge.log().join("\n")
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || dream(&bridge)["subscriptions"]
+            == 1024),
+        "{}",
+        dream(&bridge)
+    );
+}
