@@ -299,6 +299,7 @@ fn stream_metrics(registry: &mut Registry, status: &Value) {
     let received = Family::<Labels, Counter>::default();
     let published = Family::<Labels, Counter>::default();
     let stalls = Family::<Labels, Counter>::default();
+    let refused = Family::<Labels, Counter>::default();
     let up = Family::<Labels, Gauge<f64, AtomicU64>>::default();
     let subscriptions = Family::<Labels, Gauge<f64, AtomicU64>>::default();
     for (name, stream) in streams {
@@ -309,6 +310,9 @@ fn stream_metrics(registry: &mut Registry, status: &Value) {
         stalls
             .get_or_create(&s)
             .inc_by(count("subscriber_stalls_total"));
+        refused
+            .get_or_create(&s)
+            .inc_by(count("subscriptions_refused_total"));
         up.get_or_create(&s)
             .set(f64::from(u8::from(stream["up"] == true)));
         subscriptions
@@ -329,6 +333,11 @@ fn stream_metrics(registry: &mut Registry, status: &Value) {
         "zbridge_stream_subscriber_stalls",
         "Times a subscriber's queue was full at stream_hwm and it began losing messages",
         stalls,
+    );
+    registry.register(
+        "zbridge_stream_subscriptions_refused",
+        "Subscriptions refused because the stream had as many prefixes as it takes",
+        refused,
     );
     registry.register(
         "zbridge_stream_up",
