@@ -9,12 +9,13 @@
 
 use crate::breaker::{Breaker, BreakerState};
 use crate::config::ClientConfig;
+use crate::monitor::{next_event, watch};
 use crate::{Call, ClientError, Command, Event, Reply};
 use std::collections::{HashMap, VecDeque};
 use std::io::Read;
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant, SystemTime};
 use tracing::{debug, info, warn};
@@ -580,12 +581,9 @@ impl Engine {
     }
 
     fn take_monitor_events(&mut self, i: usize) {
-        while let Ok(event) = self.endpoints[i].monitor.recv_multipart(zmq::DONTWAIT) {
-            let Some(code) = event.first().and_then(|f| f.get(..2)) else {
-                continue;
-            };
+        while let Some(event) = next_event(&self.endpoints[i].monitor) {
             let now = Instant::now();
-            match u16::from_le_bytes([code[0], code[1]]) {
+            match event {
                 e if e == zmq::SocketEvent::HANDSHAKE_SUCCEEDED.to_raw() => {
                     self.endpoints[i].connected = true;
                     self.endpoints[i].fresh_until = None;
@@ -774,7 +772,6 @@ fn open_endpoint(
     config: &ClientConfig,
     now: Instant,
 ) -> zmq::Result<Endpoint> {
-    static MONITORS: AtomicU64 = AtomicU64::new(0);
     let socket = context.socket(zmq::DEALER)?;
     socket.set_linger(0)?;
     socket.set_ipv6(true)?;
@@ -785,17 +782,14 @@ fn open_endpoint(
     socket.set_rcvhwm(100_000)?;
     // A bridge that takes over a port is found within 25 ms: no backoff.
     socket.set_reconnect_ivl(25)?;
-    let monitor = format!(
-        "inproc://zbridge-client-monitor-{}-{}",
-        std::process::id(),
-        MONITORS.fetch_add(1, Ordering::Relaxed)
-    );
-    let events =
-        zmq::SocketEvent::HANDSHAKE_SUCCEEDED.to_raw() | zmq::SocketEvent::DISCONNECTED.to_raw();
-    socket.monitor(&monitor, i32::from(events))?;
-    let events = context.socket(zmq::PAIR)?;
-    events.set_linger(0)?;
-    events.connect(&monitor)?;
+    let events = watch(
+        context,
+        &socket,
+        &[
+            zmq::SocketEvent::HANDSHAKE_SUCCEEDED,
+            zmq::SocketEvent::DISCONNECTED,
+        ],
+    )?;
     socket.connect(url)?;
     let (host, port) = host_port(url);
     Ok(Endpoint {

@@ -30,6 +30,7 @@ mod breaker;
 mod config;
 mod engine;
 mod merge;
+mod monitor;
 mod subscriber;
 
 pub use breaker::BreakerState;

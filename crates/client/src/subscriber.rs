@@ -15,6 +15,7 @@
 
 use crate::merge::Merge;
 pub use crate::merge::{Delivery, StreamMessage};
+use crate::monitor::{next_event, watch};
 use crate::ClientConfig;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -59,7 +60,7 @@ impl Subscriber {
         topics.dedup();
         let ms = |d: Duration| i32::try_from(d.as_millis()).unwrap_or(i32::MAX);
         let mut links = Vec::new();
-        for (i, endpoint) in config.pub_endpoints.iter().enumerate() {
+        for endpoint in &config.pub_endpoints {
             let setup = || -> zmq::Result<Link> {
                 let socket = context.socket(zmq::SUB)?;
                 socket.set_linger(0)?;
@@ -70,17 +71,11 @@ impl Subscriber {
                 socket.set_reconnect_ivl(25)?;
                 socket.set_heartbeat_ivl(ms(config.heartbeat_timeout / 3))?;
                 socket.set_heartbeat_timeout(ms(config.heartbeat_timeout))?;
-                let monitor = format!("inproc://subscriber-{i}");
-                socket.monitor(
-                    &monitor,
-                    i32::from(
-                        zmq::SocketEvent::CONNECTED.to_raw()
-                            | zmq::SocketEvent::DISCONNECTED.to_raw(),
-                    ),
+                let events = watch(
+                    &context,
+                    &socket,
+                    &[zmq::SocketEvent::CONNECTED, zmq::SocketEvent::DISCONNECTED],
                 )?;
-                let events = context.socket(zmq::PAIR)?;
-                events.set_linger(0)?;
-                events.connect(&monitor)?;
                 for topic in &topics {
                     socket.set_subscribe(topic)?;
                 }
@@ -201,11 +196,7 @@ impl Subscriber {
     }
 
     fn link_events(&mut self, i: usize, now: Instant) {
-        while let Ok(event) = self.links[i].events.recv_multipart(zmq::DONTWAIT) {
-            let Some(id) = event.first().and_then(|f| f.get(..2)) else {
-                continue;
-            };
-            let id = u16::from_le_bytes([id[0], id[1]]);
+        while let Some(id) = next_event(&self.links[i].events) {
             if id == zmq::SocketEvent::CONNECTED.to_raw() {
                 info!(endpoint = %self.links[i].endpoint, "subscribed");
             } else if id == zmq::SocketEvent::DISCONNECTED.to_raw() {
