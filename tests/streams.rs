@@ -38,6 +38,31 @@ fn stream_bridge(config: &TempConfig, pub_port: u16, extra: &[String]) -> Bridge
     bridge(&flags)
 }
 
+/// A publisher (tests/peers/publisher.py with `publisher_flags`) and a lone
+/// bridge republishing it as `dream` on `pub_port`, connected to it.
+struct LoneStream {
+    publisher: Process,
+    bridge: BridgeProcess,
+    pub_port: u16,
+    _config: TempConfig,
+}
+
+impl LoneStream {
+    fn start(publisher_flags: &[&str], bridge_flags: &[String]) -> LoneStream {
+        let (publisher, port) = publisher(0, publisher_flags);
+        let config = stream_config(port);
+        let pub_port = free_port();
+        let bridge = stream_bridge(&config, pub_port, bridge_flags);
+        assert!(stream_up(&bridge), "the bridge connects to the upstream");
+        LoneStream {
+            publisher,
+            bridge,
+            pub_port,
+            _config: config,
+        }
+    }
+}
+
 /// The `dream` stream's part of the status document.
 fn dream(bridge: &BridgeProcess) -> Value {
     status(&bridge.frontend)["streams"]["dream"].clone()
@@ -140,11 +165,8 @@ impl Feed {
 
 #[test]
 fn a_pyzmq_subscriber_gets_exactly_its_topic_in_order_with_consecutive_numbers() {
-    let (_publisher, port) = publisher(0, &["--rate=1000", "--count=60000"]);
-    let config = stream_config(port);
-    let pub_port = free_port();
-    let bridge = stream_bridge(&config, pub_port, &[]);
-    assert!(stream_up(&bridge), "the bridge connects to the upstream");
+    let lone = LoneStream::start(&["--rate=1000", "--count=60000"], &[]);
+    let (bridge, pub_port) = (&lone.bridge, lone.pub_port);
     let out = Command::new("python3")
         .arg(root().join("tests/peers/subscriber.py"))
         .arg(format!("tcp://127.0.0.1:{pub_port}"))
@@ -175,22 +197,19 @@ fn a_pyzmq_subscriber_gets_exactly_its_topic_in_order_with_consecutive_numbers()
         "consecutive numbers: {seqs:?}"
     );
     assert!(
-        wait_until(Duration::from_secs(5), || dream(&bridge)["published_total"]
+        wait_until(Duration::from_secs(5), || dream(bridge)["published_total"]
             .as_u64()
             .is_some_and(|n| n >= 300)),
         "the status counts what was republished"
     );
-    assert_eq!(dream(&bridge)["subscriber_stalls_total"], 0);
+    assert_eq!(dream(bridge)["subscriber_stalls_total"], 0);
 }
 
 #[test]
 fn the_upstream_is_asked_for_a_prefix_only_once_someone_subscribes_to_it() {
-    let (publisher, port) = publisher(0, &["--xpub", "--rate=100", "--count=6000"]);
-    let config = stream_config(port);
-    let pub_port = free_port();
-    let bridge = stream_bridge(&config, pub_port, &[]);
-    assert!(stream_up(&bridge), "the bridge connects to the upstream");
-    assert_eq!(dream(&bridge)["subscriptions"], 0);
+    let lone = LoneStream::start(&["--xpub", "--rate=100", "--count=6000"], &[]);
+    let (publisher, bridge, pub_port) = (&lone.publisher, &lone.bridge, lone.pub_port);
+    assert_eq!(dream(bridge)["subscriptions"], 0);
     let mut subscriber = Subscriber::connect(
         &subscriber_settings(&[pub_port]),
         Some("dream"),
@@ -323,8 +342,7 @@ fn a_stream_whose_upstream_is_down_at_start_is_reported_down_and_delivers_once_i
 
 #[test]
 fn a_subscriber_that_stops_reading_is_counted_as_stalled_and_sees_its_losses_in_the_numbers() {
-    let (publisher, port) = publisher(
-        0,
+    let lone = LoneStream::start(
         &[
             "--topics=a.",
             "--wait-subscriber",
@@ -333,10 +351,9 @@ fn a_subscriber_that_stops_reading_is_counted_as_stalled_and_sees_its_losses_in_
             "--rate=200",
             "--count=60000",
         ],
+        &["--stream-hwm=100".into()],
     );
-    let config = stream_config(port);
-    let pub_port = free_port();
-    let bridge = stream_bridge(&config, pub_port, &["--stream-hwm=100".into()]);
+    let (publisher, bridge, pub_port) = (&lone.publisher, &lone.bridge, lone.pub_port);
     // A raw SUB with a small queue of its own, that reads nothing until
     // the burst is over: most of the burst cannot reach it.
     let context = zmq::Context::new();
@@ -367,7 +384,7 @@ fn a_subscriber_that_stops_reading_is_counted_as_stalled_and_sees_its_losses_in_
         counters.push(counter(&frames));
         seqs.push(stamp.seq(b"a.").unwrap());
     }
-    let stalls = dream(&bridge)["subscriber_stalls_total"].as_u64().unwrap();
+    let stalls = dream(bridge)["subscriber_stalls_total"].as_u64().unwrap();
     let missed = counters.last().unwrap() - counters[0] + 1 - counters.len() as u64;
     let jumps: u64 = seqs.windows(2).map(|w| w[1] - w[0] - 1).sum();
     eprintln!(
@@ -432,11 +449,8 @@ fn zbridge_subscribe_prints_what_arrives_and_refuses_a_stream_the_config_lacks()
 
 #[test]
 fn a_subscriber_asking_for_too_many_prefixes_is_refused_beyond_the_cap() {
-    let (_publisher, port) = publisher(0, &["--rate=100", "--count=60000"]);
-    let config = stream_config(port);
-    let pub_port = free_port();
-    let bridge = stream_bridge(&config, pub_port, &[]);
-    assert!(stream_up(&bridge), "the bridge connects to the upstream");
+    let lone = LoneStream::start(&["--rate=100", "--count=60000"], &[]);
+    let (bridge, pub_port) = (&lone.bridge, lone.pub_port);
     let context = zmq::Context::new();
     let socket = context.socket(zmq::SUB).unwrap();
     socket.set_linger(0).unwrap();
@@ -451,13 +465,13 @@ fn a_subscriber_asking_for_too_many_prefixes_is_refused_beyond_the_cap() {
     assert!(
         bridge.wait_for_log("subscription refused", Duration::from_secs(10)),
         "the bridge says it refused: {}\n{}",
-        dream(&bridge),
+        dream(bridge),
         bridge.log().join("\n")
     );
     assert!(
-        wait_until(Duration::from_secs(5), || dream(&bridge)["subscriptions"]
+        wait_until(Duration::from_secs(5), || dream(bridge)["subscriptions"]
             == 1024),
         "{}",
-        dream(&bridge)
+        dream(bridge)
     );
 }
