@@ -633,6 +633,10 @@ impl Relay {
     /// Refresh what the monitoring server shows.
     fn snapshot(&mut self, now: Instant) {
         self.state.sample(now);
+        // The stream thread refreshes its part every 100 ms too.
+        if let Some(streams) = &self.streams {
+            self.state.streams = streams.status();
+        }
         self.sync_view(now);
         let snapshot = monitor::Snapshot {
             status: self.state.status(),
@@ -648,9 +652,6 @@ impl Relay {
 
     /// Copy what the status document shows of the HA side.
     fn sync_view(&mut self, now: Instant) {
-        if let Some(streams) = &self.streams {
-            self.state.streams = streams.status();
-        }
         let view = &mut self.state.ha;
         view.role = role_name(self.machine.phase());
         view.node = Some(self.machine.node());
