@@ -12,6 +12,7 @@ use crate::config::ClientConfig;
 use crate::monitor::{next_event, watch};
 use crate::{Call, ClientError, Command, Event, Reply};
 use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::io::Read;
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
@@ -36,7 +37,7 @@ pub(crate) struct Engine {
     inbox: mpsc::Receiver<Command>,
     doorbell: UnixStream,
     rung: Arc<AtomicBool>,
-    calls: HashMap<u64, Live>,
+    calls: HashMap<u64, Live, BuildHasherDefault<IdHasher>>,
     /// `(deadline, id, tries)` of every attempt, oldest first.
     deadlines: VecDeque<(Instant, u64, u32)>,
     /// Calls waiting for a bridge to connect.
@@ -141,7 +142,7 @@ impl Engine {
             inbox,
             doorbell,
             rung,
-            calls: HashMap::new(),
+            calls: HashMap::default(),
             deadlines: VecDeque::new(),
             parked: Vec::new(),
             current: None,
@@ -156,9 +157,21 @@ impl Engine {
 
     pub fn run(mut self) {
         while !self.stopping {
+            // Awake: callers need not ring the doorbell (a write and a
+            // wake-up per call) until the flag is cleared before sleeping.
+            self.rung.store(true, Ordering::SeqCst);
+            self.take_commands();
             let now = Instant::now();
             self.tick(now);
-            let timeout = self.poll_timeout(now);
+            let mut timeout = self.poll_timeout(now);
+            self.rung.store(false, Ordering::SeqCst);
+            // A command queued just before the flag was cleared rang no bell.
+            if self.take_commands() {
+                timeout = 0;
+            }
+            if self.stopping {
+                break;
+            }
             if let Err(e) = self.poll(timeout) {
                 warn!(error = %e, "zbridge client: poll failed; stopping");
                 break;
@@ -189,7 +202,9 @@ impl Engine {
         let readable: Vec<bool> = items.iter().map(|i| i.is_readable()).collect();
         drop(items);
         if readable[0] {
-            self.take_commands();
+            // The commands are taken at the top of the loop.
+            let mut sink = [0u8; 64];
+            while matches!((&self.doorbell).read(&mut sink), Ok(n) if n > 0) {}
         }
         for i in 0..self.endpoints.len() {
             if readable[1 + 2 * i] {
@@ -208,19 +223,18 @@ impl Engine {
         Ok(())
     }
 
-    fn take_commands(&mut self) {
-        let mut sink = [0u8; 64];
-        while matches!((&self.doorbell).read(&mut sink), Ok(n) if n > 0) {}
-        // Cleared before the queue is read: a command sent after this
-        // point rings again.
-        self.rung.store(false, Ordering::SeqCst);
+    /// Whether there were any.
+    fn take_commands(&mut self) -> bool {
+        let mut took = false;
         while let Ok(command) = self.inbox.try_recv() {
+            took = true;
             match command {
                 Command::Call(call) => self.submit(call, Instant::now()),
                 Command::Listen(listener) => self.listeners.push(listener),
                 Command::Stop => self.stopping = true,
             }
         }
+        took
     }
 
     fn submit(&mut self, call: Call, now: Instant) {
@@ -729,6 +743,28 @@ impl Engine {
         let wait = next.saturating_duration_since(now);
         // Round up: waking a little late beats spinning until the deadline.
         wait.as_micros().div_ceil(1000) as i64
+    }
+}
+
+/// Hashes the call ids, which count up from 1: one multiply spreads them
+/// over the table (the default SipHash cost more than the rest of a
+/// lookup). No adversary picks the ids.
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(self.0 ^ u64::from(b));
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
     }
 }
 
