@@ -1,7 +1,11 @@
 //! The client library against real bridges, killed for real.
 
 use crate::support::*;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::mpsc::Receiver;
+use std::sync::Arc;
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 use zbridge::lab::ClientLoad;
 use zbridge_client::{BreakerState, Client, ClientConfig, ClientError, ErrorCode, Event};
@@ -321,4 +325,51 @@ fn a_late_reply_after_a_retry_is_not_a_second_result() {
     }));
     let third = client.send("pc2", vec![b"three".to_vec()]).wait().unwrap();
     assert_eq!(third.frames, [b"slow".to_vec(), b"three".to_vec()]);
+}
+
+#[test]
+fn calls_awaited_together_on_one_thread_each_get_their_own_answer() {
+    let service = EchoService::start(None).unwrap();
+    let bridge = lone(0, &service.endpoint);
+    let client = Client::connect(settings(&[&bridge.frontend], Vec::new())).unwrap();
+    let payloads: Vec<Vec<u8>> = (0..200).map(|i| format!("call {i}").into_bytes()).collect();
+    let calls = payloads
+        .iter()
+        .map(|p| client.send("pc2", vec![p.clone()]))
+        .collect();
+    let replies = await_all(calls, Duration::from_secs(10));
+    for (payload, reply) in payloads.iter().zip(replies) {
+        assert_eq!(reply.unwrap().frames.last(), Some(payload));
+    }
+}
+
+/// A minimal executor: polls every future until all are ready, sleeping
+/// in between until a waker unparks this thread. A result that never
+/// wakes its task shows as the deadline passing.
+fn await_all<F: Future + Unpin>(mut futures: Vec<F>, within: Duration) -> Vec<F::Output> {
+    struct Unpark(std::thread::Thread);
+    impl Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    let mut outputs: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
+    let deadline = Instant::now() + within;
+    loop {
+        for (future, output) in futures.iter_mut().zip(&mut outputs) {
+            if output.is_none() {
+                if let Poll::Ready(value) = Pin::new(future).poll(&mut cx) {
+                    *output = Some(value);
+                }
+            }
+        }
+        if outputs.iter().all(Option::is_some) {
+            return outputs.into_iter().flatten().collect();
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        std::thread::park_timeout(left);
+        assert!(Instant::now() < deadline, "not woken within {within:?}");
+    }
 }

@@ -178,7 +178,7 @@ impl Engine {
             }
         }
         for (_, live) in self.calls.drain() {
-            let _ = live.call.done.send(Err(ClientError::Closed));
+            live.call.done.complete(Err(ClientError::Closed));
         }
     }
 
@@ -240,9 +240,8 @@ impl Engine {
     fn submit(&mut self, call: Call, now: Instant) {
         match self.overall.admit(now) {
             Err(retry_after) => {
-                let _ = call
-                    .done
-                    .send(Err(ClientError::CircuitOpen { retry_after }));
+                call.done
+                    .complete(Err(ClientError::CircuitOpen { retry_after }));
                 return;
             }
             Ok(Some(state)) => self.breaker_changed(None, state),
@@ -301,10 +300,9 @@ impl Engine {
                 }
                 Pick::Refused(retry_after) => {
                     if let Some(live) = self.calls.remove(&id) {
-                        let _ = live
-                            .call
+                        live.call
                             .done
-                            .send(Err(ClientError::CircuitOpen { retry_after }));
+                            .complete(Err(ClientError::CircuitOpen { retry_after }));
                     }
                     return;
                 }
@@ -420,7 +418,7 @@ impl Engine {
             }
         };
         warn!(target_name = %live.call.target, error = %error, "request failed");
-        let _ = live.call.done.send(Err(error));
+        live.call.done.complete(Err(error));
         self.record_overall(true, now);
     }
 
@@ -561,7 +559,7 @@ impl Engine {
                     elapsed: live.call.submitted.elapsed(),
                 }),
             };
-            let _ = live.call.done.send(result);
+            live.call.done.complete(result);
         }
     }
 

@@ -14,13 +14,15 @@
 //! thread) to one I/O thread that owns every socket. A call hands its
 //! request to that thread and blocks on its own one-shot channel until the
 //! result comes; [`Client::send`] returns that channel as a [`Pending`], so
-//! one thread can keep many requests in flight. The I/O thread sends each
-//! request with a request id (docs/PROTOCOL.md), notices a failed bridge
-//! (no answer within `request_timeout`, a dropped connection from libzmq's
-//! socket monitor, heartbeat silence, a `draining` answer), and resends
-//! everything unanswered there to the next bridge with the same id. The
-//! first answer completes the call; any later one is dropped, so each call
-//! gets exactly one result.
+//! one thread can keep many requests in flight. A [`Pending`] is also a
+//! `Future`: `client.send(target, frames).await` works in any executor
+//! (the I/O thread wakes the task; no runtime is pulled in). The I/O
+//! thread sends each request with a request id (docs/PROTOCOL.md),
+//! notices a failed bridge (no answer within `request_timeout`, a dropped
+//! connection from libzmq's socket monitor, heartbeat silence, a
+//! `draining` answer), and resends everything unanswered there to the next
+//! bridge with the same id. The first answer completes the call; any later
+//! one is dropped, so each call gets exactly one result.
 //!
 //! Streams: a [`Subscriber`] receives what the bridges republish from
 //! remote PUB services, from both bridges at once, merged into one feed
@@ -31,13 +33,16 @@ mod config;
 mod engine;
 mod merge;
 mod monitor;
+mod oneshot;
 mod subscriber;
 
 pub use breaker::BreakerState;
 pub use config::{BreakerConfig, ClientConfig, ConfigError, Section};
+pub use oneshot::Pending;
 pub use subscriber::{Delivery, StreamMessage, Subscriber};
 pub use zbridge_protocol::ErrorCode;
 
+use oneshot::Completer;
 use std::fmt;
 use std::io::Write;
 use std::os::unix::net::UnixStream;
@@ -86,7 +91,7 @@ pub(crate) enum Command {
 pub(crate) struct Call {
     pub target: String,
     pub frames: Vec<Vec<u8>>,
-    pub done: mpsc::SyncSender<Result<Reply, ClientError>>,
+    pub done: Completer,
     pub submitted: Instant,
 }
 
@@ -186,26 +191,6 @@ pub enum Event {
     },
 }
 
-/// A call in flight; [`Pending::wait`] blocks for its one result.
-pub struct Pending {
-    result: mpsc::Receiver<Result<Reply, ClientError>>,
-}
-
-impl Pending {
-    pub fn wait(self) -> Result<Reply, ClientError> {
-        self.result.recv().unwrap_or(Err(ClientError::Closed))
-    }
-
-    /// The result if it came within `timeout`, else the call back.
-    pub fn wait_timeout(self, timeout: Duration) -> Result<Result<Reply, ClientError>, Pending> {
-        match self.result.recv_timeout(timeout) {
-            Ok(result) => Ok(result),
-            Err(mpsc::RecvTimeoutError::Timeout) => Err(self),
-            Err(mpsc::RecvTimeoutError::Disconnected) => Ok(Err(ClientError::Closed)),
-        }
-    }
-}
-
 impl Client {
     /// Start the I/O thread and connect to every endpoint. Returns at once:
     /// calls made before a bridge is connected wait for one.
@@ -236,18 +221,17 @@ impl Client {
     /// Send a request of one or more frames; the result comes through the
     /// returned [`Pending`].
     pub fn send(&self, target: &str, frames: Vec<Vec<u8>>) -> Pending {
-        let (done, result) = mpsc::sync_channel(1);
+        let (done, pending) = oneshot::oneshot();
         let call = Call {
             target: target.to_string(),
             frames,
             done,
             submitted: Instant::now(),
         };
-        if let Err(mpsc::SendError(Command::Call(call))) = self.shared.command(Command::Call(call))
-        {
-            let _ = call.done.send(Err(ClientError::Closed));
-        }
-        Pending { result }
+        // Refused only when the I/O thread is gone: dropping the call
+        // completes it with `Closed`.
+        let _ = self.shared.command(Command::Call(call));
+        pending
     }
 
     /// A channel of the client's [`Event`]s from now on.
