@@ -65,7 +65,8 @@ pub enum What {
     /// Load through the client library (zbridge-client) against the pair
     /// of --config (or --endpoints); the last line is one JSON object.
     /// With --local-pair: a pair it starts on loopback, a raw DEALER beside
-    /// the client for throughput, and a kill -9 of the active mid-run.
+    /// the client for throughput, and a kill -9 and a SIGSTOP of the active
+    /// mid-run.
     Client {
         /// The bridge config file (its [client] section, if any, applies).
         #[arg(long)]
@@ -86,7 +87,7 @@ pub enum What {
         in_flight: usize,
         #[arg(long, default_value_t = 100)]
         payload_bytes: usize,
-        /// Start a pair on loopback and measure failover and throughput.
+        /// Start pairs on loopback and measure throughput, kill -9 and SIGSTOP.
         #[arg(long)]
         local_pair: bool,
     },
