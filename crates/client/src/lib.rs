@@ -66,7 +66,8 @@ struct Shared {
 }
 
 /// Wakes the I/O thread: one byte on a socket pair it polls, written only
-/// when the last one has been taken.
+/// while `rung` is clear, which the thread does just before it may sleep
+/// (it sets it again when it wakes).
 pub(crate) struct Doorbell {
     write: UnixStream,
     rung: Arc<AtomicBool>,
