@@ -164,7 +164,9 @@ impl Engine {
             let now = Instant::now();
             self.tick(now);
             let mut timeout = self.poll_timeout(now);
-            self.rung.store(false, Ordering::SeqCst);
+            // A swap, not a store: reading a caller's `true` orders its
+            // queued command before the queue is read again below.
+            self.rung.swap(false, Ordering::SeqCst);
             // A command queued just before the flag was cleared rang no bell.
             if self.take_commands() {
                 timeout = 0;
