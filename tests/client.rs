@@ -343,6 +343,33 @@ fn calls_awaited_together_on_one_thread_each_get_their_own_answer() {
     }
 }
 
+#[test]
+fn one_client_shared_by_eight_threads_gets_each_call_its_own_answer_promptly() {
+    let service = EchoService::start(None).unwrap();
+    let bridge = lone(0, &service.endpoint);
+    let client = Client::connect(settings(&[&bridge.frontend], Vec::new())).unwrap();
+    std::thread::scope(|s| {
+        for t in 0..8 {
+            let client = client.clone();
+            s.spawn(move || {
+                for n in 0..300 {
+                    let payload = format!("thread {t} call {n}").into_bytes();
+                    let reply = client.request("pc2", &payload).unwrap();
+                    assert_eq!(reply.frames.last(), Some(&payload));
+                    assert_eq!(reply.attempts, 1, "answered by the first attempt");
+                    // A call whose hand-off did not wake the I/O thread
+                    // waits for its next timeout (up to a second).
+                    assert!(
+                        reply.elapsed < Duration::from_millis(500),
+                        "thread {t} call {n} took {:?}",
+                        reply.elapsed
+                    );
+                }
+            });
+        }
+    });
+}
+
 /// A minimal executor: polls every future until all are ready, sleeping
 /// in between until a waker unparks this thread. A result that never
 /// wakes its task shows as the deadline passing.
