@@ -8,9 +8,11 @@
 
 use anyhow::anyhow;
 use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 use serde_json::{json, Value};
 use std::sync::atomic::AtomicU64;
@@ -22,12 +24,45 @@ use std::time::{Duration, Instant};
 pub struct Snapshot {
     /// The status document, as `{"action":"status"}` answers it.
     pub status: Value,
+    /// Per target, for `/metrics` only (buckets are no use in `/status`).
+    pub durations: Vec<Durations>,
     /// A frontend is bound and the bridge is not stopping.
     pub serving: bool,
     pub taken: Instant,
 }
 
 pub type Shared = Arc<Mutex<Snapshot>>;
+
+/// One target's answered requests, bridge to backend and back, as a
+/// Prometheus histogram.
+#[derive(Debug, Clone)]
+pub struct Durations {
+    pub target: String,
+    pub sum_s: f64,
+    pub count: u64,
+    /// `(upper bound in seconds, count in that bucket)`, not cumulative;
+    /// the last bound is `f64::MAX` (+Inf).
+    pub buckets: Vec<(f64, u64)>,
+}
+
+/// Every target's [`Durations`]: one histogram family, labelled by target.
+#[derive(Debug)]
+struct DurationFamily(Vec<Durations>);
+
+impl EncodeMetric for DurationFamily {
+    fn encode(&self, mut encoder: MetricEncoder) -> std::fmt::Result {
+        for d in &self.0 {
+            encoder
+                .encode_family(&labels(&[("target", &d.target)]))?
+                .encode_histogram::<NoLabelSet>(d.sum_s, d.count, &d.buckets, None)?;
+        }
+        Ok(())
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
+    }
+}
 
 /// Serve on `bind` (`HOST:PORT`, port 0 for any) from a thread; returns the
 /// bound port. `/health` says 503 when the snapshot is older than `stale`:
@@ -86,7 +121,11 @@ fn respond(url: &str, snapshot: Option<Snapshot>, stale: Duration) -> (u16, &'st
             }
         }
         "/status" => (200, JSON, snapshot.status.to_string()),
-        "/metrics" => (200, OPENMETRICS, metrics(&snapshot.status)),
+        "/metrics" => (
+            200,
+            OPENMETRICS,
+            metrics(&snapshot.status, &snapshot.durations),
+        ),
         _ => (
             404,
             JSON,
@@ -128,8 +167,9 @@ fn counters_by(registry: &mut Registry, name: &str, help: &str, label: &str, val
     registry.register(name, help, family);
 }
 
-/// The OpenMetrics text for a status document.
-pub fn metrics(status: &Value) -> String {
+/// The OpenMetrics text for a status document and the targets' request
+/// durations.
+pub fn metrics(status: &Value, durations: &[Durations]) -> String {
     let mut registry = Registry::default();
     counter(
         &mut registry,
@@ -283,6 +323,11 @@ pub fn metrics(status: &Value) -> String {
         "Round trip to a target's backend, since start",
         latency,
     );
+    registry.register(
+        "zbridge_request_duration_seconds",
+        "Answered requests, from the bridge to the target's backend and back",
+        DurationFamily(durations.to_vec()),
+    );
     stream_metrics(&mut registry, status);
     let mut text = String::new();
     if let Err(e) = encode(&mut text, &registry) {
@@ -364,6 +409,7 @@ mod tests {
     fn snapshot(serving: bool, age: Duration) -> Option<Snapshot> {
         Some(Snapshot {
             status: json!({"role": "active", "requests_total": 7, "targets": {}}),
+            durations: Vec::new(),
             serving,
             taken: Instant::now() - age,
         })
@@ -388,15 +434,32 @@ mod tests {
     fn metrics_are_openmetrics_text_named_with_the_prefix() {
         let text = metrics(
             &json!({"requests_total": 7, "role": "active", "errors_total": {"timeout": 2}}),
+            &[Durations {
+                target: "pc2".into(),
+                sum_s: 0.5,
+                count: 3,
+                buckets: vec![(0.001, 2), (0.5, 0), (f64::MAX, 1)],
+            }],
         );
+        for line in [
+            "zbridge_request_duration_seconds_sum{target=\"pc2\"} 0.5",
+            "zbridge_request_duration_seconds_count{target=\"pc2\"} 3",
+            "zbridge_request_duration_seconds_bucket{le=\"0.001\",target=\"pc2\"} 2",
+            "zbridge_request_duration_seconds_bucket{le=\"0.5\",target=\"pc2\"} 2",
+            "zbridge_request_duration_seconds_bucket{le=\"+Inf\",target=\"pc2\"} 3",
+        ] {
+            assert!(text.contains(line), "{line} in {text}");
+        }
         assert!(text.contains("zbridge_requests_total 7"), "{text}");
         assert!(
             text.contains("zbridge_errors_total{code=\"timeout\"} 2"),
             "{text}"
         );
         assert!(text.contains("zbridge_role 1"), "{text}");
-        let text =
-            metrics(&json!({"streams": {"dream": {"up": true, "subscriber_stalls_total": 3}}}));
+        let text = metrics(
+            &json!({"streams": {"dream": {"up": true, "subscriber_stalls_total": 3}}}),
+            &[],
+        );
         assert!(
             text.contains("zbridge_stream_subscriber_stalls_total{stream=\"dream\"} 3"),
             "{text}"

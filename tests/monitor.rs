@@ -114,6 +114,24 @@ fn health_status_and_metrics_move_with_traffic_and_with_a_failover() {
         ),
         Some(0.0)
     );
+    // The request-duration histogram (DESIGN §5), which the parser checks
+    // for order and consistency: five answered requests to pc2.
+    let duration = |part: &str| {
+        let name = format!("zbridge_request_duration_seconds_{part}");
+        sample(&scrape, &name, Some(("target", "pc2")))
+    };
+    assert_eq!(duration("count"), Some(5.0));
+    assert!(duration("sum").unwrap() > 0.0);
+    let all = scrape["samples"].as_array().unwrap().iter();
+    let pc2_buckets: Vec<&Value> = all
+        .filter(|s| s[0] == "zbridge_request_duration_seconds_bucket" && s[1]["target"] == "pc2")
+        .collect();
+    assert!(pc2_buckets.len() >= 10, "{pc2_buckets:?}");
+    let last = pc2_buckets.last().unwrap();
+    assert_eq!(
+        (last[1]["le"].as_str(), last[2].as_f64()),
+        (Some("+Inf"), Some(5.0))
+    );
     let before = get(&format!("{s}/metrics"), true);
     assert_eq!(sample(&before, "zbridge_role", None), Some(0.0));
 

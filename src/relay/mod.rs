@@ -123,6 +123,7 @@ impl Relay {
         let state = State::new(config, now);
         let monitor = std::sync::Arc::new(std::sync::Mutex::new(monitor::Snapshot {
             status: state.status(),
+            durations: state.durations(),
             serving: false,
             taken: now,
         }));
@@ -640,6 +641,7 @@ impl Relay {
         self.sync_view(now);
         let snapshot = monitor::Snapshot {
             status: self.state.status(),
+            durations: self.state.durations(),
             serving: self.machine.phase() != Phase::Stopping
                 && self.frontends.iter().any(Option::is_some),
             taken: now,

@@ -561,6 +561,23 @@ impl State {
         (requests as f64 / seconds, errors as f64 / requests as f64)
     }
 
+    /// Each target's answered requests, for `/metrics`.
+    pub fn durations(&self) -> Vec<crate::monitor::Durations> {
+        self.backends
+            .iter()
+            .filter(|b| !b.retired)
+            .map(|b| {
+                let (sum_s, count, buckets) = b.latency.prometheus();
+                crate::monitor::Durations {
+                    target: b.name.clone(),
+                    sum_s,
+                    count,
+                    buckets,
+                }
+            })
+            .collect()
+    }
+
     /// The status document (DESIGN §5).
     pub fn status(&self) -> Value {
         let errors: serde_json::Map<String, Value> = ErrorCode::ALL

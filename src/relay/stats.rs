@@ -26,6 +26,8 @@ pub struct Stats {
 pub struct Histogram {
     buckets: Vec<u64>,
     count: u64,
+    /// Of every recorded duration, in microseconds.
+    sum_us: u64,
 }
 
 const SUB_BUCKETS: u32 = 4;
@@ -36,6 +38,7 @@ impl Default for Histogram {
         Histogram {
             buckets: vec![0; BUCKETS],
             count: 0,
+            sum_us: 0,
         }
     }
 }
@@ -45,6 +48,7 @@ impl Histogram {
         let us = d.as_micros().clamp(1, u128::from(u64::MAX)) as u64;
         self.buckets[Self::bucket(us).min(BUCKETS - 1)] += 1;
         self.count += 1;
+        self.sum_us = self.sum_us.saturating_add(us);
     }
 
     fn bucket(us: u64) -> usize {
@@ -63,6 +67,31 @@ impl Histogram {
         let order = (i / SUB_BUCKETS as usize) as i32;
         let quarter = (i % SUB_BUCKETS as usize) as f64;
         2f64.powi(order) * (1.0 + (quarter + 1.0) / 4.0)
+    }
+
+    /// As a Prometheus histogram: the sum in seconds, the count, and per
+    /// bucket `(upper bound in seconds, count in it)` (not cumulative; the
+    /// last bound is `f64::MAX`, +Inf). The bounds are the powers of two
+    /// from 128 µs to 33.6 s, where quarter buckets end, so the counts are
+    /// exact (a bucket holds the durations below its bound).
+    pub fn prometheus(&self) -> (f64, u64, Vec<(f64, u64)>) {
+        const FIRST_ORDER: usize = 6;
+        const LAST_ORDER: usize = 24;
+        let per_order = SUB_BUCKETS as usize;
+        let mut out = Vec::with_capacity(LAST_ORDER - FIRST_ORDER + 2);
+        for order in FIRST_ORDER..=LAST_ORDER {
+            let from = if order == FIRST_ORDER {
+                0
+            } else {
+                order * per_order
+            };
+            let to = (order + 1) * per_order;
+            let upper_s = 2f64.powi(order as i32 + 1) / 1e6;
+            out.push((upper_s, self.buckets[from..to].iter().sum()));
+        }
+        let rest = self.buckets[(LAST_ORDER + 1) * per_order..].iter().sum();
+        out.push((f64::MAX, rest));
+        (self.sum_us as f64 / 1e6, self.count, out)
     }
 
     /// The `q` quantile (0..=1) in milliseconds; `None` when empty.
@@ -97,6 +126,34 @@ mod tests {
         let p99 = h.quantile_ms(0.99).unwrap();
         assert!((5.0..=5.0 * 1.25).contains(&p50), "p50 {p50}");
         assert!((9.9..=9.9 * 1.25).contains(&p99), "p99 {p99}");
+    }
+
+    #[test]
+    fn prometheus_buckets_count_each_duration_below_its_bound() {
+        let mut h = Histogram::default();
+        for us in [5, 100, 127, 128, 1_000, 40_000_000] {
+            h.record(Duration::from_micros(us));
+        }
+        let (sum, count, buckets) = h.prometheus();
+        assert_eq!(count, 6);
+        assert!((sum - 40.001360).abs() < 1e-9, "{sum}");
+        assert_eq!(buckets.iter().map(|b| b.1).sum::<u64>(), 6);
+        let at = |bound: f64| {
+            buckets
+                .iter()
+                .find(|b| (b.0 - bound).abs() < 1e-12)
+                .unwrap()
+                .1
+        };
+        assert_eq!(at(0.000128), 3, "5, 100 and 127 µs");
+        assert_eq!(at(0.000256), 1, "128 µs");
+        assert_eq!(at(0.001024), 1, "1 ms");
+        assert_eq!(
+            buckets.last(),
+            Some(&(f64::MAX, 1)),
+            "40 s is beyond 33.6 s"
+        );
+        assert_eq!(buckets[buckets.len() - 2].0, 33.554432);
     }
 
     #[test]
