@@ -912,11 +912,20 @@ impl LoopbackPair {
 
     /// The frontend endpoints, primary port first.
     pub fn endpoints(&self) -> Vec<String> {
-        self.ports[..2]
-            .iter()
-            .map(|p| format!("tcp://127.0.0.1:{p}"))
-            .collect()
+        loopback(&self.ports[..2])
     }
+
+    /// The heartbeat PUB endpoints, primary first.
+    pub fn heartbeat_endpoints(&self) -> Vec<String> {
+        loopback(&self.ports[2..])
+    }
+}
+
+fn loopback(ports: &[u16]) -> Vec<String> {
+    ports
+        .iter()
+        .map(|p| format!("tcp://127.0.0.1:{p}"))
+        .collect()
 }
 
 /// A pair on loopback with two services, two retrying clients (one knows

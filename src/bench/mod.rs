@@ -655,16 +655,15 @@ fn client_pair(load: &ClientLoad) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A pair on loopback with heartbeat 100/300 ms, and client settings for it.
+/// A pair on loopback with heartbeat 100/300 ms, and client settings for
+/// it (the same heartbeat_timeout: how long a call waits on a silent bridge).
 fn local_pair() -> anyhow::Result<(LoopbackPair, zbridge_client::ClientConfig)> {
-    let pair = LoopbackPair::new(Duration::from_millis(100), Duration::from_millis(300))?;
+    let heartbeat_timeout = Duration::from_millis(300);
+    let pair = LoopbackPair::new(Duration::from_millis(100), heartbeat_timeout)?;
     let mut settings = zbridge_client::ClientConfig::local();
     settings.endpoints = pair.endpoints();
-    settings.heartbeat_endpoints = pair.ports[2..]
-        .iter()
-        .map(|p| format!("tcp://127.0.0.1:{p}"))
-        .collect();
-    settings.heartbeat_timeout = Duration::from_millis(300);
+    settings.heartbeat_endpoints = pair.heartbeat_endpoints();
+    settings.heartbeat_timeout = heartbeat_timeout;
     settings.request_timeout = Duration::from_secs(1);
     settings.reconnect_delay = Duration::from_millis(100);
     settings.hold_down = Duration::from_secs(1);
