@@ -7,7 +7,8 @@
 //! lost).
 
 use crate::lab::{
-    ask, follow_stream, free_port, Failover, Fault, Publisher, RetryingReport, Seen, TempConfig,
+    ask, follow_stream, free_port, loopback_endpoints, Failover, Fault, Publisher, RetryingReport,
+    Seen, TempConfig,
 };
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -27,10 +28,7 @@ pub fn run(seconds: u64) -> anyhow::Result<()> {
         publisher.endpoint
     ));
     let pub_ports = [free_port(), free_port()];
-    let pub_endpoints: Vec<String> = pub_ports
-        .iter()
-        .map(|p| format!("tcp://127.0.0.1:{p}"))
-        .collect();
+    let pub_endpoints = loopback_endpoints(&pub_ports);
     let scenario = Failover {
         fault: Fault::Kill,
         heartbeat_interval: Duration::from_millis(100),

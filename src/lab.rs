@@ -912,16 +912,17 @@ impl LoopbackPair {
 
     /// The frontend endpoints, primary port first.
     pub fn endpoints(&self) -> Vec<String> {
-        loopback(&self.ports[..2])
+        loopback_endpoints(&self.ports[..2])
     }
 
     /// The heartbeat PUB endpoints, primary first.
     pub fn heartbeat_endpoints(&self) -> Vec<String> {
-        loopback(&self.ports[2..])
+        loopback_endpoints(&self.ports[2..])
     }
 }
 
-fn loopback(ports: &[u16]) -> Vec<String> {
+/// `tcp://127.0.0.1:PORT` for each port.
+pub fn loopback_endpoints(ports: &[u16]) -> Vec<String> {
     ports
         .iter()
         .map(|p| format!("tcp://127.0.0.1:{p}"))

@@ -5,8 +5,8 @@
 
 use super::Proxy;
 use crate::lab::{
-    follow_stream, free_port, lone_bridge_flags, status, wait_until, BridgeProcess, LoopbackPair,
-    Publisher, Seen, TempConfig, PAYLOAD,
+    follow_stream, free_port, lone_bridge_flags, loopback_endpoints, status, wait_until,
+    BridgeProcess, LoopbackPair, Publisher, Seen, TempConfig, PAYLOAD,
 };
 use anyhow::{bail, Context as _};
 use serde_json::json;
@@ -174,10 +174,7 @@ fn kill_9(exe: &std::path::Path, rate: f64) -> anyhow::Result<serde_json::Value>
             bail!("a bridge did not connect to the publisher");
         }
     }
-    let endpoints: Vec<String> = pub_ports
-        .iter()
-        .map(|p| format!("tcp://127.0.0.1:{p}"))
-        .collect();
+    let endpoints = loopback_endpoints(&pub_ports);
     let stop = Arc::new(AtomicBool::new(false));
     let library = Arc::new(Mutex::new(Seen::default()));
     // Plain SUBs on the primary pub port: one with libzmq's default
