@@ -124,7 +124,7 @@ fn respond(url: &str, snapshot: Option<Snapshot>, stale: Duration) -> (u16, &'st
         "/metrics" => (
             200,
             OPENMETRICS,
-            metrics(&snapshot.status, &snapshot.durations),
+            metrics(&snapshot.status, snapshot.durations),
         ),
         _ => (
             404,
@@ -169,7 +169,7 @@ fn counters_by(registry: &mut Registry, name: &str, help: &str, label: &str, val
 
 /// The OpenMetrics text for a status document and the targets' request
 /// durations.
-pub fn metrics(status: &Value, durations: &[Durations]) -> String {
+pub fn metrics(status: &Value, durations: Vec<Durations>) -> String {
     let mut registry = Registry::default();
     counter(
         &mut registry,
@@ -326,7 +326,7 @@ pub fn metrics(status: &Value, durations: &[Durations]) -> String {
     registry.register(
         "zbridge_request_duration_seconds",
         "Answered requests, from the bridge to the target's backend and back",
-        DurationFamily(durations.to_vec()),
+        DurationFamily(durations),
     );
     stream_metrics(&mut registry, status);
     let mut text = String::new();
@@ -434,7 +434,7 @@ mod tests {
     fn metrics_are_openmetrics_text_named_with_the_prefix() {
         let text = metrics(
             &json!({"requests_total": 7, "role": "active", "errors_total": {"timeout": 2}}),
-            &[Durations {
+            vec![Durations {
                 target: "pc2".into(),
                 sum_s: 0.5,
                 count: 3,
@@ -458,7 +458,7 @@ mod tests {
         assert!(text.contains("zbridge_role 1"), "{text}");
         let text = metrics(
             &json!({"streams": {"dream": {"up": true, "subscriber_stalls_total": 3}}}),
-            &[],
+            Vec::new(),
         );
         assert!(
             text.contains("zbridge_stream_subscriber_stalls_total{stream=\"dream\"} 3"),

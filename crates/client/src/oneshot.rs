@@ -137,10 +137,7 @@ impl Future for Pending {
         match state.result.take() {
             Some(outcome) => Poll::Ready(outcome),
             None => {
-                match &mut state.waker {
-                    Some(waker) => waker.clone_from(cx.waker()),
-                    none => *none = Some(cx.waker().clone()),
-                }
+                state.waker = Some(cx.waker().clone());
                 Poll::Pending
             }
         }
