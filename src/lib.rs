@@ -22,4 +22,5 @@ pub mod run;
 pub mod soak;
 pub mod stop;
 pub mod streams;
+mod throttle;
 pub mod tools;

@@ -26,6 +26,7 @@
 use crate::config::Config;
 use crate::ha::machine::Port;
 use crate::relay::{next_event, recv_frames, watch};
+use crate::throttle::LogThrottle;
 use serde_json::{json, Map, Value};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -139,10 +140,10 @@ struct Upstream {
     published: u64,
     /// Times a subscriber's queue was full (see the module doc).
     stalls: u64,
-    last_stall_log: Option<Instant>,
+    stall_log: LogThrottle,
     /// Subscriptions refused over MAX_PREFIXES.
     refused: u64,
-    last_refusal_log: Option<Instant>,
+    refusal_log: LogThrottle,
 }
 
 /// A prefix some subscriber asked for, and its sequence number.
@@ -230,9 +231,9 @@ impl Worker {
                 received: 0,
                 published: 0,
                 stalls: 0,
-                last_stall_log: None,
+                stall_log: LogThrottle::default(),
                 refused: 0,
-                last_refusal_log: None,
+                refusal_log: LogThrottle::default(),
             });
         }
         let now = Instant::now();
@@ -555,12 +556,7 @@ const STALL_LOG_EVERY: Duration = Duration::from_secs(10);
 impl Upstream {
     fn stalled(&mut self, hwm: i32) {
         self.stalls += 1;
-        let now = Instant::now();
-        if self
-            .last_stall_log
-            .is_none_or(|t| now >= t + STALL_LOG_EVERY)
-        {
-            self.last_stall_log = Some(now);
+        if self.stall_log.due(Instant::now(), STALL_LOG_EVERY) {
             warn!(
                 stream = %self.name,
                 stream_hwm = hwm,
@@ -587,12 +583,7 @@ impl Upstream {
                         // All wanted: a subscriber asking for thousands of
                         // prefixes would cost every message a long scan.
                         self.refused += 1;
-                        let now = Instant::now();
-                        if self
-                            .last_refusal_log
-                            .is_none_or(|t| now >= t + STALL_LOG_EVERY)
-                        {
-                            self.last_refusal_log = Some(now);
+                        if self.refusal_log.due(Instant::now(), STALL_LOG_EVERY) {
                             warn!(stream = %self.name, prefix = %String::from_utf8_lossy(prefix), max = MAX_PREFIXES, subscriptions_refused_total = self.refused, "subscription refused: the stream has as many prefixes subscribed as it takes");
                         }
                         return;

@@ -7,6 +7,7 @@
 pub mod machine;
 
 use crate::config::{tcp_endpoint, Config};
+use crate::throttle::LogThrottle;
 use anyhow::Context as _;
 use std::io::Read;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -39,7 +40,7 @@ pub struct Heartbeats {
     pub endpoint: String,
     pub peer_endpoint: String,
     pub rejected: [u64; Rejected::ALL.len()],
-    last_reject_log: Option<Instant>,
+    reject_log: LogThrottle,
 }
 
 impl Heartbeats {
@@ -78,7 +79,7 @@ impl Heartbeats {
             endpoint: tcp_endpoint(config.own_host(), own_port),
             peer_endpoint,
             rejected: [0; Rejected::ALL.len()],
-            last_reject_log: None,
+            reject_log: LogThrottle::default(),
         })
     }
 
@@ -150,11 +151,7 @@ impl Heartbeats {
                 Ok(message) => valid.push(message),
                 Err(reason) => {
                     self.rejected[reason.index()] += 1;
-                    let quiet = self
-                        .last_reject_log
-                        .is_some_and(|t| now.saturating_duration_since(t) < self.interval);
-                    if !quiet {
-                        self.last_reject_log = Some(now);
+                    if self.reject_log.due(now, self.interval) {
                         warn!(
                             %reason,
                             from = %self.peer_endpoint,
