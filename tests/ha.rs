@@ -188,6 +188,51 @@ fn sigterm_of_the_active_under_load_loses_nothing() {
     );
 }
 
+/// The signature checks the bytes sent: a busy bridge's `load` (a float
+/// whose printed digits a parse and re-print need not keep) once made
+/// genuine heartbeats fail as `bad_auth`, and a passive judge a live active
+/// silent.
+#[test]
+fn a_signed_pair_under_load_rejects_no_genuine_heartbeat() {
+    let pair = Pair::new(&["--auth-token=s3cret"]);
+    let (primary, secondary) = pair.start_both();
+    let client = Retrying {
+        endpoints: vec![pair.primary_endpoint(), pair.secondary_endpoint()],
+        target: "pc2".into(),
+        rate: 1000.0,
+        duration: Duration::from_secs(10),
+        attempt_timeout: Duration::from_millis(500),
+        give_up: Duration::from_secs(5),
+    };
+    let report = client.run().unwrap();
+    assert_eq!(report.lost, 0, "{report:?}");
+    assert!(report.ok >= 5000, "{report:?}");
+    for (endpoint, process) in [
+        (pair.primary_endpoint(), &primary),
+        (pair.secondary_endpoint(), &secondary),
+    ] {
+        let doc = status(&endpoint);
+        let rejected = &doc["heartbeats_rejected_total"];
+        let total: u64 = rejected
+            .as_object()
+            .expect("rejections by reason")
+            .values()
+            .map(|n| n.as_u64().unwrap())
+            .sum();
+        assert_eq!(total, 0, "{endpoint}: {rejected}");
+        assert_eq!(doc["primary_bind_failures_total"], 0, "{endpoint}");
+        assert_eq!(doc["failovers_total"], 0, "{endpoint}");
+        assert_eq!(doc["peer"]["alive"], true, "{endpoint}");
+        assert!(
+            !process.events().iter().any(|e| e["event"] == "bind_failed"),
+            "{endpoint} tried to take a port: {:?}",
+            process.events()
+        );
+    }
+    assert_eq!(status(&pair.primary_endpoint())["role"], "active");
+    assert_eq!(status(&pair.secondary_endpoint())["role"], "passive");
+}
+
 #[test]
 fn forged_stale_and_replayed_heartbeats_neither_delay_nor_cause_a_failover() {
     use zbridge_protocol::heartbeat::{Heartbeat, Message, Node, Role, State};

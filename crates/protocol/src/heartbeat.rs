@@ -4,7 +4,11 @@
 //!
 //! A message is one JSON frame. `auth` is the hex HMAC-SHA256, keyed with
 //! the shared token, of the message without `auth` serialized canonically:
-//! keys sorted, no white space. [`Verifier`] checks, in order: JSON, `type`,
+//! keys sorted, no white space. A signed frame is that canonical text with
+//! `"auth":"<hex>"` inserted as its first member, and a receiver checks the
+//! tag against the bytes it received (the frame minus that member), so a
+//! float whose printed digits would not survive a parse and re-print (a
+//! heartbeat's `load`, its `timestamp`) cannot break a genuine signature. [`Verifier`] checks, in order: JSON, `type`,
 //! `auth` (when a token is configured), fields, `timestamp` skew, and that
 //! `seq` rises for each `boot` (one counter per process for all messages).
 
@@ -84,17 +88,51 @@ impl Message {
         }
     }
 
-    /// One JSON frame, signed when `token` is given.
+    /// One JSON frame in canonical form, signed when `token` is given.
+    ///
+    /// Signed, the frame is the canonical text with `"auth":"<hex>"` as its
+    /// first member (`auth` sorts first among the fields), so the signed
+    /// bytes are the frame itself minus that member: a receiver checks the
+    /// bytes that were sent, never a re-serialisation of what it parsed.
     pub fn encode(&self, token: Option<&[u8]>) -> Vec<u8> {
-        let mut value = serde_json::to_value(self).unwrap_or(Value::Null);
-        if let (Some(token), Value::Object(map)) = (token, &mut value) {
-            let auth = sign(token, &Value::Object(map.clone()));
-            map.insert("auth".into(), Value::String(auth));
+        let mut text = String::new();
+        canonical(
+            &serde_json::to_value(self).unwrap_or(Value::Null),
+            &mut text,
+        );
+        match (token, text.strip_prefix('{')) {
+            (Some(token), Some(members)) => {
+                let auth = to_hex(&mac(token, text.as_bytes()));
+                let separator = if members == "}" { "" } else { "," };
+                format!("{{{AUTH_PREFIX}{auth}\"{separator}{members}").into_bytes()
+            }
+            _ => text.into_bytes(),
         }
-        let mut out = String::new();
-        canonical(&value, &mut out);
-        out.into_bytes()
     }
+}
+
+/// How a signed frame starts: `{` then this, then the hex tag.
+const AUTH_PREFIX: &str = "\"auth\":\"";
+/// Hex digits in an HMAC-SHA256 tag.
+const TAG_HEX: usize = 64;
+
+/// A signed frame split into its tag and the bytes it signs (the frame
+/// without its leading `auth` member); `None` when the frame does not
+/// start with one.
+fn split_signed(frame: &[u8]) -> Option<(Vec<u8>, Vec<u8>)> {
+    let rest = frame
+        .strip_prefix(b"{")?
+        .strip_prefix(AUTH_PREFIX.as_bytes())?;
+    let (tag, rest) = (rest.get(..TAG_HEX)?, rest.get(TAG_HEX..)?);
+    let tag = from_hex(std::str::from_utf8(tag).ok()?)?;
+    let members = match rest.strip_prefix(b"\"")? {
+        [b'}'] => &b"}"[..],
+        rest => rest.strip_prefix(b",")?,
+    };
+    let mut signed = Vec::with_capacity(members.len() + 1);
+    signed.push(b'{');
+    signed.extend_from_slice(members);
+    Some((tag, signed))
 }
 
 /// Why a message was rejected; the label names a metric.
@@ -172,16 +210,15 @@ impl Verifier {
         }
         let auth = map.remove("auth");
         if let Some(token) = &self.token {
-            let auth = auth
-                .as_ref()
-                .and_then(Value::as_str)
-                .ok_or(Rejected::MissingAuth)?;
-            let tag = from_hex(auth).ok_or(Rejected::BadAuth)?;
-            let mut mac = HmacSha256::new_from_slice(token).map_err(|_| Rejected::BadAuth)?;
-            let mut text = String::new();
-            canonical(&value, &mut text);
-            mac.update(text.as_bytes());
-            mac.verify_slice(&tag).map_err(|_| Rejected::BadAuth)?;
+            if auth.is_none() {
+                return Err(Rejected::MissingAuth);
+            }
+            // The bytes as sent: a parsed and re-printed float need not
+            // come back with the same digits.
+            let (tag, signed) = split_signed(frame).ok_or(Rejected::BadAuth)?;
+            let mut check = HmacSha256::new_from_slice(token).map_err(|_| Rejected::BadAuth)?;
+            check.update(&signed);
+            check.verify_slice(&tag).map_err(|_| Rejected::BadAuth)?;
         }
         let message: Message = serde_json::from_value(value).map_err(|_| Rejected::Malformed)?;
         let (boot, seq, timestamp) = message.boot_seq_time();
@@ -205,13 +242,11 @@ impl Verifier {
     }
 }
 
-fn sign(token: &[u8], unsigned: &Value) -> String {
-    let mut text = String::new();
-    canonical(unsigned, &mut text);
+fn mac(token: &[u8], text: &[u8]) -> impl AsRef<[u8]> {
     // HMAC takes keys of any length.
     let mut mac = HmacSha256::new_from_slice(token).expect("HMAC accepts any key length");
-    mac.update(text.as_bytes());
-    to_hex(&mac.finalize().into_bytes())
+    mac.update(text);
+    mac.finalize().into_bytes()
 }
 
 /// JSON with object keys sorted and no white space: the signed form.
@@ -245,8 +280,8 @@ fn canonical(value: &Value, out: &mut String) {
     }
 }
 
-fn to_hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+fn to_hex(bytes: impl AsRef<[u8]>) -> String {
+    bytes.as_ref().iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn from_hex(text: &str) -> Option<Vec<u8>> {
@@ -387,7 +422,60 @@ mod tests {
         assert!(v.verify(&Message::Heartbeat(h).encode(None), NOW).is_ok());
     }
 
+    fn beat(timestamp: f64, load: f64, boot: String, seq: u64, epoch: u64) -> Message {
+        Message::Heartbeat(Heartbeat {
+            timestamp,
+            instance: Role::Passive,
+            port: 5601,
+            uptime: seq / 3,
+            load,
+            node: Node::Secondary,
+            boot,
+            seq,
+            epoch,
+            state: State::Handover,
+        })
+    }
+
     proptest! {
+        /// A genuine signature verifies whatever digits its floats print
+        /// with: the receiver checks the bytes sent, not a re-print.
+        #[test]
+        fn every_genuine_signed_message_verifies(
+            offset in -4.0f64..4.0,
+            load in prop_oneof![0.0f64..=1.0, any::<f64>().prop_filter("finite", |f| f.is_finite())],
+            boot in "\\PC{0,12}",
+            seq in any::<u64>(),
+            epoch in any::<u64>(),
+            token in proptest::collection::vec(any::<u8>(), 0..80),
+        ) {
+            let message = beat(NOW + offset, load, boot.clone(), seq, epoch);
+            let mut v = Verifier::new(Some(token.clone()), 5.0);
+            let verified = v.verify(&message.encode(Some(&token)), NOW);
+            // serde_json's default float parser may be one unit in the last
+            // place off: the fields are compared with the floats as read.
+            let Ok(Message::Heartbeat(read)) = verified else {
+                return Err(TestCaseError::fail(format!("{verified:?}")));
+            };
+            prop_assert!((read.load - load).abs() <= load.abs() * 1e-15, "{} vs {load}", read.load);
+            prop_assert_eq!(Message::Heartbeat(read.clone()), beat(read.timestamp, read.load, boot, seq, epoch));
+            prop_assert!((read.timestamp - (NOW + offset)).abs() < 1e-6);
+        }
+
+        /// Any change to one byte of a signed frame is refused.
+        #[test]
+        fn a_changed_byte_breaks_the_signature(
+            load in 0.0f64..=1.0,
+            at in any::<prop::sample::Index>(),
+            xor in 1u8..=255,
+        ) {
+            let mut frame = beat(NOW, load, "b".into(), 1, 1).encode(Some(b"k"));
+            let i = at.index(frame.len());
+            frame[i] ^= xor;
+            let mut v = Verifier::new(Some(b"k".to_vec()), 5.0);
+            prop_assert!(v.verify(&frame, NOW).is_err(), "{}", String::from_utf8_lossy(&frame));
+        }
+
         #[test]
         fn arbitrary_bytes_never_pass_a_verifier_with_a_token(frame in proptest::collection::vec(any::<u8>(), 0..300)) {
             let mut v = Verifier::new(Some(b"k".to_vec()), 5.0);
