@@ -7,8 +7,8 @@
 //! lost).
 
 use crate::lab::{
-    ask, follow_stream, free_port, loopback_endpoints, Failover, Fault, Publisher, RetryingReport,
-    Seen, TempConfig,
+    ask, follow_stream, free_port, loopback_endpoints, status, Failover, Fault, Publisher,
+    RetryingReport, Seen, TempConfig,
 };
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -60,7 +60,16 @@ pub fn run(seconds: u64) -> anyhow::Result<()> {
         Arc::clone(&seen),
         Arc::clone(&stop),
     );
-    let report = scenario.run(&exe, &mut |primary| show_requests(primary));
+    // Which bridge numbers the stream's copy on the primary pub port: the
+    // subscriber follows whichever copy reaches it first, so the kill moves
+    // its feed only if that was the active's.
+    let mut active_source = None;
+    let report = scenario.run(&exe, &mut |primary| {
+        show_requests(primary);
+        active_source = status(primary)
+            .and_then(|s| s["streams"]["dream"]["source"].as_str().map(str::to_string))
+            .and_then(|hex| u64::from_str_radix(&hex, 16).ok());
+    });
     stop.store(true, Ordering::Relaxed);
     follower
         .join()
@@ -125,6 +134,21 @@ pub fn run(seconds: u64) -> anyhow::Result<()> {
         stream.gaps,
         stream.moves
     );
+    let followed_the_killed = stream.first_source.is_some() && stream.first_source == active_source;
+    let expected_moves = u64::from(followed_the_killed);
+    println!(
+        "    it followed the {} bridge's copy (the first to reach it){}",
+        if followed_the_killed {
+            "killed"
+        } else {
+            "surviving"
+        },
+        if followed_the_killed {
+            ", so the kill moved its feed to the survivor's copy"
+        } else {
+            ": the kill cost its feed nothing, no move needed"
+        }
+    );
     if let Some(role) = &report.rejoined_as {
         println!(
             "  the killed primary was restarted: it joined as {role} (no failback by default)"
@@ -133,6 +157,15 @@ pub fn run(seconds: u64) -> anyhow::Result<()> {
     println!("\nTry it yourself: README.md, \"A two-minute tour\".");
     if report.both.lost + report.primary_only.lost > 0 {
         anyhow::bail!("requests were lost: this is a bug, please report it");
+    }
+    if active_source.is_none() {
+        anyhow::bail!("the active bridge's status named no numbering source for the stream: this is a bug, please report it");
+    }
+    if stream.moves != expected_moves {
+        anyhow::bail!(
+            "the stream subscriber moved {} time(s), expected {expected_moves}: this is a bug, please report it",
+            stream.moves
+        );
     }
     if stream.counters.is_empty() || stream.unknown_gaps > 0 || missed != stream.gaps {
         anyhow::bail!("the stream subscriber lost messages it was not told of: this is a bug, please report it");

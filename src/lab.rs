@@ -1274,6 +1274,9 @@ pub struct Seen {
     pub unknown_gaps: u64,
     /// Moves to the other bridge.
     pub moves: u64,
+    /// The numbering source (the bridge) of the first message delivered:
+    /// whichever bridge's copy reached the subscriber first.
+    pub first_source: Option<u64>,
 }
 
 impl Seen {
@@ -1290,6 +1293,7 @@ impl Seen {
         use zbridge_client::Delivery;
         match delivery {
             Delivery::Message(m) => {
+                self.first_source.get_or_insert(m.source);
                 if let Some(payload) = m.frames.get(1) {
                     self.push(payload);
                 }
