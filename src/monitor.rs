@@ -28,6 +28,9 @@ pub struct Snapshot {
     pub durations: Vec<Durations>,
     /// A frontend is bound and the bridge is not stopping.
     pub serving: bool,
+    /// What is broken while requests are still served (e.g. the stream
+    /// thread stopped), for `/health`.
+    pub problems: Vec<String>,
     pub taken: Instant,
 }
 
@@ -117,7 +120,11 @@ fn respond(url: &str, snapshot: Option<Snapshot>, stale: Duration) -> (u16, &'st
                     "reason": "no frontend port is bound (starting or stopping)"});
                 (503, JSON, doc.to_string())
             } else {
-                (200, JSON, json!({"status": "ok", "role": role}).to_string())
+                let mut doc = json!({"status": "ok", "role": role});
+                if !snapshot.problems.is_empty() {
+                    doc["problems"] = json!(snapshot.problems);
+                }
+                (200, JSON, doc.to_string())
             }
         }
         "/status" => (200, JSON, snapshot.status.to_string()),
@@ -411,6 +418,7 @@ mod tests {
             status: json!({"role": "active", "requests_total": 7, "targets": {}}),
             durations: Vec::new(),
             serving,
+            problems: Vec::new(),
             taken: Instant::now() - age,
         })
     }

@@ -102,10 +102,21 @@ impl Streams {
         self.command(b'r', port);
     }
 
+    /// Never blocks: a stream thread that has stopped (or stopped reading)
+    /// must not hang the relay at its next role change.
     fn command(&self, what: u8, port: Port) {
-        if let Err(e) = self.control.send(&[what, port.index() as u8][..], 0) {
-            error!(error = %e, "cannot reach the streams thread");
+        if let Err(e) = self
+            .control
+            .send(&[what, port.index() as u8][..], zmq::DONTWAIT)
+        {
+            error!(error = %e, alive = self.alive(), "cannot reach the streams thread: its pub ports no longer follow the role");
         }
+    }
+
+    /// The stream thread is still running (it ends on a poll failure or a
+    /// panic; nothing is republished after that).
+    pub fn alive(&self) -> bool {
+        self.thread.as_ref().is_some_and(|t| !t.is_finished())
     }
 
     /// `streams`, `pub_ports` and `stream_subscribers` for the status
@@ -117,7 +128,7 @@ impl Streams {
 
 impl Drop for Streams {
     fn drop(&mut self) {
-        let _ = self.control.send(&b"s"[..], 0);
+        let _ = self.control.send(&b"s"[..], zmq::DONTWAIT);
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
@@ -726,4 +737,38 @@ fn random_source() -> u64 {
     );
     hasher.write_u32(std::process::id());
     hasher.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::File;
+
+    /// A stream thread that has stopped never blocks the relay: its
+    /// commands fail at once (they blocked for ever when the thread was
+    /// gone), and the handle says it is no longer alive.
+    #[test]
+    fn a_stopped_stream_thread_never_blocks_the_relay() {
+        let config = File::from_toml_str(
+            "primary_pub_port = 0\nsecondary_pub_port = 0\n[streams.s]\nendpoint = \"tcp://127.0.0.1:9\"\n",
+        )
+        .and_then(|f| f.validate())
+        .unwrap();
+        let streams = Streams::start(&config).unwrap().unwrap();
+        assert!(streams.alive());
+        streams.control.send(&b"s"[..], 0).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while streams.alive() {
+            assert!(Instant::now() < deadline, "the stream thread did not stop");
+            std::thread::yield_now();
+        }
+        let started = Instant::now();
+        // More commands than the control socket queues (1,000).
+        for _ in 0..5_000 {
+            streams.hold(Port::Primary);
+            streams.release(Port::Secondary);
+        }
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert!(!streams.alive());
+    }
 }

@@ -177,3 +177,44 @@ fn a_request_id_envelope_comes_back_with_every_kind_of_reply() {
     );
     drop(slow);
 }
+
+/// Signals interrupt the relay's reads and polls (EINTR): a flood of
+/// SIGHUP (each one a reload) under load loses no request and does not
+/// end the relay loop.
+#[test]
+fn a_flood_of_sighup_under_load_loses_nothing() {
+    let service = EchoService::start(None).unwrap();
+    let bridge = bridge(&[format!("--pc2-addr={}", service.endpoint)]);
+    let client = zbridge::lab::Retrying {
+        endpoints: vec![bridge.frontend.clone()],
+        target: "pc2".into(),
+        rate: 500.0,
+        duration: Duration::from_secs(3),
+        attempt_timeout: Duration::from_millis(500),
+        give_up: Duration::from_secs(5),
+    };
+    let load = std::thread::spawn(move || client.run().unwrap());
+    let mut sent = 0;
+    while !load.is_finished() && sent < 300 {
+        bridge.signal("HUP").unwrap();
+        sent += 1;
+        // Pacing a signal flood, not waiting for anything.
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let report = load.join().unwrap();
+    assert!(sent >= 100, "only {sent} signals sent");
+    assert_eq!(report.lost, 0, "{report:?}");
+    assert_eq!(report.retries, 0, "{report:?}");
+    assert!(
+        !bridge.log().iter().any(|l| l.contains("Interrupted")),
+        "{:?}",
+        bridge.log()
+    );
+    assert!(report.ok >= 1000, "{report:?}");
+    assert!(
+        bridge.wait_for_log("config reloaded", Duration::from_secs(1)),
+        "the signals were reloads"
+    );
+    let doc = status(&bridge.frontend);
+    assert_eq!(doc["role"], "active");
+}

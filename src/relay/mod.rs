@@ -47,6 +47,9 @@ const CONNECT_GRACE: Duration = Duration::from_millis(250);
 const SNAPSHOT_EVERY: Duration = Duration::from_millis(100);
 /// How often the config file is checked for a change.
 const FILE_CHECK_EVERY: Duration = Duration::from_secs(1);
+/// What `/health` says while the stream thread is gone.
+const STREAMS_STOPPED: &str =
+    "the stream thread has stopped: streams are not republished; restart the bridge";
 
 /// A bound frontend port.
 pub(crate) struct Frontend {
@@ -98,6 +101,8 @@ pub struct Relay {
     /// When to look at the config file's modification time again.
     next_file_check: Instant,
     file_modified: Option<SystemTime>,
+    /// The stream thread was found stopped (logged once).
+    streams_stopped: bool,
 }
 
 impl Relay {
@@ -125,6 +130,7 @@ impl Relay {
             status: state.status(),
             durations: state.durations(),
             serving: false,
+            problems: Vec::new(),
             taken: now,
         }));
         let bind = state.config.monitor_bind();
@@ -157,6 +163,7 @@ impl Relay {
             source,
             set_level,
             next_file_check: now + FILE_CHECK_EVERY,
+            streams_stopped: false,
         })
     }
 
@@ -203,7 +210,7 @@ impl Relay {
             if ready.stop && stop.take() > 0 {
                 self.on_stop(woke, events);
             }
-            if stop.take_hangup() {
+            if ready.hangup && stop.take_hangup() {
                 self.reload(woke, "SIGHUP", events);
             }
             if ready.heartbeats {
@@ -276,8 +283,9 @@ impl Relay {
 
     /// Wait for any socket or the stop descriptor, up to `timeout_ms`.
     fn poll(&self, stop: &Stop, timeout_ms: i64, ready: &mut Readiness) -> anyhow::Result<()> {
-        let mut items = Vec::with_capacity(self.dealers.len() + 4);
+        let mut items = Vec::with_capacity(self.dealers.len() + 7);
         items.push(zmq::PollItem::from_fd(stop.fd(), zmq::POLLIN));
+        items.push(zmq::PollItem::from_fd(stop.hangup_fd(), zmq::POLLIN));
         items.push(self.heartbeats.subscriber().as_poll_item(zmq::POLLIN));
         let mut front_index = [None; 2];
         for (i, frontend) in self.frontends.iter().enumerate() {
@@ -302,7 +310,8 @@ impl Relay {
             Err(e) => return Err(e.into()),
         }
         ready.stop = items[0].is_readable();
-        ready.heartbeats = items[1].is_readable();
+        ready.hangup = items[1].is_readable();
+        ready.heartbeats = items[2].is_readable();
         for (i, index) in front_index.iter().enumerate() {
             ready.frontends[i] = index.is_some_and(|j| items[j].is_readable());
             ready.connections[i] = index.is_some_and(|j| items[j + 1].is_readable());
@@ -635,8 +644,19 @@ impl Relay {
     fn snapshot(&mut self, now: Instant) {
         self.state.sample(now);
         // The stream thread refreshes its part every 100 ms too.
+        let mut problems = Vec::new();
         if let Some(streams) = &self.streams {
             self.state.streams = streams.status();
+            if !streams.alive() {
+                if !self.streams_stopped {
+                    self.streams_stopped = true;
+                    error!("the stream thread has stopped: streams are no longer republished (requests are still relayed); restart the bridge");
+                }
+                self.state
+                    .streams
+                    .insert("stream_thread".into(), "stopped".into());
+                problems.push(STREAMS_STOPPED.to_string());
+            }
         }
         self.sync_view(now);
         let snapshot = monitor::Snapshot {
@@ -644,6 +664,7 @@ impl Relay {
             durations: self.state.durations(),
             serving: self.machine.phase() != Phase::Stopping
                 && self.frontends.iter().any(Option::is_some),
+            problems,
             taken: now,
         };
         if let Ok(mut shared) = self.monitor.lock() {
@@ -736,6 +757,7 @@ fn port_name(port: Port) -> &'static str {
 #[derive(Default)]
 struct Readiness {
     stop: bool,
+    hangup: bool,
     heartbeats: bool,
     frontends: [bool; 2],
     /// A frontend's socket monitor has events.
@@ -821,6 +843,9 @@ fn count_connections(frontend: &mut Frontend) {
 }
 
 /// Read one whole message without blocking; `false` when none is waiting.
+///
+/// A signal that interrupts a read (EINTR) is not an error: the read is
+/// tried again, so a flood of signals (SIGHUP reloads) cannot end the loop.
 pub(crate) fn recv_frames(
     socket: &zmq::Socket,
     frames: &mut Vec<zmq::Message>,
@@ -832,6 +857,7 @@ pub(crate) fn recv_frames(
         match socket.recv(&mut frame, flags) {
             Ok(()) => {}
             Err(zmq::Error::EAGAIN) if frames.is_empty() => return Ok(false),
+            Err(zmq::Error::EINTR) => continue,
             Err(e) => return Err(e),
         }
         // The rest of a multipart message is already here: frames arrive

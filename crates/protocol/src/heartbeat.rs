@@ -102,7 +102,7 @@ impl Message {
         );
         match (token, text.strip_prefix('{')) {
             (Some(token), Some(members)) => {
-                let auth = to_hex(&mac(token, text.as_bytes()));
+                let auth = to_hex(mac(token, text.as_bytes()));
                 let separator = if members == "}" { "" } else { "," };
                 format!("{{{AUTH_PREFIX}{auth}\"{separator}{members}").into_bytes()
             }
