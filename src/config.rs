@@ -662,6 +662,21 @@ impl File {
                 request_timeout,
             });
         }
+        // Requests name targets without regard to case.
+        for (i, target) in targets.iter().enumerate() {
+            if let Some(other) = targets[..i]
+                .iter()
+                .find(|t| t.name.eq_ignore_ascii_case(&target.name))
+            {
+                return Err(ConfigError::new(
+                    format!("targets.{}", target.name),
+                    format!(
+                        "target names match without regard to case, so `{}` is the same target as `{}`: rename one",
+                        target.name, other.name
+                    ),
+                ));
+            }
+        }
         Ok(targets)
     }
 
@@ -898,6 +913,14 @@ mod tests {
         let e = err("heartbeat_timeout = 0.5");
         assert!(e.message.contains("heartbeat_interval"), "{e}");
         assert_eq!(err("[client]\nhold_down = 0").key, "client.hold_down");
+        assert_eq!(
+            err("[targets.PC2]\nendpoint = \"tcp://127.0.0.1:1\"").key,
+            "targets.PC2"
+        );
+        assert_eq!(
+            err("[targets.a]\nendpoint = \"tcp://127.0.0.1:1\"\n[targets.A]\nendpoint = \"tcp://127.0.0.1:2\"").key,
+            "targets.a"
+        );
         assert_eq!(err("[client]\nholddown = 1").key, "holddown");
     }
 

@@ -218,3 +218,32 @@ fn a_flood_of_sighup_under_load_loses_nothing() {
     let doc = status(&bridge.frontend);
     assert_eq!(doc["role"], "active");
 }
+
+/// libzmq's REQ with ZMQ_REQ_CORRELATE puts a 4-byte request id before the
+/// delimiter and drops any reply without it: the id comes back with the
+/// reply (as through zmq_proxy), errors included. Target names match
+/// without regard to case, as in the original bridge.
+#[test]
+fn req_correlate_clients_and_any_spelling_of_a_target_are_served() {
+    let (bridge, _py, _rs, _config) = interop_bridge();
+    let json: &[u8] = br#"{"target":"PY","n":1}"#;
+    let mut requests: Vec<Vec<&[u8]>> = Vec::new();
+    for _ in 0..5 {
+        requests.push(vec![json]);
+        requests.push(vec![b"Rs", b"multi", b""]);
+    }
+    requests.push(vec![br#"{"target":"nowhere"}"#]);
+    let replies = py_client("req-correlate", &bridge.frontend, &requests);
+    assert_eq!(replies.len(), 11, "{replies:?}");
+    for pair in replies[..10].chunks(2) {
+        assert_eq!(pair[0], [b"py".to_vec(), json.to_vec()]);
+        assert_eq!(pair[1], [b"rs".to_vec(), b"multi".to_vec(), Vec::new()]);
+    }
+    assert_eq!(error_of(&replies[10]).0, "unknown_target");
+    // Plain REQ and the configured spelling in the status document.
+    let replies = py_client("req", &bridge.frontend, &[vec![br#"{"target":"Py"}"#]]);
+    assert_eq!(replies[0][0], b"py");
+    let doc = status(&bridge.frontend);
+    assert!(doc["targets"].get("py").is_some(), "{doc}");
+    assert!(doc["targets"].get("PY").is_none(), "{doc}");
+}

@@ -122,7 +122,7 @@ impl State {
     /// A new target; its index is the next dealer's.
     pub fn add_backend(&mut self, target: &Target) {
         self.by_name
-            .insert(target.name.clone(), self.backends.len());
+            .insert(target.name.to_ascii_lowercase(), self.backends.len());
         self.backends.push(Backend {
             name: target.name.clone(),
             endpoint: target.endpoint.clone(),
@@ -142,8 +142,13 @@ impl State {
     }
 
     /// The index of the live target `name`.
+    /// Names match without regard to case, as in the original bridge.
     pub fn target_index(&self, name: &str) -> Option<usize> {
-        self.by_name.get(name).copied()
+        if name.bytes().any(|b| b.is_ascii_uppercase()) {
+            self.by_name.get(&name.to_ascii_lowercase()).copied()
+        } else {
+            self.by_name.get(name).copied()
+        }
     }
 
     /// Take a target out of service: requests in flight to it are still
@@ -151,14 +156,17 @@ impl State {
     pub fn retire(&mut self, index: usize) {
         let backend = &mut self.backends[index];
         backend.retired = true;
-        if self.by_name.get(&backend.name) == Some(&index) {
-            self.by_name.remove(&backend.name);
+        let key = backend.name.to_ascii_lowercase();
+        if self.by_name.get(&key) == Some(&index) {
+            self.by_name.remove(&key);
         }
     }
 
     /// Apply a reloaded config to a kept target (same endpoint).
     pub fn update_backend(&mut self, index: usize, target: &Target) {
         let backend = &mut self.backends[index];
+        // The same target, perhaps spelled another way: shown as now written.
+        backend.name.clone_from(&target.name);
         backend.request_timeout = target.request_timeout;
         backend.breaker.set(
             self.config.breaker_failure_threshold,
@@ -208,7 +216,10 @@ impl State {
             true => self.limiter.admit(&frames[0], Instant::now()).err(),
             false => None,
         };
-        let parsed = parse_request(&frames[1..], &self.config.limits);
+        let is_target = |frame: &[u8]| {
+            std::str::from_utf8(frame).is_ok_and(|name| self.target_index(name).is_some())
+        };
+        let parsed = parse_request(&frames[1..], &self.config.limits, is_target);
         let envelope = parsed.envelope;
         let next = match (limited, parsed.request) {
             (Some((limit, wait)), _) => {
@@ -259,8 +270,8 @@ impl State {
                 "this bridge is handing over or shutting down and takes no new requests here: send it to the other bridge".to_string(),
             ),
             Ok(Request::Action(action)) => Next::Answer(action),
-            Ok(Request::Forward { target, payload }) => match self.by_name.get(target.as_ref()) {
-                Some(&target) => Next::Forward { target, payload },
+            Ok(Request::Forward { target, payload }) => match self.target_index(&target) {
+                Some(target) => Next::Forward { target, payload },
                 None => Next::Reject(ErrorCode::UnknownTarget, self.unknown_target(&target)),
             },
         }
@@ -287,7 +298,11 @@ impl State {
     }
 
     fn unknown_target(&self, target: &str) -> String {
-        let mut names: Vec<&str> = self.by_name.keys().map(String::as_str).collect();
+        let mut names: Vec<&str> = self
+            .by_name
+            .values()
+            .map(|&i| self.backends[i].name.as_str())
+            .collect();
         names.sort_unstable();
         let shown: String = target.chars().take(64).collect();
         format!(

@@ -16,4 +16,6 @@ mod request;
 pub mod stream;
 
 pub use error::{error_reply, parse_error_reply, ErrorCode, Rejection};
-pub use request::{parse_request, Action, Envelope, Limits, Parsed, Request, MAX_REQUEST_ID_LEN};
+pub use request::{
+    parse_request, Action, Envelope, Limits, Parsed, Request, CORRELATE_ID_LEN, MAX_REQUEST_ID_LEN,
+};

@@ -3,9 +3,9 @@
 //! Input is the list of frames a ROUTER socket delivers after the client's
 //! routing identity. REQ clients (and polite DEALERs) put an empty delimiter
 //! frame first; other DEALERs do not; a client with many requests in flight
-//! puts a request id and a delimiter first. The reply must mirror that
-//! choice, so [`Parsed::envelope`] is reported even when the request is
-//! refused.
+//! puts a request id and a delimiter first, and so does libzmq's REQ with
+//! `ZMQ_REQ_CORRELATE` (a 4-byte id). The reply must mirror that choice, so
+//! [`Parsed::envelope`] is reported even when the request is refused.
 
 use crate::error::{ErrorCode, Rejection};
 use serde::Deserialize;
@@ -50,8 +50,12 @@ pub enum Envelope {
     /// An empty delimiter frame (REQ sockets, polite DEALERs).
     Delimiter,
     /// A request id frame and an empty delimiter: `[id, "", request...]`.
-    /// The id is 1 to [`MAX_REQUEST_ID_LEN`] bytes and starts with a zero
-    /// byte, which no target name and no JSON text can start with.
+    /// Either the bridge's own id: 1 to [`MAX_REQUEST_ID_LEN`] bytes
+    /// starting with a zero byte, which no target name and no JSON text can
+    /// start with; or the id libzmq's REQ socket adds with
+    /// `ZMQ_REQ_CORRELATE`: [`CORRELATE_ID_LEN`] bytes of any value, told
+    /// apart from a multipart request whose first payload frame is empty
+    /// (`[target, "", ...]`) by not being the name of a target.
     RequestId,
 }
 
@@ -69,6 +73,10 @@ impl Envelope {
 /// The longest request id frame.
 pub const MAX_REQUEST_ID_LEN: usize = 32;
 
+/// The size of the request id libzmq's REQ socket sends with
+/// `ZMQ_REQ_CORRELATE` (a `uint32_t`).
+pub const CORRELATE_ID_LEN: usize = 4;
+
 /// The outcome of [`parse_request`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Parsed<'a> {
@@ -82,9 +90,15 @@ pub struct Parsed<'a> {
 /// The longest target name accepted on the multipart path.
 const MAX_TARGET_LEN: usize = 128;
 
-/// Parse the frames after the routing identity.
-pub fn parse_request<'a, F: Deref<Target = [u8]>>(frames: &'a [F], limits: &Limits) -> Parsed<'a> {
-    let envelope = envelope(frames);
+/// Parse the frames after the routing identity. `is_target` says whether
+/// a frame names a target: it tells a REQ_CORRELATE id from a target name
+/// (see [`Envelope::RequestId`]).
+pub fn parse_request<'a, F: Deref<Target = [u8]>>(
+    frames: &'a [F],
+    limits: &Limits,
+    is_target: impl Fn(&[u8]) -> bool,
+) -> Parsed<'a> {
+    let envelope = envelope(frames, is_target);
     let body = envelope.frames();
     let request = classify(&frames[body..], limits).map(|request| match request {
         Request::Forward { target, payload } => Request::Forward {
@@ -101,16 +115,19 @@ pub fn parse_request<'a, F: Deref<Target = [u8]>>(frames: &'a [F], limits: &Limi
 }
 
 /// Which envelope a request came in: a lone frame is always a body.
-pub fn envelope<F: Deref<Target = [u8]>>(frames: &[F]) -> Envelope {
+fn envelope<F: Deref<Target = [u8]>>(frames: &[F], is_target: impl Fn(&[u8]) -> bool) -> Envelope {
     match frames {
         [first, _, ..] if first.is_empty() => Envelope::Delimiter,
-        [id, delimiter, ..] if is_request_id(id) && delimiter.is_empty() => Envelope::RequestId,
+        [id, delimiter, ..] if delimiter.is_empty() && is_request_id(id, is_target) => {
+            Envelope::RequestId
+        }
         _ => Envelope::Bare,
     }
 }
 
-fn is_request_id(frame: &[u8]) -> bool {
-    frame.first() == Some(&0) && frame.len() <= MAX_REQUEST_ID_LEN
+fn is_request_id(frame: &[u8], is_target: impl Fn(&[u8]) -> bool) -> bool {
+    let ours = frame.first() == Some(&0) && frame.len() <= MAX_REQUEST_ID_LEN;
+    ours || (frame.len() == CORRELATE_ID_LEN && !is_target(frame))
 }
 
 fn classify<'a, F: Deref<Target = [u8]>>(
@@ -271,10 +288,15 @@ mod tests {
         max_frames: 8,
     };
 
+    /// The targets the tests' bridge has.
+    fn is_target(frame: &[u8]) -> bool {
+        [&b"pc2"[..], b"main_pc", b"rs", b"py", b"pc22"].contains(&frame)
+    }
+
     fn parse(frames: &[&[u8]]) -> Parsed<'static> {
         let owned: Vec<Vec<u8>> = frames.iter().map(|f| f.to_vec()).collect();
         let leaked: &'static [Vec<u8>] = Box::leak(owned.into_boxed_slice());
-        parse_request(leaked, &LIMITS)
+        parse_request(leaked, &LIMITS, is_target)
     }
 
     fn code(frames: &[&[u8]]) -> ErrorCode {
@@ -339,6 +361,25 @@ mod tests {
     }
 
     #[test]
+    fn a_req_correlate_id_is_returned_and_not_forwarded() {
+        // libzmq's REQ with ZMQ_REQ_CORRELATE: [4-byte id, "", body...].
+        for id in [&b"\x07\x00\x00\x00"[..], b"\xb3\x9a\x11\xfe", b"abcd"] {
+            let p = parse(&[id, b"", br#"{"target":"pc2"}"#]);
+            assert_eq!(p.envelope, Envelope::RequestId, "{id:?}");
+            assert_eq!(p.request.unwrap(), forward("pc2", 2));
+            let p = parse(&[id, b"", b"pc2", b"x"]);
+            assert_eq!(p.request.unwrap(), forward("pc2", 3));
+        }
+        // A 4-byte target name with an empty first payload frame stays a
+        // multipart request; so does any other size of first frame.
+        let p = parse(&[b"pc22", b"", b"x"]);
+        assert_eq!(p.envelope, Envelope::Bare);
+        assert_eq!(p.request.unwrap(), forward("pc22", 1));
+        assert_eq!(parse(&[b"abc", b"", b"x"]).envelope, Envelope::Bare);
+        assert_eq!(parse(&[b"abcde", b"", b"x"]).envelope, Envelope::Bare);
+    }
+
+    #[test]
     fn actions() {
         assert_eq!(
             parse(&[br#"{"action":"ping"}"#]).request.unwrap(),
@@ -386,17 +427,17 @@ mod tests {
             max_frames: 8,
         };
         let frames = [deep(r#"{"a":"#)];
-        let p = parse_request(&frames, &limits);
+        let p = parse_request(&frames, &limits, is_target);
         assert_eq!(p.request.unwrap_err().code, ErrorCode::MissingTarget);
         let frames = [deep(r#"{"target":"pc2","a":"#)];
-        let p = parse_request(&frames, &limits);
+        let p = parse_request(&frames, &limits, is_target);
         assert!(matches!(p.request, Ok(Request::Forward { .. })));
     }
 
     #[test]
     fn long_values_are_truncated_in_messages() {
         let frame = format!(r#"{{"target":[{}]}}"#, "1,".repeat(200) + "1");
-        let rejection = parse_request(&[frame.as_bytes()], &LIMITS)
+        let rejection = parse_request(&[frame.as_bytes()], &LIMITS, is_target)
             .request
             .unwrap_err();
         assert!(rejection.message.len() < 200, "{}", rejection.message);
@@ -407,7 +448,7 @@ mod tests {
         fn arbitrary_frames_never_panic_and_errors_are_json(
             frames in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..64), 0..12)
         ) {
-            let p = parse_request(&frames, &LIMITS);
+            let p = parse_request(&frames, &LIMITS, is_target);
             prop_assert_eq!(p.body, p.envelope.frames());
             prop_assert!(p.body == 0 || frames[p.body - 1].is_empty());
             match p.request {
@@ -426,7 +467,7 @@ mod tests {
         ) {
             let frame = serde_json::to_vec(&serde_json::json!({"target": target, "extra": extra})).unwrap();
             let frames = [frame.as_slice()];
-            let p = parse_request(&frames, &LIMITS);
+            let p = parse_request(&frames, &LIMITS, is_target);
             prop_assert_eq!(p.request.unwrap(), Request::Forward { target: target.into(), payload: 0 });
         }
     }
