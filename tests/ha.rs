@@ -20,10 +20,12 @@ fn kill_9_of_the_active_hands_the_primary_port_to_the_passive_in_time() {
     let (at, _) = secondary
         .wait_for_event(Duration::from_secs(5), bound_primary)
         .expect("the passive binds the primary port");
+    // The kernel closed the dead process's connections: no waiting for
+    // heartbeat_timeout.
     let took = at - killed;
     assert!(
-        took <= TIMEOUT + INTERVAL,
-        "took {took:?}, more than heartbeat_timeout + heartbeat_interval"
+        took < TIMEOUT / 3,
+        "took {took:?}: the passive waited for the timeout"
     );
     drop(primary);
 
@@ -41,7 +43,10 @@ fn kill_9_of_the_active_hands_the_primary_port_to_the_passive_in_time() {
     assert_eq!(status["role"], "active");
     assert_eq!(status["failovers_total"], 1);
     assert_eq!(status["epoch"], 2);
-    assert!(secondary.wait_for_log("peer_silent", Duration::from_secs(1)));
+    assert!(secondary.wait_for_log("peer_died", Duration::from_secs(1)));
+    // Its secondary port keeps relaying: a client there is served.
+    let replies = py_client("req", &pair.secondary_endpoint(), &[vec![b"pc2", b"there"]]);
+    assert_eq!(replies, [vec![b"there".to_vec()]]);
 }
 
 #[test]
@@ -98,15 +103,20 @@ fn killed_and_taken_over(pair: &Pair) -> BridgeProcess {
 fn a_restarted_primary_joins_as_passive_and_does_not_take_the_role_back() {
     let pair = Pair::new(&[]);
     let secondary = killed_and_taken_over(&pair);
-    secondary
-        .wait_for_event(Duration::from_secs(5), |e| {
-            e["event"] == "released" && e["port"] == "secondary"
-        })
-        .expect("the secondary port is released for the peer");
+    assert!(
+        !secondary.events().iter().any(|e| e["event"] == "released"),
+        "both ports relay until the peer comes back"
+    );
 
+    // The secondary port is handed back once the peer is heard again.
     let restarted = pair.start("active");
     assert_eq!(restarted.ready["role"], "passive");
     assert_eq!(restarted.frontend, pair.secondary_endpoint());
+    secondary
+        .wait_for_event(Duration::from_secs(1), |e| {
+            e["event"] == "released" && e["port"] == "secondary"
+        })
+        .expect("the secondary port was released for the peer");
     let until = Instant::now() + TIMEOUT * 4;
     while Instant::now() < until {
         assert_eq!(

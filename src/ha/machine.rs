@@ -3,10 +3,12 @@
 //! port or sends a heartbeat; it decides.
 //!
 //! Invariants it keeps: it asks for the primary port only when no running
-//! active peer has been heard for `heartbeat_timeout` (or the peer said it
-//! is leaving); on one host the port itself then decides who is active. Two
-//! actives that hear each other resolve by epoch (a tie: the primary node
-//! stays). A takeover raises the epoch above any epoch heard.
+//! active peer has been heard for `heartbeat_timeout`, or the peer said it
+//! is leaving, or the kernel has shown that the active's process is gone
+//! (its heartbeat connection closed and, on two hosts, a connect to its
+//! frontend was refused); on one host the port itself then decides who is
+//! active. Two actives that hear each other resolve by epoch (a tie: the
+//! primary node stays). A takeover raises the epoch above any epoch heard.
 
 use std::time::{Duration, Instant};
 use zbridge_protocol::heartbeat::{Node, Role, State};
@@ -63,6 +65,12 @@ pub enum Event {
     Bound(Port, bool),
     /// A port asked for with [`Effect::Drain`] is closed.
     Released(Port),
+    /// The connection to the peer's heartbeat port closed: the peer's
+    /// process may be gone (or a proxy, or the network, closed it).
+    PeerDisconnected,
+    /// The answer to [`Effect::ProbePeer`]: a connect to the peer's
+    /// primary port was refused, so no process of the peer listens there.
+    PeerDown,
     /// SIGTERM or SIGINT.
     Stop,
 }
@@ -78,6 +86,8 @@ pub enum Reason {
     PortHeld,
     /// No heartbeat from the active peer for heartbeat_timeout.
     PeerSilent,
+    /// The active peer's process is gone, on the kernel's word.
+    PeerDied,
     /// The active peer said it is stopping, or handing over.
     PeerLeaving,
     /// Two actives: the peer has the higher epoch (or the tie).
@@ -94,6 +104,7 @@ impl Reason {
             Reason::PeerActive => "peer_active",
             Reason::PortHeld => "primary_port_held",
             Reason::PeerSilent => "peer_silent",
+            Reason::PeerDied => "peer_died",
             Reason::PeerLeaving => "peer_leaving",
             Reason::HigherEpoch => "peer_has_higher_epoch",
             Reason::Preempt => "preempt",
@@ -114,6 +125,9 @@ pub enum Effect {
     PublishNow,
     /// Publish a failover notification.
     Notify,
+    /// Find out whether the peer's process is gone (two hosts): connect
+    /// to its primary port; answer [`Event::PeerDown`] if refused.
+    ProbePeer,
     /// Everything is released: end the process.
     Exit,
     /// The role changed.
@@ -154,6 +168,15 @@ pub struct Machine {
     peer_leaving_until: Option<Instant>,
     bind_pending: [bool; 2],
     holding: [bool; 2],
+    /// Asked to drain and not yet released.
+    draining: [bool; 2],
+    /// A bind of the primary port on the kernel's word that the active's
+    /// process is gone (its heartbeat connection closed): on one host the
+    /// bind itself is the proof, so its failure is no alarm.
+    proving: bool,
+    /// The active peer's process is gone (one host: its port was free;
+    /// two hosts: its frontend refused a connect).
+    peer_died: bool,
     /// When to try the primary (or secondary) port again.
     retry_at: [Option<Instant>; 2],
     /// Draining the primary port to hand it to the primary node.
@@ -182,6 +205,9 @@ impl Machine {
             peer_leaving_until: None,
             bind_pending: [false; 2],
             holding: [false; 2],
+            draining: [false; 2],
+            proving: false,
+            peer_died: false,
             retry_at: [None; 2],
             handing_over: false,
             failovers: 0,
@@ -287,6 +313,7 @@ impl Machine {
             Event::Bound(port, ok) => self.bound(now, port, ok, &mut effects),
             Event::Released(port) => {
                 self.holding[port.index()] = false;
+                self.draining[port.index()] = false;
                 if port == Port::Primary {
                     self.handing_over = false;
                 }
@@ -299,8 +326,44 @@ impl Machine {
                 self.exit_if_done(&mut effects);
             }
             Event::Stop => self.stop(&mut effects),
+            Event::PeerDisconnected => self.disconnected(now, &mut effects),
+            Event::PeerDown => {
+                if self.waiting_for_active(now) {
+                    self.peer_died = true;
+                    self.bind(Port::Primary, &mut effects);
+                }
+            }
         }
         effects
+    }
+
+    /// Passive, without the primary port, and the last word from the peer
+    /// was a running active heard within the timeout: the state in which
+    /// proof of its death means a takeover now rather than at the timeout.
+    fn waiting_for_active(&self, now: Instant) -> bool {
+        self.phase == Phase::Passive
+            && !self.holding[Port::Primary.index()]
+            && self.peer_alive(now)
+            && self
+                .peer
+                .is_some_and(|(_, p)| p.role == Role::Active && p.state == State::Running)
+    }
+
+    /// The peer's heartbeat connection closed. On one host, try the
+    /// primary port at once: free means the active's process is gone (the
+    /// kernel closed its sockets), held means it is not (a closed
+    /// connection alone is no proof). On two hosts, ask for a probe of the
+    /// peer's frontend.
+    fn disconnected(&mut self, now: Instant, effects: &mut Vec<Effect>) {
+        if !self.waiting_for_active(now) {
+            return;
+        }
+        if self.settings.same_host {
+            self.proving = true;
+            self.bind(Port::Primary, effects);
+        } else {
+            effects.push(Effect::ProbePeer);
+        }
     }
 
     fn tick(&mut self, now: Instant, effects: &mut Vec<Effect>) {
@@ -363,6 +426,19 @@ impl Machine {
                     self.give_up_primary(now, Reason::HigherEpoch, effects);
                 }
             }
+            // After a takeover on one host the active kept relaying on the
+            // secondary port too; the peer is back and needs it.
+            Phase::Active
+                if self.settings.same_host
+                    && peer.role == Role::Passive
+                    && peer.node != self.settings.node
+                    && self.holding[Port::Secondary.index()]
+                    && !(self.settings.preempt
+                        && self.settings.node == Node::Secondary
+                        && peer.node == Node::Primary) =>
+            {
+                self.drain(Port::Secondary, effects);
+            }
             Phase::Active
                 if self.settings.preempt
                     && self.settings.node == Node::Secondary
@@ -383,7 +459,7 @@ impl Machine {
     fn give_up_primary(&mut self, now: Instant, reason: Reason, effects: &mut Vec<Effect>) {
         self.active_seen = now;
         self.change(Phase::Passive, reason, effects);
-        effects.push(Effect::Drain(Port::Primary));
+        self.drain(Port::Primary, effects);
         if !self.holding[Port::Secondary.index()] {
             self.bind(Port::Secondary, effects);
         }
@@ -397,7 +473,7 @@ impl Machine {
             self.retry_at[i] = None;
         }
         match (port, ok, self.phase) {
-            (_, true, Phase::Stopping) => effects.push(Effect::Drain(port)),
+            (_, true, Phase::Stopping) => self.drain(port, effects),
             (Port::Primary, true, Phase::Listening) => {
                 self.epoch += 1;
                 self.change(Phase::Active, Reason::NoActivePeer, effects);
@@ -405,22 +481,33 @@ impl Machine {
             (Port::Primary, true, Phase::Passive) => {
                 let reason = if self.peer_leaving_until.take().is_some() {
                     Reason::PeerLeaving
+                } else if self.proving || self.peer_died {
+                    Reason::PeerDied
                 } else {
                     Reason::PeerSilent
                 };
+                self.proving = false;
+                self.peer_died = false;
                 let heard = self.peer.map_or(0, |(_, p)| p.epoch);
                 self.epoch = self.epoch.max(heard) + 1;
                 self.failovers += 1;
                 self.change(Phase::Active, reason, effects);
                 effects.push(Effect::Notify);
-                if self.settings.same_host && self.holding[Port::Secondary.index()] {
-                    effects.push(Effect::Drain(Port::Secondary));
-                }
+                // The secondary port stays open and relays: its clients
+                // lose nothing. It is released when the peer comes back.
             }
             (Port::Primary, false, Phase::Listening) => {
                 self.active_seen = now;
                 self.change(Phase::Passive, Reason::PortHeld, effects);
                 self.bind(Port::Secondary, effects);
+            }
+            // Held after a closed heartbeat connection: the active's
+            // process is alive after all. No alarm; the timeout still runs.
+            (Port::Primary, false, _) if std::mem::take(&mut self.proving) => {}
+            // The peer said it is leaving and has not released the port
+            // yet: expected, retried soon, no alarm.
+            (Port::Primary, false, _) if self.peer_leaving_until.is_some() => {
+                self.retry_at[i] = Some(now + self.settings.fast_retry);
             }
             (Port::Primary, false, _) => {
                 self.bind_failures += 1;
@@ -428,12 +515,7 @@ impl Machine {
                     port,
                     silent_for: now.saturating_duration_since(self.active_seen),
                 });
-                let wait = if self.peer_leaving_until.is_some() {
-                    self.settings.fast_retry
-                } else {
-                    self.settings.heartbeat_timeout
-                };
-                self.retry_at[i] = Some(now + wait);
+                self.retry_at[i] = Some(now + self.settings.heartbeat_timeout);
             }
             (Port::Secondary, false, _) => {
                 // The peer holds it until it has drained: retry soon.
@@ -456,7 +538,7 @@ impl Machine {
         self.change(Phase::Stopping, Reason::Stop, effects);
         for port in [Port::Primary, Port::Secondary] {
             if self.holding[port.index()] {
-                effects.push(Effect::Drain(port));
+                self.drain(port, effects);
             }
         }
         self.exit_if_done(effects);
@@ -468,6 +550,13 @@ impl Machine {
             && self.bind_pending == [false; 2]
         {
             effects.push(Effect::Exit);
+        }
+    }
+
+    /// Ask for a held port to be drained and closed, once.
+    fn drain(&mut self, port: Port, effects: &mut Vec<Effect>) {
+        if !std::mem::replace(&mut self.draining[port.index()], true) {
+            effects.push(Effect::Drain(port));
         }
     }
 

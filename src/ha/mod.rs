@@ -1,15 +1,21 @@
 //! High availability: the role machine ([`machine`], pure) and the heartbeat
 //! I/O ([`Heartbeats`]): a PUB socket that publishes this instance's
 //! heartbeats and failover notifications, a SUB socket connected to the
-//! peer's, and the [`Verifier`] every received message passes first. The
-//! relay loop polls the SUB socket and feeds valid heartbeats to the machine.
+//! peer's (with a socket monitor: a closed connection is the first sign
+//! that the peer's process died), and the [`Verifier`] every received
+//! message passes first. The relay loop polls the SUB socket and feeds
+//! valid heartbeats to the machine. [`Probe`] asks the kernel whether the
+//! peer's frontend still listens, for the two-host proof of death.
 
 pub mod machine;
 
 use crate::config::{tcp_endpoint, Config};
 use crate::throttle::LogThrottle;
 use anyhow::Context as _;
-use std::io::Read;
+use std::io::{Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tracing::{debug, warn};
 use zbridge_protocol::heartbeat::{
@@ -28,6 +34,8 @@ pub struct Beat {
 pub struct Heartbeats {
     publisher: zmq::Socket,
     subscriber: zmq::Socket,
+    /// The subscriber's socket monitor: its connection to the peer closed.
+    links: zmq::Socket,
     verifier: Verifier,
     token: Option<Vec<u8>>,
     node: Node,
@@ -61,6 +69,7 @@ impl Heartbeats {
         // A peer that is gone must not be waited for: reconnect quickly.
         subscriber.set_reconnect_ivl(100)?;
         subscriber.set_reconnect_ivl_max(1000)?;
+        let links = crate::relay::watch(context, &subscriber, &[zmq::SocketEvent::DISCONNECTED])?;
         let peer_endpoint = tcp_endpoint(config.peer_host(), peer_port);
         subscriber.connect(&peer_endpoint).with_context(|| {
             format!("cannot connect to the peer's heartbeats at {peer_endpoint}")
@@ -68,6 +77,7 @@ impl Heartbeats {
         Ok(Heartbeats {
             publisher,
             subscriber,
+            links,
             verifier: Verifier::new(config.auth_token.clone(), config.heartbeat_max_skew),
             token: config.auth_token.clone(),
             node: config.node(),
@@ -85,6 +95,21 @@ impl Heartbeats {
 
     pub fn subscriber(&self) -> &zmq::Socket {
         &self.subscriber
+    }
+
+    /// Readable when the connection to the peer's heartbeats changed.
+    pub fn links(&self) -> &zmq::Socket {
+        &self.links
+    }
+
+    /// Whether the connection to the peer's heartbeat port closed since
+    /// the last call.
+    pub fn peer_disconnected(&self) -> bool {
+        let mut closed = false;
+        while let Some(event) = crate::relay::next_event(&self.links) {
+            closed |= event == zmq::SocketEvent::DISCONNECTED.to_raw();
+        }
+        closed
     }
 
     pub fn boot(&self) -> &str {
@@ -164,6 +189,80 @@ impl Heartbeats {
         }
         valid
     }
+}
+
+/// A connect to the peer's primary port, on a thread of its own (a
+/// connect to a dead host can take its whole timeout), reporting through
+/// a socket pair the relay polls.
+pub struct Probe {
+    read: UnixStream,
+    write: UnixStream,
+    running: bool,
+}
+
+impl Probe {
+    pub fn new() -> std::io::Result<Probe> {
+        let (read, write) = UnixStream::pair()?;
+        read.set_nonblocking(true)?;
+        Ok(Probe {
+            read,
+            write,
+            running: false,
+        })
+    }
+
+    /// Readable when a probe has finished.
+    pub fn fd(&self) -> RawFd {
+        self.read.as_raw_fd()
+    }
+
+    /// Connect to `host:port` within `timeout`, unless a probe runs.
+    pub fn start(&mut self, host: &str, port: u16, timeout: Duration) {
+        if self.running {
+            return;
+        }
+        let Ok(mut write) = self.write.try_clone() else {
+            return;
+        };
+        let host = host.to_string();
+        let spawned = std::thread::Builder::new()
+            .name("probe".into())
+            .spawn(move || {
+                let refused = refused(&host, port, timeout);
+                let _ = write.write_all(&[u8::from(refused)]);
+            });
+        self.running = spawned.is_ok();
+    }
+
+    /// The finished probe's answer: `Some(true)` when the connect was
+    /// refused (nothing listens there: the peer's process is gone).
+    pub fn take(&mut self) -> Option<bool> {
+        let mut answer = [0u8; 1];
+        match (&self.read).read(&mut answer) {
+            Ok(1) => {
+                self.running = false;
+                Some(answer[0] == 1)
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Whether every address of `host:port` refused a connect: the kernel
+/// answered that no process listens there. A connect that succeeds, times
+/// out or fails otherwise (no route, a dead host) is no such answer.
+fn refused(host: &str, port: u16, timeout: Duration) -> bool {
+    let Ok(addresses) = (host, port).to_socket_addrs() else {
+        return false;
+    };
+    let mut any = false;
+    for address in addresses {
+        match TcpStream::connect_timeout(&address, timeout) {
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => any = true,
+            _ => return false,
+        }
+    }
+    any
 }
 
 fn boot_of(message: &Message) -> &str {

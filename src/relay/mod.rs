@@ -28,10 +28,11 @@ pub use limit::Rate;
 
 use crate::config::{tcp_endpoint, Config, LogLevel, Source, Target};
 use crate::ha::machine::{Effect, Event, Machine, Peer, Phase, Port, Settings};
-use crate::ha::{Beat, Heartbeats};
+use crate::ha::{Beat, Heartbeats, Probe};
 use crate::monitor;
 use crate::stop::Stop;
 use crate::streams::Streams;
+use crate::throttle::LogThrottle;
 use inflight::Key;
 use serde_json::{json, Value};
 use state::{Return, State};
@@ -45,6 +46,10 @@ const BATCH: usize = 256;
 const CONNECT_GRACE: Duration = Duration::from_millis(250);
 /// How often the monitoring snapshot is refreshed.
 const SNAPSHOT_EVERY: Duration = Duration::from_millis(100);
+/// How long a draining port keeps relaying new requests at most (bounded
+/// by half of drain_timeout): long enough for lockstep clients to fall
+/// quiet, short enough to hand the port on when they never do.
+const RELAY_WHILE_DRAINING: Duration = Duration::from_secs(2);
 /// How often the config file is checked for a change.
 const FILE_CHECK_EVERY: Duration = Duration::from_secs(1);
 /// What `/health` says while the stream thread is gone.
@@ -57,13 +62,14 @@ pub(crate) struct Frontend {
     /// The endpoint as bound, with the real port.
     endpoint: String,
     port: u16,
-    /// Set while draining: new requests get `draining`; closed at this
-    /// deadline or once nothing is in flight on it...
+    /// Set while draining: closed once its clients are quiet (nothing in
+    /// flight on it, no request waiting to be read), or at this deadline.
     draining_until: Option<Instant>,
-    /// ...but not before this: a port given up after a takeover keeps
-    /// answering `draining` for a moment, so that clients caught in the
-    /// handover are told where to go instead of meeting a closed port.
-    open_until: Option<Instant>,
+    /// While draining, new requests are relayed as usual until this
+    /// instant, so that a plain lockstep client is served until the port
+    /// closes right behind a reply; after it (a port that never goes quiet)
+    /// they get `draining`.
+    relay_until: Instant,
     /// libzmq's socket monitor: accepted and closed client connections.
     events: zmq::Socket,
     clients: u64,
@@ -82,6 +88,8 @@ pub struct Relay {
     /// One per target, by index; `None` once a retired target is drained.
     dealers: Vec<Option<zmq::Socket>>,
     heartbeats: Heartbeats,
+    /// Whether the peer's frontend still listens (two hosts).
+    probe: Probe,
     /// The stream thread, when streams are configured; its pub ports
     /// follow the frontends.
     streams: Option<Streams>,
@@ -103,6 +111,8 @@ pub struct Relay {
     file_modified: Option<SystemTime>,
     /// The stream thread was found stopped (logged once).
     streams_stopped: bool,
+    /// When the attempt to take the primary port was last logged.
+    take_log: LogThrottle,
 }
 
 impl Relay {
@@ -148,6 +158,7 @@ impl Relay {
             frontends: [None, None],
             dealers,
             heartbeats,
+            probe: Probe::new()?,
             streams,
             machine,
             first_effects,
@@ -164,6 +175,7 @@ impl Relay {
             set_level,
             next_file_check: now + FILE_CHECK_EVERY,
             streams_stopped: false,
+            take_log: LogThrottle::default(),
         })
     }
 
@@ -234,6 +246,17 @@ impl Relay {
                 }
                 self.sync_view(woke);
             }
+            if ready.peer_link && self.heartbeats.peer_disconnected() {
+                self.handle(woke, Event::PeerDisconnected, events);
+            }
+            if ready.probe && self.probe.take() == Some(true) {
+                info!(
+                    peer_host = %self.state.config.peer_host(),
+                    port = self.state.config.primary_port,
+                    "the peer's frontend refuses connections: its process is gone"
+                );
+                self.handle(woke, Event::PeerDown, events);
+            }
             for (ready, frontend) in ready.connections.iter().zip(&mut self.frontends) {
                 if let (true, Some(frontend)) = (ready, frontend) {
                     count_connections(frontend);
@@ -283,10 +306,12 @@ impl Relay {
 
     /// Wait for any socket or the stop descriptor, up to `timeout_ms`.
     fn poll(&self, stop: &Stop, timeout_ms: i64, ready: &mut Readiness) -> anyhow::Result<()> {
-        let mut items = Vec::with_capacity(self.dealers.len() + 7);
+        let mut items = Vec::with_capacity(self.dealers.len() + 9);
         items.push(zmq::PollItem::from_fd(stop.fd(), zmq::POLLIN));
         items.push(zmq::PollItem::from_fd(stop.hangup_fd(), zmq::POLLIN));
         items.push(self.heartbeats.subscriber().as_poll_item(zmq::POLLIN));
+        items.push(self.heartbeats.links().as_poll_item(zmq::POLLIN));
+        items.push(zmq::PollItem::from_fd(self.probe.fd(), zmq::POLLIN));
         let mut front_index = [None; 2];
         for (i, frontend) in self.frontends.iter().enumerate() {
             if let Some(f) = frontend {
@@ -312,6 +337,8 @@ impl Relay {
         ready.stop = items[0].is_readable();
         ready.hangup = items[1].is_readable();
         ready.heartbeats = items[2].is_readable();
+        ready.peer_link = items[3].is_readable();
+        ready.probe = items[4].is_readable();
         for (i, index) in front_index.iter().enumerate() {
             ready.frontends[i] = index.is_some_and(|j| items[j].is_readable());
             ready.connections[i] = index.is_some_and(|j| items[j + 1].is_readable());
@@ -331,8 +358,7 @@ impl Relay {
             .frontends
             .iter()
             .flatten()
-            .flat_map(|f| [f.draining_until, f.open_until])
-            .flatten();
+            .filter_map(|f| f.draining_until);
         let next = self
             .state
             .next_deadline()
@@ -380,7 +406,11 @@ impl Relay {
         for effect in effects {
             match effect {
                 Effect::Bind(port) => {
-                    if port == Port::Primary && self.machine.phase() == Phase::Passive {
+                    // A leaving peer's port is retried every few ms: said once.
+                    if port == Port::Primary
+                        && self.machine.phase() == Phase::Passive
+                        && self.take_log.due(now, self.state.config.heartbeat_timeout)
+                    {
                         info!(
                             peer = %self.heartbeats.peer_endpoint,
                             "no running active peer: trying to take the primary port"
@@ -402,19 +432,23 @@ impl Relay {
                         if let (Some(streams), Port::Primary) = (&self.streams, port) {
                             streams.release(port);
                         }
-                        let config = &self.state.config;
-                        frontend.draining_until = Some(now + config.drain_timeout);
-                        // The primary port must move to the peer at once;
-                        // the secondary port can linger for the stragglers.
-                        let linger = match (port, self.machine.phase()) {
-                            (Port::Secondary, Phase::Active) => config.heartbeat_timeout,
-                            _ => Duration::ZERO,
-                        };
-                        frontend.open_until = Some(now + linger.min(config.drain_timeout));
+                        let drain = self.state.config.drain_timeout;
+                        frontend.draining_until = Some(now + drain);
+                        frontend.relay_until = now + (drain / 2).min(RELAY_WHILE_DRAINING);
                     }
                     None => self.handle(now, Event::Released(port), events),
                 },
                 Effect::PublishNow => self.publish(now),
+                Effect::ProbePeer => {
+                    let config = &self.state.config;
+                    info!(
+                        peer = %self.heartbeats.peer_endpoint,
+                        "the connection to the active peer closed: checking whether its process is gone"
+                    );
+                    let timeout = config.heartbeat_timeout.min(Duration::from_secs(2));
+                    self.probe
+                        .start(config.peer_host(), config.primary_port, timeout);
+                }
                 Effect::Notify => {
                     let port = self.frontends[Port::Primary.index()]
                         .as_ref()
@@ -493,10 +527,13 @@ impl Relay {
         for port in [Port::Primary, Port::Secondary] {
             let i = port.index();
             let idle = self.state.front_in_flight[i] == 0;
+            // Quiet: nothing in flight and no request waiting to be read.
+            // This runs right after the replies of the last round were
+            // sent, so a lockstep client's port closes right behind its
+            // reply, before it can send the next request into it.
             let done = self.frontends[i].as_ref().is_some_and(|f| {
-                f.draining_until.is_some_and(|until| {
-                    now >= until || (idle && f.open_until.is_none_or(|t| now >= t))
-                })
+                f.draining_until
+                    .is_some_and(|until| now >= until || (idle && !readable(&f.socket)))
             });
             if !done {
                 continue;
@@ -758,6 +795,9 @@ fn port_name(port: Port) -> &'static str {
 struct Readiness {
     stop: bool,
     hangup: bool,
+    /// The heartbeat subscriber's monitor has events.
+    peer_link: bool,
+    probe: bool,
     heartbeats: bool,
     frontends: [bool; 2],
     /// A frontend's socket monitor has events.
@@ -825,7 +865,7 @@ fn open_frontend(context: &zmq::Context, config: &Config, endpoint: &str) -> zmq
         endpoint: bound,
         port,
         draining_until: None,
-        open_until: None,
+        relay_until: Instant::now(),
         events,
         clients: 0,
     })
@@ -939,6 +979,13 @@ pub(crate) fn bound_port(socket: &zmq::Socket) -> anyhow::Result<u16> {
         .next()
         .and_then(|p| p.parse().ok())
         .ok_or_else(|| anyhow::anyhow!("cannot read the port of {endpoint}"))
+}
+
+fn readable(socket: &zmq::Socket) -> bool {
+    socket
+        .get_events()
+        .map(|e| e.contains(zmq::POLLIN))
+        .unwrap_or(false)
 }
 
 fn writable(socket: &zmq::Socket) -> bool {

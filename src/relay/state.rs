@@ -209,11 +209,12 @@ impl State {
         frames: &mut Vec<zmq::Message>,
     ) {
         self.stats.requests_total += 1;
+        let now = Instant::now();
         let draining = frontends[port.index()]
             .as_ref()
-            .is_none_or(|f| f.draining_until.is_some());
+            .is_none_or(|f| f.draining_until.is_some() && now >= f.relay_until);
         let limited = match self.limiter.enabled() {
-            true => self.limiter.admit(&frames[0], Instant::now()).err(),
+            true => self.limiter.admit(&frames[0], now).err(),
             false => None,
         };
         let is_target = |frame: &[u8]| {

@@ -171,11 +171,9 @@ fn a_passive_fails_over_after_heartbeat_timeout_of_silence() {
             changed(Phase::Passive, Phase::Active, Reason::PeerSilent, 2),
             Effect::PublishNow,
             Effect::Notify,
-            Effect::Drain(Port::Secondary),
         ]
     );
     assert_eq!(m.failovers(), 1);
-    assert_eq!(m.step(ms(t0, 400), Event::Released(Port::Secondary)), []);
 }
 
 #[test]
@@ -332,27 +330,140 @@ fn preempt_hands_the_role_back_to_the_primary_node() {
     );
 }
 
-#[test]
-fn a_passive_whose_lingering_secondary_port_closes_binds_it_again() {
-    let t0 = Instant::now();
-    let (mut m, _) = Machine::new(settings(Node::Secondary, true), t0);
+/// The secondary node after a takeover on one host: it holds both ports.
+fn active_secondary_on_both_ports(t0: Instant, preempt: bool) -> Machine {
+    let (mut m, _) = Machine::new(settings(Node::Secondary, preempt), t0);
     m.step(t0, Event::Bound(Port::Secondary, true));
     m.step(ms(t0, 300), Event::Tick);
     let effects = m.step(ms(t0, 301), Event::Bound(Port::Primary, true));
-    assert!(effects.contains(&Effect::Drain(Port::Secondary)));
-    // The primary node returns while the secondary port still lingers.
+    assert!(
+        !effects.iter().any(|e| matches!(e, Effect::Drain(_))),
+        "both ports keep relaying after a takeover: {effects:?}"
+    );
+    m
+}
+
+#[test]
+fn after_a_takeover_the_secondary_port_is_released_once_the_peer_returns() {
+    let t0 = Instant::now();
+    let mut m = active_secondary_on_both_ports(t0, false);
+    let back = peer(Role::Passive, Node::Primary, 0, State::Running);
+    assert_eq!(m.step(ms(t0, 350), back), [Effect::Drain(Port::Secondary)]);
+    assert_eq!(m.step(ms(t0, 450), back), [], "asked once");
+    assert_eq!(m.step(ms(t0, 500), Event::Released(Port::Secondary)), []);
+    assert_eq!(m.phase(), Phase::Active);
+    assert_eq!(m.step(ms(t0, 550), back), [], "nothing left to release");
+}
+
+#[test]
+fn preempt_hands_the_primary_port_back_and_keeps_serving_on_the_secondary() {
+    let t0 = Instant::now();
+    let mut m = active_secondary_on_both_ports(t0, true);
     let effects = m.step(
         ms(t0, 350),
         peer(Role::Passive, Node::Primary, 0, State::Running),
     );
     assert!(
+        effects.contains(&Effect::Drain(Port::Primary)),
+        "{effects:?}"
+    );
+    assert!(!effects.contains(&Effect::Drain(Port::Secondary)));
+    assert!(
         !effects.contains(&Effect::Bind(Port::Secondary)),
         "still held"
     );
+    assert_eq!(m.phase(), Phase::Passive);
+}
+
+#[test]
+fn a_closed_heartbeat_connection_on_one_host_tries_the_port_at_once() {
+    let t0 = Instant::now();
+    let mut m = passive_secondary(t0);
+    // The active died: its port is free.
     assert_eq!(
-        m.step(ms(t0, 601), Event::Released(Port::Secondary)),
-        [Effect::Bind(Port::Secondary)]
+        m.step(ms(t0, 5), Event::PeerDisconnected),
+        [Effect::Bind(Port::Primary)]
     );
+    assert_eq!(
+        m.step(ms(t0, 6), Event::Bound(Port::Primary, true))[0],
+        changed(Phase::Passive, Phase::Active, Reason::PeerDied, 2)
+    );
+    // Something else closed the connection: the port is held. No alarm,
+    // nothing counted, and the timeout still runs from the last heartbeat.
+    let mut m = passive_secondary(t0);
+    m.step(ms(t0, 5), Event::PeerDisconnected);
+    assert_eq!(m.step(ms(t0, 6), Event::Bound(Port::Primary, false)), []);
+    assert_eq!(m.bind_failures(), 0);
+    assert_eq!(m.next_deadline(), Some(ms(t0, 300)));
+    assert_eq!(m.phase(), Phase::Passive);
+}
+
+#[test]
+fn a_closed_heartbeat_connection_on_two_hosts_asks_for_a_probe() {
+    let t0 = Instant::now();
+    let (mut m, _) = Machine::new(
+        Settings {
+            same_host: false,
+            ..settings(Node::Secondary, false)
+        },
+        t0,
+    );
+    m.step(t0, Event::Bound(Port::Secondary, true));
+    m.step(t0, peer(Role::Active, Node::Primary, 1, State::Running));
+    assert_eq!(
+        m.step(ms(t0, 5), Event::PeerDisconnected),
+        [Effect::ProbePeer]
+    );
+    // The frontend still listens: no answer, nothing changes.
+    assert_eq!(m.step(ms(t0, 10), Event::Tick), []);
+    // Refused: the process is gone.
+    assert_eq!(
+        m.step(ms(t0, 20), Event::PeerDown),
+        [Effect::Bind(Port::Primary)]
+    );
+    assert_eq!(
+        m.step(ms(t0, 21), Event::Bound(Port::Primary, true))[0],
+        changed(Phase::Passive, Phase::Active, Reason::PeerDied, 2)
+    );
+}
+
+#[test]
+fn a_closed_connection_is_no_proof_without_a_live_active_to_lose() {
+    let t0 = Instant::now();
+    // The peer was passive: there is no active to replace.
+    let (mut m, _) = Machine::new(settings(Node::Secondary, false), t0);
+    m.step(t0, Event::Bound(Port::Secondary, true));
+    m.step(t0, peer(Role::Passive, Node::Primary, 1, State::Running));
+    assert_eq!(m.step(ms(t0, 5), Event::PeerDisconnected), []);
+    assert_eq!(m.step(ms(t0, 5), Event::PeerDown), []);
+    // An active hears its passive peer's connection close: nothing to do.
+    let mut m = active_primary(t0, false);
+    m.step(
+        ms(t0, 310),
+        peer(Role::Passive, Node::Secondary, 1, State::Running),
+    );
+    assert_eq!(m.step(ms(t0, 320), Event::PeerDisconnected), []);
+    // The active was already silent past the timeout: the timer handles it.
+    let mut m = passive_secondary(t0);
+    assert_eq!(m.step(ms(t0, 400), Event::PeerDisconnected), []);
+}
+
+#[test]
+fn a_leaving_peer_that_still_holds_its_port_is_no_alarm() {
+    let t0 = Instant::now();
+    let mut m = passive_secondary(t0);
+    m.step(
+        ms(t0, 10),
+        peer(Role::Active, Node::Primary, 1, State::Leaving),
+    );
+    for t in [11, 31, 51] {
+        assert_eq!(m.step(ms(t0, t), Event::Bound(Port::Primary, false)), []);
+        assert_eq!(
+            m.step(ms(t0, t + 20), Event::Tick),
+            [Effect::Bind(Port::Primary)]
+        );
+    }
+    assert_eq!(m.bind_failures(), 0);
 }
 
 #[test]
@@ -422,7 +533,10 @@ fn a_stop_during_start_up_exits_once_the_pending_bind_is_undone() {
 
 /// Two machines on two hosts (no port lock to help them), wired through an
 /// in-memory link with a fake clock; random crashes, restarts and graceful
-/// stops of either node.
+/// stops of either node, and heartbeat connections closed by something
+/// other than a death (a proxy, a restarted socket). The kernel's word
+/// is modelled as it is: a crash closes the peer's heartbeat connection,
+/// and a probe of its frontend is refused only while its process is gone.
 mod simulation {
     use super::*;
 
@@ -442,6 +556,10 @@ mod simulation {
         nodes: [Node_; 2],
         /// Heartbeats in flight: (deliver at, to node, what).
         link: Vec<(Instant, usize, Peer)>,
+        /// What the kernel tells a node: (deliver at, to node, event).
+        kernel: Vec<(Instant, usize, Event)>,
+        /// When an active died while its peer was a passive that heard it.
+        died: Option<Instant>,
         rng: u64,
         /// Last time some node was active.
         last_active: Instant,
@@ -459,6 +577,8 @@ mod simulation {
                     draining: Vec::new(),
                 }),
                 link: Vec::new(),
+                kernel: Vec::new(),
+                died: None,
                 rng: seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1,
                 last_active: t0,
             };
@@ -528,7 +648,14 @@ mod simulation {
                         Effect::Drain(port) => self.nodes[i].draining.push((port, now + 3 * STEP)),
                         Effect::PublishNow => self.beat(i),
                         Effect::Exit => self.nodes[i].machine = None,
-                        Effect::Notify | Effect::Changed { .. } | Effect::BindFailed { .. } => {}
+                        // Refused only while no process of the peer runs.
+                        Effect::ProbePeer if self.nodes[1 - i].machine.is_none() => {
+                            self.kernel.push((now + STEP, i, Event::PeerDown));
+                        }
+                        Effect::ProbePeer
+                        | Effect::Notify
+                        | Effect::Changed { .. }
+                        | Effect::BindFailed { .. } => {}
                     }
                 }
                 queue = next;
@@ -541,9 +668,15 @@ mod simulation {
             let (due, later): (Vec<_>, Vec<_>) =
                 self.link.drain(..).partition(|(at, _, _)| *at <= now);
             self.link = later;
-            for (_, to, peer) in due {
+            let (told, later): (Vec<_>, Vec<_>) =
+                self.kernel.drain(..).partition(|(at, _, _)| *at <= now);
+            self.kernel = later;
+            let heard = due
+                .into_iter()
+                .map(|(at, to, peer)| (at, to, Event::Heard(peer)));
+            for (_, to, event) in heard.chain(told) {
                 if let Some(m) = self.nodes[to].machine.as_mut() {
-                    let effects = m.step(now, Event::Heard(peer));
+                    let effects = m.step(now, event);
                     self.apply(to, effects);
                 }
             }
@@ -584,11 +717,33 @@ mod simulation {
 
         fn fault(&mut self) {
             let i = self.random(2) as usize;
-            match (self.random(3), self.nodes[i].machine.is_some()) {
+            match (self.random(4), self.nodes[i].machine.is_some()) {
                 (0, true) => {
-                    // kill -9: the process and its heartbeats are gone.
+                    // kill -9: the process and its heartbeats are gone,
+                    // and the kernel closes its connections.
+                    let was_active = self.nodes[i]
+                        .machine
+                        .as_ref()
+                        .is_some_and(|m| m.phase() == Phase::Active);
+                    let now = self.now;
+                    let watched = self.nodes[1 - i].machine.as_ref().is_some_and(|m| {
+                        m.phase() == Phase::Passive
+                            && m.peer_alive(now)
+                            && m.peer().is_some_and(|(_, p)| p.role == Role::Active)
+                    });
+                    if was_active && watched {
+                        self.died = Some(now);
+                    }
                     self.nodes[i].machine = None;
                     self.link.retain(|(_, to, _)| *to == i);
+                    self.kernel.retain(|(_, to, _)| *to != i);
+                    self.kernel
+                        .push((now + STEP, 1 - i, Event::PeerDisconnected));
+                }
+                (3, true) => {
+                    // A heartbeat connection closed with both alive.
+                    self.kernel
+                        .push((self.now + STEP, i, Event::PeerDisconnected));
                 }
                 (1, true) => {
                     let now = self.now;
@@ -628,6 +783,20 @@ mod simulation {
                     world.now - world.last_active,
                     world.now - world.t0
                 );
+                // A death the kernel reported is taken over at once, not
+                // at the timeout.
+                if let Some(died) = world.died {
+                    if actives == 1 {
+                        world.died = None;
+                    } else {
+                        assert!(
+                            world.now - died <= 10 * STEP,
+                            "seed {seed}: no takeover {:?} after a kill -9 at {:?}",
+                            world.now - died,
+                            died - world.t0
+                        );
+                    }
+                }
                 if world.now >= next_fault {
                     world.fault();
                     next_fault = world.now + Duration::from_millis(200 + world.random(2000));
