@@ -38,6 +38,7 @@ use state::{Return, State};
 use std::time::{Duration, Instant, SystemTime};
 use tracing::{error, info, warn};
 use zbridge_protocol::heartbeat::{Message, Role, State as PeerState};
+use zbridge_protocol::time::later;
 
 /// Messages read from one socket before the loop looks at the others.
 const BATCH: usize = 256;
@@ -130,7 +131,11 @@ impl Relay {
         let bind = state.config.monitor_bind();
         // Stale after a few heartbeat intervals without a refresh: the loop
         // is stuck.
-        let stale = (state.config.heartbeat_interval * 3).max(Duration::from_secs(2));
+        let stale = state
+            .config
+            .heartbeat_interval
+            .saturating_mul(3)
+            .max(Duration::from_secs(2));
         let port = monitor::start(&bind, std::sync::Arc::clone(&monitor), stale)?;
         let monitor_endpoint = format!(
             "http://{}",
@@ -394,14 +399,14 @@ impl Relay {
                             streams.release(port);
                         }
                         let config = &self.state.config;
-                        frontend.draining_until = Some(now + config.drain_timeout);
+                        frontend.draining_until = Some(later(now, config.drain_timeout));
                         // The primary port must move to the peer at once;
                         // the secondary port can linger for the stragglers.
                         let linger = match (port, self.machine.phase()) {
                             (Port::Secondary, Phase::Active) => config.heartbeat_timeout,
                             _ => Duration::ZERO,
                         };
-                        frontend.open_until = Some(now + linger.min(config.drain_timeout));
+                        frontend.open_until = Some(later(now, linger.min(config.drain_timeout)));
                     }
                     None => self.handle(now, Event::Released(port), events),
                 },
@@ -711,7 +716,9 @@ fn settings(config: &Config) -> Settings {
         heartbeat_timeout: config.heartbeat_timeout,
         fast_retry: (config.heartbeat_interval / 10)
             .clamp(Duration::from_millis(5), Duration::from_millis(50)),
-        leave_window: config.drain_timeout + config.heartbeat_timeout * 2,
+        leave_window: config
+            .drain_timeout
+            .saturating_add(config.heartbeat_timeout.saturating_mul(2)),
     }
 }
 
