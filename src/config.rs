@@ -15,6 +15,7 @@ use std::fmt;
 use std::net::IpAddr;
 use std::path::Path;
 use std::time::Duration;
+use zbridge_client::rules::MAX_SECONDS;
 use zbridge_protocol::heartbeat::Node;
 use zbridge_protocol::Limits;
 
@@ -45,6 +46,13 @@ impl fmt::Display for ConfigError {
 }
 
 impl std::error::Error for ConfigError {}
+
+/// The rules shared with the client name the bridge's own keys.
+impl From<zbridge_client::ConfigError> for ConfigError {
+    fn from(e: zbridge_client::ConfigError) -> Self {
+        ConfigError::new(e.key, e.message)
+    }
+}
 
 /// The role an instance starts in; its home role names the node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -502,7 +510,7 @@ impl File {
                 ),
             ));
         }
-        seconds("reconnect_delay", self.reconnect_delay)?;
+        positive_seconds("reconnect_delay", self.reconnect_delay)?;
         at_least(
             "max_reconnect_attempts",
             self.max_reconnect_attempts as usize,
@@ -545,7 +553,7 @@ impl File {
             heartbeat_interval,
             heartbeat_timeout,
             heartbeat_max_skew,
-            auth_token: self.auth_token()?,
+            auth_token: zbridge_client::rules::auth_token(&self.auth_token, &self.auth_token_file)?,
             preempt: self.preempt,
             monitor_host: self.monitor_host.clone(),
             primary_monitor_port: self.primary_monitor_port,
@@ -576,7 +584,7 @@ impl File {
                 n => n,
             },
             max_in_flight: self.max_in_flight,
-            drain_timeout: seconds("drain_timeout", self.drain_timeout)?,
+            drain_timeout: seconds_or_zero("drain_timeout", self.drain_timeout)?,
             rate_limit_per_client: rate(
                 "rate_limit_per_client",
                 self.rate_limit_per_client,
@@ -593,39 +601,6 @@ impl File {
             log_format: self.log_format,
             log_level: self.log_level,
         })
-    }
-
-    /// The secret from `auth_token`, `auth_token_file` or the environment.
-    fn auth_token(&self) -> Result<Option<Vec<u8>>, ConfigError> {
-        if !self.auth_token.is_empty() && !self.auth_token_file.is_empty() {
-            return Err(ConfigError::new(
-                "auth_token_file",
-                "set either auth_token or auth_token_file, not both",
-            ));
-        }
-        if !self.auth_token.is_empty() {
-            return Ok(Some(self.auth_token.as_bytes().to_vec()));
-        }
-        if !self.auth_token_file.is_empty() {
-            let text = std::fs::read_to_string(&self.auth_token_file).map_err(|e| {
-                ConfigError::new(
-                    "auth_token_file",
-                    format!("cannot read {}: {e}", self.auth_token_file),
-                )
-            })?;
-            let token = text.lines().next().unwrap_or("").trim();
-            if token.is_empty() {
-                return Err(ConfigError::new(
-                    "auth_token_file",
-                    format!("{} is empty", self.auth_token_file),
-                ));
-            }
-            return Ok(Some(token.as_bytes().to_vec()));
-        }
-        Ok(std::env::var("ZBRIDGE_AUTH_TOKEN")
-            .ok()
-            .filter(|t| !t.is_empty())
-            .map(String::into_bytes))
     }
 
     fn targets(&self, default_timeout: Duration) -> Result<Vec<Target>, ConfigError> {
@@ -707,35 +682,54 @@ fn name_rule(key: &str, what: &str, name: &str) -> Result<(), ConfigError> {
     Ok(())
 }
 
-fn seconds(key: &str, value: f64) -> Result<Duration, ConfigError> {
-    Duration::try_from_secs_f64(value).map_err(|_| {
+/// A duration key: more than 0 and at most a week (the rule the client
+/// applies to the keys it shares with the bridge).
+fn positive_seconds(key: &str, value: f64) -> Result<Duration, ConfigError> {
+    Ok(zbridge_client::rules::seconds(key, value)?)
+}
+
+/// A duration key where 0 means "not at all".
+fn seconds_or_zero(key: &str, value: f64) -> Result<Duration, ConfigError> {
+    if value == 0.0 {
+        return Ok(Duration::ZERO);
+    }
+    positive_seconds(key, value).map_err(|_| {
         ConfigError::new(
             key,
-            format!("must be a number of seconds, 0 or more; got {value}"),
+            format!("must be 0 to {MAX_SECONDS} seconds (a week); got {value:?}"),
         )
     })
 }
 
-fn positive_seconds(key: &str, value: f64) -> Result<Duration, ConfigError> {
-    match seconds(key, value)? {
-        d if d.is_zero() => Err(ConfigError::new(
-            key,
-            format!("must be more than 0 seconds; got {value}"),
-        )),
-        d => Ok(d),
-    }
-}
+/// The slowest rate limit, in requests per second: one request in 1000 s.
+/// Slower, the wait a refused client is told of outgrows any timeout.
+const MIN_RATE: f64 = 0.001;
+/// The fastest rate limit and the largest burst: far above what one relay
+/// thread can carry, and small enough that a bucket's arithmetic stays exact.
+const MAX_RATE: f64 = 1e9;
 
 /// A rate limit from its two keys; `None` when the rate is 0.
 fn rate(key: &str, per_second: f64, burst: f64) -> Result<Option<Rate>, ConfigError> {
-    for (key, value) in [
-        (key.to_string(), per_second),
-        (format!("{key}_burst"), burst),
+    for (key, value, zero, min, unit) in [
+        (
+            key.to_string(),
+            per_second,
+            "no limit",
+            MIN_RATE,
+            "requests per second",
+        ),
+        (
+            format!("{key}_burst"),
+            burst,
+            "one second's worth",
+            1.0,
+            "requests",
+        ),
     ] {
-        if !value.is_finite() || value < 0.0 {
+        if !(value == 0.0 || (min..=MAX_RATE).contains(&value)) {
             return Err(ConfigError::new(
                 key,
-                format!("must be 0 (no limit) or more; got {value}"),
+                format!("must be 0 ({zero}) or {min} to {MAX_RATE} {unit}; got {value:?}"),
             ));
         }
     }
@@ -756,7 +750,7 @@ fn at_least(key: &str, value: usize, min: usize) -> Result<(), ConfigError> {
     if value < min {
         return Err(ConfigError::new(
             key,
-            format!("must be at least {min}; got {value}"),
+            format!("must be at least {min}; got {value:?}"),
         ));
     }
     Ok(())
@@ -899,6 +893,67 @@ mod tests {
         assert!(e.message.contains("heartbeat_interval"), "{e}");
         assert_eq!(err("[client]\nhold_down = 0").key, "client.hold_down");
         assert_eq!(err("[client]\nholddown = 1").key, "holddown");
+    }
+
+    #[test]
+    fn durations_and_rates_are_bounded_to_what_the_clock_arithmetic_takes() {
+        for key in [
+            "heartbeat_interval",
+            "heartbeat_timeout",
+            "request_timeout",
+            "drain_timeout",
+            "reconnect_delay",
+            "heartbeat_max_skew",
+            "breaker_open_wait",
+        ] {
+            for value in ["1e19", "604801.0", "inf", "nan"] {
+                let e = err(&format!("{key} = {value}"));
+                assert_eq!(e.key, key, "{key} = {value}: {e}");
+                assert!(e.message.contains("604800"), "{e}");
+            }
+        }
+        let e = err("[targets.x]\nendpoint = \"tcp://127.0.0.1:1\"\nrequest_timeout = 1e19");
+        assert_eq!(e.key, "targets.x.request_timeout");
+        assert_eq!(err("[client]\nhold_down = 1e19").key, "client.hold_down");
+        for key in ["rate_limit_per_client", "rate_limit_global"] {
+            for value in ["1e-300", "0.0009", "2e9", "inf", "nan"] {
+                let e = err(&format!("{key} = {value}"));
+                assert_eq!(e.key, key, "{key} = {value}: {e}");
+                assert!(e.message.contains("0.001 to 1000000000"), "{e}");
+            }
+            assert_eq!(
+                err(&format!("{key}_burst = 1e10")).key,
+                format!("{key}_burst")
+            );
+        }
+        // At the bounds: accepted, and a drain of 0 is no drain.
+        let c = File::from_toml_str(
+            "heartbeat_interval = 604799.0\nheartbeat_timeout = 604800.0\nrequest_timeout = 604800.0\n\
+             drain_timeout = 0.0\nrate_limit_per_client = 0.001\nrate_limit_per_client_burst = 1.0\n\
+             rate_limit_global = 1e9\n",
+        )
+        .unwrap()
+        .validate()
+        .unwrap();
+        assert_eq!(c.heartbeat_timeout, Duration::from_secs(604_800));
+        assert_eq!(c.drain_timeout, Duration::ZERO);
+        assert_eq!(c.rate_limit_global.unwrap().burst, 1e9);
+    }
+
+    #[test]
+    fn the_token_file_must_be_a_small_regular_file() {
+        for (path, why) in [
+            ("/dev/zero", "a character device"),
+            ("/tmp", "a directory"),
+            ("/nonexistent/token", "cannot read"),
+        ] {
+            let e = err(&format!("auth_token_file = \"{path}\""));
+            assert_eq!(e.key, "auth_token_file");
+            assert!(e.message.contains(why), "{e}");
+        }
+        let e = err("auth_token = \"a\"\nauth_token_file = \"/etc/hostname\"");
+        assert_eq!(e.key, "auth_token_file");
+        assert!(e.message.contains("not both"), "{e}");
     }
 
     #[test]
