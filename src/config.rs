@@ -561,7 +561,7 @@ impl File {
             primary_port: self.primary_port,
             secondary_port: self.secondary_port,
             bind_host: self.bind_host.clone(),
-            targets: self.targets(request_timeout)?,
+            targets: targets_fit(self.targets(request_timeout)?, open_files_limit())?,
             streams: self.streams()?,
             primary_pub_port: self.primary_pub_port,
             secondary_pub_port: self.secondary_pub_port,
@@ -663,6 +663,59 @@ impl File {
         }
         toml::to_string(&shown).unwrap_or_else(|e| format!("# cannot print config: {e}\n"))
     }
+}
+
+/// File descriptors one target takes: its DEALER's mailbox, its connection
+/// and libzmq's own for it. Measured with `/proc/PID/fd`: 29 with no
+/// target, 329 with 100 connected ones, 1529 with 500.
+const FDS_PER_TARGET: u64 = 3;
+/// Targets one ZeroMQ context holds: libzmq's default of 1023 sockets
+/// (ZMQ_MAX_SOCKETS) less the bridge's own (frontends and their monitors,
+/// heartbeats) and room for targets re-pointed by a reload, which hold two
+/// sockets until the old one is drained.
+const MAX_TARGETS: usize = 1000;
+
+/// The targets, if the bridge can open them all: at most [`MAX_TARGETS`],
+/// and at most half of the open-file limit (the other half is kept for
+/// client connections, the monitor and streams).
+fn targets_fit(targets: Vec<Target>, open_files: Option<u64>) -> Result<Vec<Target>, ConfigError> {
+    let by_files = open_files.map_or(usize::MAX, |limit| {
+        usize::try_from(limit / 2 / FDS_PER_TARGET).unwrap_or(usize::MAX)
+    });
+    let most = by_files.min(MAX_TARGETS);
+    if targets.len() <= most {
+        return Ok(targets);
+    }
+    let files = match open_files {
+        Some(limit) => format!(
+            "each takes {FDS_PER_TARGET} file descriptors and may use half of this process's open-file limit of {limit} (RLIMIT_NOFILE: `ulimit -n`, or LimitNOFILE= in a systemd unit), which is enough for {by_files}; "
+        ),
+        None => String::new(),
+    };
+    Err(ConfigError::new(
+        "targets",
+        format!(
+            "{} targets, but at most {most} can be opened: {files}one ZeroMQ context holds at most {MAX_TARGETS}",
+            targets.len()
+        ),
+    ))
+}
+
+/// This process's soft limit on open files, from `/proc/self/limits`;
+/// `None` where that cannot be read or it says "unlimited".
+fn open_files_limit() -> Option<u64> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    parse_open_files(&limits)
+}
+
+fn parse_open_files(limits: &str) -> Option<u64> {
+    limits
+        .lines()
+        .find_map(|line| line.strip_prefix("Max open files"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// Target and stream names: what a log line, a metric label and a stamp
@@ -954,6 +1007,47 @@ mod tests {
         let e = err("auth_token = \"a\"\nauth_token_file = \"/etc/hostname\"");
         assert_eq!(e.key, "auth_token_file");
         assert!(e.message.contains("not both"), "{e}");
+    }
+
+    #[test]
+    fn targets_are_bounded_by_the_open_file_limit_and_the_context() {
+        let targets = |n: usize| -> Vec<Target> {
+            (0..n)
+                .map(|i| Target {
+                    name: format!("t{i}"),
+                    endpoint: "tcp://127.0.0.1:1".into(),
+                    request_timeout: Duration::from_secs(1),
+                })
+                .collect()
+        };
+        assert_eq!(targets_fit(targets(170), Some(1024)).unwrap().len(), 170);
+        let e = targets_fit(targets(171), Some(1024)).unwrap_err();
+        assert_eq!(e.key, "targets");
+        assert!(e.message.starts_with("171 targets, but at most 170"), "{e}");
+        assert!(e.message.contains("open-file limit of 1024"), "{e}");
+        assert_eq!(targets_fit(targets(1000), None).unwrap().len(), 1000);
+        let e = targets_fit(targets(1001), None).unwrap_err();
+        assert!(
+            e.message.contains("one ZeroMQ context holds at most 1000"),
+            "{e}"
+        );
+        assert!(targets_fit(targets(1001), Some(1 << 20)).is_err());
+    }
+
+    #[test]
+    fn the_open_file_limit_is_the_soft_one() {
+        let limits = "Limit                     Soft Limit           Hard Limit           Units\n\
+                      Max stack size            8388608              unlimited            bytes\n\
+                      Max open files            1024                 524288               files\n";
+        assert_eq!(parse_open_files(limits), Some(1024));
+        assert_eq!(
+            parse_open_files(
+                "Max open files            unlimited            unlimited            files\n"
+            ),
+            None
+        );
+        assert_eq!(parse_open_files(""), None);
+        assert!(open_files_limit().is_some(), "Linux has /proc/self/limits");
     }
 
     #[test]
