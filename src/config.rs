@@ -235,19 +235,80 @@ pub struct Source {
 }
 
 impl Source {
+    /// The config at start: the file (or the defaults) with the flags on top.
     pub fn load(&self) -> Result<Config, ConfigError> {
-        let mut file = File::load(self.path.as_deref())?.with_overrides(&self.overrides);
+        self.merged(File::load(self.path.as_deref())?).validate()
+    }
+
+    /// The config a reload applies: validated as at start, and refused
+    /// when the file has no keys (saved empty, only comments) or when it
+    /// would leave the running bridge without any target.
+    pub fn reload(&self, running: &Config) -> Result<Config, ConfigError> {
+        let file = match &self.path {
+            None => File::default(),
+            Some(path) => {
+                let text = read_text(path)?;
+                if !has_keys(&text) {
+                    return Err(ConfigError::new(
+                        "",
+                        format!(
+                            "{} has no keys (empty, or only blanks and comments): not applied; an emptied file is more likely a mistake than a wish for the defaults",
+                            path.display()
+                        ),
+                    ));
+                }
+                File::parse(path, &text)?
+            }
+        };
+        let config = self.merged(file).validate()?;
+        if config.targets.is_empty() && !running.targets.is_empty() {
+            return Err(ConfigError::new(
+                "targets",
+                "the new config has no target: it would remove every target the bridge serves, so it is not applied; keep at least one",
+            ));
+        }
+        Ok(config)
+    }
+
+    fn merged(&self, file: File) -> File {
+        let mut file = file.with_overrides(&self.overrides);
         if self.mode.is_some() {
             file.mode = self.mode;
         }
-        file.validate()
+        file
     }
 
-    /// When the file last changed, if there is one.
-    pub fn modified(&self) -> Option<std::time::SystemTime> {
-        let path = self.path.as_ref()?;
-        std::fs::metadata(path).and_then(|m| m.modified()).ok()
+    /// The file's size and modification time now, if there is a file.
+    pub fn stamp(&self) -> Option<Stamp> {
+        let metadata = std::fs::metadata(self.path.as_ref()?).ok()?;
+        Some(Stamp {
+            len: metadata.len(),
+            modified: metadata.modified().ok()?,
+        })
     }
+}
+
+/// What the file watcher compares: a file being written changes one or
+/// the other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stamp {
+    pub len: u64,
+    pub modified: std::time::SystemTime,
+}
+
+/// Whether a TOML text sets anything at all; a text that does not parse
+/// counts as having keys, so that the parser names what is wrong.
+fn has_keys(text: &str) -> bool {
+    toml::from_str::<toml::Table>(text).map_or(true, |table| !table.is_empty())
+}
+
+fn read_text(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|e| {
+        ConfigError::new(
+            "",
+            format!("cannot read config file {}: {e}", path.display()),
+        )
+    })
 }
 
 /// The two targets that the seed's `main_pc_addr` and `pc2_addr` define.
@@ -431,16 +492,14 @@ pub fn tcp_endpoint(host: &str, port: u16) -> String {
 impl File {
     /// Read a config file; `None` means built-in defaults only.
     pub fn load(path: Option<&Path>) -> Result<File, ConfigError> {
-        let Some(path) = path else {
-            return Ok(File::default());
-        };
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            ConfigError::new(
-                "",
-                format!("cannot read config file {}: {e}", path.display()),
-            )
-        })?;
-        File::from_toml_str(&text)
+        match path {
+            None => Ok(File::default()),
+            Some(path) => File::parse(path, &read_text(path)?),
+        }
+    }
+
+    fn parse(path: &Path, text: &str) -> Result<File, ConfigError> {
+        File::from_toml_str(text)
             .map_err(|e| ConfigError::new(e.key, format!("{} (in {})", e.message, path.display())))
     }
 
@@ -1048,6 +1107,38 @@ mod tests {
         );
         assert_eq!(parse_open_files(""), None);
         assert!(open_files_limit().is_some(), "Linux has /proc/self/limits");
+    }
+
+    #[test]
+    fn a_reload_refuses_a_file_without_keys_or_without_targets() {
+        let path = std::env::temp_dir().join(format!("zbridge-reload-{}.toml", std::process::id()));
+        let source = Source {
+            path: Some(path.clone()),
+            overrides: Overrides::default(),
+            mode: None,
+        };
+        let running = File::default().validate().unwrap();
+        for empty in ["", "\n  \n", "# only a comment\n\n# and another\n"] {
+            std::fs::write(&path, empty).unwrap();
+            assert!(
+                source.load().is_ok(),
+                "at start, no keys means the defaults"
+            );
+            let e = source.reload(&running).unwrap_err();
+            assert_eq!(e.key, "");
+            assert!(e.message.contains("has no keys"), "{e}");
+        }
+        std::fs::write(&path, "main_pc_addr = \"\"\npc2_addr = \"\"\n").unwrap();
+        assert_eq!(source.reload(&running).unwrap_err().key, "targets");
+        let idle = source.load().unwrap();
+        assert!(idle.targets.is_empty());
+        assert!(
+            source.reload(&idle).is_ok(),
+            "a bridge without targets stays so"
+        );
+        std::fs::write(&path, "log_level = \"debug\"\n").unwrap();
+        assert_eq!(source.reload(&running).unwrap().log_level, LogLevel::Debug);
+        std::fs::remove_file(&path).unwrap();
     }
 
     #[test]

@@ -23,6 +23,7 @@ mod inflight;
 mod limit;
 mod state;
 mod stats;
+mod watch;
 
 pub use limit::Rate;
 
@@ -35,7 +36,7 @@ use crate::streams::Streams;
 use inflight::Key;
 use serde_json::{json, Value};
 use state::{Return, State};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 use tracing::{error, info, warn};
 use zbridge_protocol::heartbeat::{Message, Role, State as PeerState};
 use zbridge_protocol::time::later;
@@ -46,8 +47,6 @@ const BATCH: usize = 256;
 const CONNECT_GRACE: Duration = Duration::from_millis(250);
 /// How often the monitoring snapshot is refreshed.
 const SNAPSHOT_EVERY: Duration = Duration::from_millis(100);
-/// How often the config file is checked for a change.
-const FILE_CHECK_EVERY: Duration = Duration::from_secs(1);
 
 /// A bound frontend port.
 pub(crate) struct Frontend {
@@ -96,9 +95,8 @@ pub struct Relay {
     next_snapshot: Instant,
     source: Source,
     set_level: Box<dyn Fn(LogLevel)>,
-    /// When to look at the config file's modification time again.
-    next_file_check: Instant,
-    file_modified: Option<SystemTime>,
+    /// Whether and when the config file changed.
+    watch: watch::Watch,
 }
 
 impl Relay {
@@ -158,10 +156,9 @@ impl Relay {
             monitor,
             monitor_endpoint,
             next_snapshot: now,
-            file_modified: source.modified(),
+            watch: watch::Watch::new(source.stamp(), now),
             source,
             set_level,
-            next_file_check: now + FILE_CHECK_EVERY,
         })
     }
 
@@ -191,12 +188,11 @@ impl Relay {
             if now >= self.next_snapshot {
                 self.snapshot(now);
             }
-            if now >= self.next_file_check {
-                self.next_file_check = now + FILE_CHECK_EVERY;
-                let modified = self.source.modified();
-                if modified != self.file_modified {
-                    self.reload(now, "the config file changed", events);
-                }
+            if self.source.path.is_some()
+                && now >= self.watch.next_check()
+                && self.watch.check(now, self.source.stamp())
+            {
+                self.reload(now, "the config file changed", events);
             }
             self.close_drained_targets();
             if self.exit {
@@ -336,7 +332,12 @@ impl Relay {
             .chain(drains)
             .chain(self.machine.next_deadline())
             .chain([self.heartbeats.next_publish(), self.next_snapshot])
-            .chain(self.source.path.is_some().then_some(self.next_file_check))
+            .chain(
+                self.source
+                    .path
+                    .is_some()
+                    .then_some(self.watch.next_check()),
+            )
             .min();
         match next {
             None => -1,
@@ -544,8 +545,8 @@ impl Relay {
     /// Re-read the config and apply what can change while running.
     fn reload(&mut self, now: Instant, why: &str, events: Events) {
         // What is read now need not be read again by the file watcher.
-        self.file_modified = self.source.modified();
-        let new = match self.source.load() {
+        self.watch.read(self.source.stamp());
+        let new = match self.source.reload(&self.state.config) {
             Ok(config) => config,
             Err(e) => {
                 error!(
