@@ -348,6 +348,12 @@ mod tests {
     }
 
     #[test]
+    fn a_bridge_request_timeout_at_the_bound_still_gives_the_client_its_extra_second() {
+        let c = ClientConfig::from_toml_str("request_timeout = 604800.0").unwrap();
+        assert_eq!(c.request_timeout, Duration::from_secs(604_801));
+    }
+
+    #[test]
     fn bad_values_name_their_key() {
         for (text, key) in [
             ("[client]\nendpoints = []", "endpoints"),
@@ -359,6 +365,15 @@ mod tests {
                 "breaker_failure_rate",
             ),
             ("[client]\nbreaker_window = 0", "breaker_window"),
+            ("[client]\nrequest_timeout = 1e19", "request_timeout"),
+            ("[client]\nhold_down = 604801", "hold_down"),
+            ("heartbeat_timeout = 1e19", "heartbeat_timeout"),
+            ("heartbeat_max_skew = 1e-300", "heartbeat_max_skew"),
+            ("auth_token_file = \"/dev/zero\"", "auth_token_file"),
+            (
+                "auth_token = \"a\"\nauth_token_file = \"/tmp/t\"",
+                "auth_token_file",
+            ),
         ] {
             assert_eq!(
                 ClientConfig::from_toml_str(text).unwrap_err().key,
