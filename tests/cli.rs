@@ -322,8 +322,14 @@ fn check_config_refuses_durations_and_rates_the_clock_cannot_take() {
             "[targets.x]\nendpoint = \"tcp://127.0.0.1:1\"\nrequest_timeout = 1e19\n",
             "targets.x.request_timeout",
         ),
-        ("rate_limit_per_client = 1e-300\n", "rate_limit_per_client"),
-        ("rate_limit_global = 1e-300\n", "rate_limit_global"),
+        (
+            "rate_limit_per_client = 1e-300\nrate_limit_per_client_burst = 1\n",
+            "rate_limit_per_client",
+        ),
+        (
+            "rate_limit_global = 1e-300\nrate_limit_global_burst = 1\n",
+            "rate_limit_global",
+        ),
         (
             "[client]\nreconnect_delay = 1e19\n",
             "client.reconnect_delay",

@@ -174,8 +174,14 @@ fn values_the_clock_cannot_take_are_refused_by_a_live_reload_and_the_bridge_keep
         ("heartbeat_timeout = 1e19", "heartbeat_timeout"),
         ("request_timeout = 1e19", "request_timeout"),
         ("drain_timeout = 1e19", "drain_timeout"),
-        ("rate_limit_per_client = 1e-300", "rate_limit_per_client"),
-        ("rate_limit_global = 1e-300", "rate_limit_global"),
+        (
+            "rate_limit_per_client = 1e-300\nrate_limit_per_client_burst = 1",
+            "rate_limit_per_client",
+        ),
+        (
+            "rate_limit_global = 1e-300\nrate_limit_global_burst = 1",
+            "rate_limit_global",
+        ),
     ] {
         refused_by_sighup(
             &bridge,
