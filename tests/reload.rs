@@ -249,3 +249,27 @@ fn an_emptied_file_or_one_without_targets_is_not_applied_by_the_watcher_nor_by_s
         "{doc}"
     );
 }
+
+#[test]
+fn a_reload_refused_when_a_target_cannot_be_opened_changes_nothing() {
+    let echo = EchoService::start(None).unwrap();
+    let good = format!("[targets.t]\nendpoint = \"{}\"\n", echo.endpoint);
+    let config = TempConfig::new(&good);
+    let bridge = bridge(&[config.flag()]);
+    let client = Dealer::connect(&bridge.frontend);
+    // Valid by the config's rules, but libzmq refuses to connect to it.
+    let text = "max_frames = 2\n[targets.t]\nendpoint = \"tcp://-:1\"\n";
+    refused_by_sighup(&bridge, &config, &client, text, "key=targets.t");
+    let doc = status(&bridge.frontend);
+    assert_eq!(doc["config_generation"], 0, "{doc}");
+    assert_eq!(
+        doc["targets"]["t"]["endpoint"],
+        echo.endpoint.as_str(),
+        "{doc}"
+    );
+    assert_eq!(
+        client.call(&[b"t", b"1", b"2", b"3"]),
+        [b"1".to_vec(), b"2".to_vec(), b"3".to_vec()],
+        "max_frames is not applied either"
+    );
+}

@@ -568,18 +568,16 @@ impl Relay {
             );
         }
         let new = old.with_restart_keys_of(new);
-        (self.set_level)(new.log_level);
-        self.heartbeats.set_interval(new.heartbeat_interval);
-        self.machine.set_settings(settings(&new));
         // Targets: kept, re-pointed (a new dealer; the old one stays until
-        // its requests are answered), added, removed.
+        // its requests are answered), added, removed. Nothing changes until
+        // every new dealer is open: a refused reload leaves all as it was.
         let mut added = Vec::new();
-        let mut removed = Vec::new();
+        let mut retired = Vec::new();
         for target in &new.targets {
             match self.state.target_index(&target.name) {
                 Some(i) if self.state.backends[i].endpoint == target.endpoint => {}
                 Some(i) => {
-                    self.state.retire(i);
+                    retired.push(i);
                     added.push(target.clone());
                 }
                 None => added.push(target.clone()),
@@ -587,7 +585,7 @@ impl Relay {
         }
         for (i, backend) in self.state.backends.iter().enumerate() {
             if !backend.retired && !new.targets.iter().any(|t| t.name == backend.name) {
-                removed.push(i);
+                retired.push(i);
             }
         }
         let mut opened = Vec::new();
@@ -595,15 +593,24 @@ impl Relay {
             match open_dealer(&self.context, &new, target) {
                 Ok(dealer) => opened.push((target, dealer)),
                 Err(e) => {
-                    error!(error = %e, "config reload rejected: the running config stays");
+                    let key = format!("targets.{}", target.name);
+                    error!(
+                        key = %key,
+                        error = %e,
+                        trigger = why,
+                        "config reload rejected: the running config stays"
+                    );
                     events(
-                        json!({"event": "reload_rejected", "key": format!("targets.{}", target.name), "message": e.to_string()}),
+                        json!({"event": "reload_rejected", "key": key, "message": e.to_string()}),
                     );
                     return;
                 }
             }
         }
-        for i in removed {
+        (self.set_level)(new.log_level);
+        self.heartbeats.set_interval(new.heartbeat_interval);
+        self.machine.set_settings(settings(&new));
+        for i in retired {
             self.state.retire(i);
         }
         self.state.set_config(new.clone(), now);
