@@ -15,6 +15,7 @@ use std::fmt;
 use std::net::IpAddr;
 use std::path::Path;
 use std::time::Duration;
+use zbridge_client::rules::MAX_SECONDS;
 use zbridge_protocol::heartbeat::Node;
 use zbridge_protocol::Limits;
 
@@ -45,6 +46,13 @@ impl fmt::Display for ConfigError {
 }
 
 impl std::error::Error for ConfigError {}
+
+/// The rules shared with the client name the bridge's own keys.
+impl From<zbridge_client::ConfigError> for ConfigError {
+    fn from(e: zbridge_client::ConfigError) -> Self {
+        ConfigError::new(e.key, e.message)
+    }
+}
 
 /// The role an instance starts in; its home role names the node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -227,19 +235,80 @@ pub struct Source {
 }
 
 impl Source {
+    /// The config at start: the file (or the defaults) with the flags on top.
     pub fn load(&self) -> Result<Config, ConfigError> {
-        let mut file = File::load(self.path.as_deref())?.with_overrides(&self.overrides);
+        self.merged(File::load(self.path.as_deref())?).validate()
+    }
+
+    /// The config a reload applies: validated as at start, and refused
+    /// when the file has no keys (saved empty, only comments) or when it
+    /// would leave the running bridge without any target.
+    pub fn reload(&self, running: &Config) -> Result<Config, ConfigError> {
+        let file = match &self.path {
+            None => File::default(),
+            Some(path) => {
+                let text = read_text(path)?;
+                if !has_keys(&text) {
+                    return Err(ConfigError::new(
+                        "",
+                        format!(
+                            "{} has no keys (empty, or only blanks and comments): not applied; an emptied file is more likely a mistake than a wish for the defaults",
+                            path.display()
+                        ),
+                    ));
+                }
+                File::parse(path, &text)?
+            }
+        };
+        let config = self.merged(file).validate()?;
+        if config.targets.is_empty() && !running.targets.is_empty() {
+            return Err(ConfigError::new(
+                "targets",
+                "the new config has no target: it would remove every target the bridge serves, so it is not applied; keep at least one",
+            ));
+        }
+        Ok(config)
+    }
+
+    fn merged(&self, file: File) -> File {
+        let mut file = file.with_overrides(&self.overrides);
         if self.mode.is_some() {
             file.mode = self.mode;
         }
-        file.validate()
+        file
     }
 
-    /// When the file last changed, if there is one.
-    pub fn modified(&self) -> Option<std::time::SystemTime> {
-        let path = self.path.as_ref()?;
-        std::fs::metadata(path).and_then(|m| m.modified()).ok()
+    /// The file's size and modification time now, if there is a file.
+    pub fn stamp(&self) -> Option<Stamp> {
+        let metadata = std::fs::metadata(self.path.as_ref()?).ok()?;
+        Some(Stamp {
+            len: metadata.len(),
+            modified: metadata.modified().ok()?,
+        })
     }
+}
+
+/// What the file watcher compares: a file being written changes one or
+/// the other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stamp {
+    pub len: u64,
+    pub modified: std::time::SystemTime,
+}
+
+/// Whether a TOML text sets anything at all; a text that does not parse
+/// counts as having keys, so that the parser names what is wrong.
+fn has_keys(text: &str) -> bool {
+    toml::from_str::<toml::Table>(text).map_or(true, |table| !table.is_empty())
+}
+
+fn read_text(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|e| {
+        ConfigError::new(
+            "",
+            format!("cannot read config file {}: {e}", path.display()),
+        )
+    })
 }
 
 /// The two targets that the seed's `main_pc_addr` and `pc2_addr` define.
@@ -423,16 +492,14 @@ pub fn tcp_endpoint(host: &str, port: u16) -> String {
 impl File {
     /// Read a config file; `None` means built-in defaults only.
     pub fn load(path: Option<&Path>) -> Result<File, ConfigError> {
-        let Some(path) = path else {
-            return Ok(File::default());
-        };
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            ConfigError::new(
-                "",
-                format!("cannot read config file {}: {e}", path.display()),
-            )
-        })?;
-        File::from_toml_str(&text)
+        match path {
+            None => Ok(File::default()),
+            Some(path) => File::parse(path, &read_text(path)?),
+        }
+    }
+
+    fn parse(path: &Path, text: &str) -> Result<File, ConfigError> {
+        File::from_toml_str(text)
             .map_err(|e| ConfigError::new(e.key, format!("{} (in {})", e.message, path.display())))
     }
 
@@ -502,7 +569,7 @@ impl File {
                 ),
             ));
         }
-        seconds("reconnect_delay", self.reconnect_delay)?;
+        positive_seconds("reconnect_delay", self.reconnect_delay)?;
         at_least(
             "max_reconnect_attempts",
             self.max_reconnect_attempts as usize,
@@ -545,7 +612,7 @@ impl File {
             heartbeat_interval,
             heartbeat_timeout,
             heartbeat_max_skew,
-            auth_token: self.auth_token()?,
+            auth_token: zbridge_client::rules::auth_token(&self.auth_token, &self.auth_token_file)?,
             preempt: self.preempt,
             monitor_host: self.monitor_host.clone(),
             primary_monitor_port: self.primary_monitor_port,
@@ -553,7 +620,7 @@ impl File {
             primary_port: self.primary_port,
             secondary_port: self.secondary_port,
             bind_host: self.bind_host.clone(),
-            targets: self.targets(request_timeout)?,
+            targets: targets_fit(self.targets(request_timeout)?, open_files_limit())?,
             streams: self.streams()?,
             primary_pub_port: self.primary_pub_port,
             secondary_pub_port: self.secondary_pub_port,
@@ -576,7 +643,7 @@ impl File {
                 n => n,
             },
             max_in_flight: self.max_in_flight,
-            drain_timeout: seconds("drain_timeout", self.drain_timeout)?,
+            drain_timeout: seconds_or_zero("drain_timeout", self.drain_timeout)?,
             rate_limit_per_client: rate(
                 "rate_limit_per_client",
                 self.rate_limit_per_client,
@@ -593,39 +660,6 @@ impl File {
             log_format: self.log_format,
             log_level: self.log_level,
         })
-    }
-
-    /// The secret from `auth_token`, `auth_token_file` or the environment.
-    fn auth_token(&self) -> Result<Option<Vec<u8>>, ConfigError> {
-        if !self.auth_token.is_empty() && !self.auth_token_file.is_empty() {
-            return Err(ConfigError::new(
-                "auth_token_file",
-                "set either auth_token or auth_token_file, not both",
-            ));
-        }
-        if !self.auth_token.is_empty() {
-            return Ok(Some(self.auth_token.as_bytes().to_vec()));
-        }
-        if !self.auth_token_file.is_empty() {
-            let text = std::fs::read_to_string(&self.auth_token_file).map_err(|e| {
-                ConfigError::new(
-                    "auth_token_file",
-                    format!("cannot read {}: {e}", self.auth_token_file),
-                )
-            })?;
-            let token = text.lines().next().unwrap_or("").trim();
-            if token.is_empty() {
-                return Err(ConfigError::new(
-                    "auth_token_file",
-                    format!("{} is empty", self.auth_token_file),
-                ));
-            }
-            return Ok(Some(token.as_bytes().to_vec()));
-        }
-        Ok(std::env::var("ZBRIDGE_AUTH_TOKEN")
-            .ok()
-            .filter(|t| !t.is_empty())
-            .map(String::into_bytes))
     }
 
     fn targets(&self, default_timeout: Duration) -> Result<Vec<Target>, ConfigError> {
@@ -705,6 +739,59 @@ impl File {
     }
 }
 
+/// File descriptors one target takes: its DEALER's mailbox, its connection
+/// and libzmq's own for it. Measured with `/proc/PID/fd`: 29 with no
+/// target, 329 with 100 connected ones, 1529 with 500.
+const FDS_PER_TARGET: u64 = 3;
+/// Targets one ZeroMQ context holds: libzmq's default of 1023 sockets
+/// (ZMQ_MAX_SOCKETS) less the bridge's own (frontends and their monitors,
+/// heartbeats) and room for targets re-pointed by a reload, which hold two
+/// sockets until the old one is drained.
+const MAX_TARGETS: usize = 1000;
+
+/// The targets, if the bridge can open them all: at most [`MAX_TARGETS`],
+/// and at most half of the open-file limit (the other half is kept for
+/// client connections, the monitor and streams).
+fn targets_fit(targets: Vec<Target>, open_files: Option<u64>) -> Result<Vec<Target>, ConfigError> {
+    let by_files = open_files.map_or(usize::MAX, |limit| {
+        usize::try_from(limit / 2 / FDS_PER_TARGET).unwrap_or(usize::MAX)
+    });
+    let most = by_files.min(MAX_TARGETS);
+    if targets.len() <= most {
+        return Ok(targets);
+    }
+    let files = match open_files {
+        Some(limit) => format!(
+            "each takes {FDS_PER_TARGET} file descriptors and may use half of this process's open-file limit of {limit} (RLIMIT_NOFILE: `ulimit -n`, or LimitNOFILE= in a systemd unit), which is enough for {by_files}; "
+        ),
+        None => String::new(),
+    };
+    Err(ConfigError::new(
+        "targets",
+        format!(
+            "{} targets, but at most {most} can be opened: {files}one ZeroMQ context holds at most {MAX_TARGETS}",
+            targets.len()
+        ),
+    ))
+}
+
+/// This process's soft limit on open files, from `/proc/self/limits`;
+/// `None` where that cannot be read or it says "unlimited".
+fn open_files_limit() -> Option<u64> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    parse_open_files(&limits)
+}
+
+fn parse_open_files(limits: &str) -> Option<u64> {
+    limits
+        .lines()
+        .find_map(|line| line.strip_prefix("Max open files"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
 /// Target and stream names: what a log line, a metric label and a stamp
 /// can carry as they are.
 fn name_rule(key: &str, what: &str, name: &str) -> Result<(), ConfigError> {
@@ -722,35 +809,54 @@ fn name_rule(key: &str, what: &str, name: &str) -> Result<(), ConfigError> {
     Ok(())
 }
 
-fn seconds(key: &str, value: f64) -> Result<Duration, ConfigError> {
-    Duration::try_from_secs_f64(value).map_err(|_| {
+/// A duration key: more than 0 and at most a week (the rule the client
+/// applies to the keys it shares with the bridge).
+fn positive_seconds(key: &str, value: f64) -> Result<Duration, ConfigError> {
+    Ok(zbridge_client::rules::seconds(key, value)?)
+}
+
+/// A duration key where 0 means "not at all".
+fn seconds_or_zero(key: &str, value: f64) -> Result<Duration, ConfigError> {
+    if value == 0.0 {
+        return Ok(Duration::ZERO);
+    }
+    positive_seconds(key, value).map_err(|_| {
         ConfigError::new(
             key,
-            format!("must be a number of seconds, 0 or more; got {value}"),
+            format!("must be 0 to {MAX_SECONDS} seconds (a week); got {value:?}"),
         )
     })
 }
 
-fn positive_seconds(key: &str, value: f64) -> Result<Duration, ConfigError> {
-    match seconds(key, value)? {
-        d if d.is_zero() => Err(ConfigError::new(
-            key,
-            format!("must be more than 0 seconds; got {value}"),
-        )),
-        d => Ok(d),
-    }
-}
+/// The slowest rate limit, in requests per second: one request in 1000 s.
+/// Slower, the wait a refused client is told of outgrows any timeout.
+const MIN_RATE: f64 = 0.001;
+/// The fastest rate limit and the largest burst: far above what one relay
+/// thread can carry, and small enough that a bucket's arithmetic stays exact.
+const MAX_RATE: f64 = 1e9;
 
 /// A rate limit from its two keys; `None` when the rate is 0.
 fn rate(key: &str, per_second: f64, burst: f64) -> Result<Option<Rate>, ConfigError> {
-    for (key, value) in [
-        (key.to_string(), per_second),
-        (format!("{key}_burst"), burst),
+    for (key, value, zero, min, unit) in [
+        (
+            key.to_string(),
+            per_second,
+            "no limit",
+            MIN_RATE,
+            "requests per second",
+        ),
+        (
+            format!("{key}_burst"),
+            burst,
+            "one second's worth",
+            1.0,
+            "requests",
+        ),
     ] {
-        if !value.is_finite() || value < 0.0 {
+        if !(value == 0.0 || (min..=MAX_RATE).contains(&value)) {
             return Err(ConfigError::new(
                 key,
-                format!("must be 0 (no limit) or more; got {value}"),
+                format!("must be 0 ({zero}) or {min} to {MAX_RATE} {unit}; got {value:?}"),
             ));
         }
     }
@@ -771,7 +877,7 @@ fn at_least(key: &str, value: usize, min: usize) -> Result<(), ConfigError> {
     if value < min {
         return Err(ConfigError::new(
             key,
-            format!("must be at least {min}; got {value}"),
+            format!("must be at least {min}; got {value:?}"),
         ));
     }
     Ok(())
@@ -922,6 +1028,140 @@ mod tests {
             "targets.a"
         );
         assert_eq!(err("[client]\nholddown = 1").key, "holddown");
+    }
+
+    #[test]
+    fn durations_and_rates_are_bounded_to_what_the_clock_arithmetic_takes() {
+        for key in [
+            "heartbeat_interval",
+            "heartbeat_timeout",
+            "request_timeout",
+            "drain_timeout",
+            "reconnect_delay",
+            "heartbeat_max_skew",
+            "breaker_open_wait",
+        ] {
+            for value in ["1e19", "604801.0", "inf", "nan"] {
+                let e = err(&format!("{key} = {value}"));
+                assert_eq!(e.key, key, "{key} = {value}: {e}");
+                assert!(e.message.contains("604800"), "{e}");
+            }
+        }
+        let e = err("[targets.x]\nendpoint = \"tcp://127.0.0.1:1\"\nrequest_timeout = 1e19");
+        assert_eq!(e.key, "targets.x.request_timeout");
+        assert_eq!(err("[client]\nhold_down = 1e19").key, "client.hold_down");
+        for key in ["rate_limit_per_client", "rate_limit_global"] {
+            for value in ["1e-300", "0.0009", "2e9", "inf", "nan"] {
+                let e = err(&format!("{key} = {value}"));
+                assert_eq!(e.key, key, "{key} = {value}: {e}");
+                assert!(e.message.contains("0.001 to 1000000000"), "{e}");
+            }
+            assert_eq!(
+                err(&format!("{key}_burst = 1e10")).key,
+                format!("{key}_burst")
+            );
+        }
+        // At the bounds: accepted, and a drain of 0 is no drain.
+        let c = File::from_toml_str(
+            "heartbeat_interval = 604799.0\nheartbeat_timeout = 604800.0\nrequest_timeout = 604800.0\n\
+             drain_timeout = 0.0\nrate_limit_per_client = 0.001\nrate_limit_per_client_burst = 1.0\n\
+             rate_limit_global = 1e9\n",
+        )
+        .unwrap()
+        .validate()
+        .unwrap();
+        assert_eq!(c.heartbeat_timeout, Duration::from_secs(604_800));
+        assert_eq!(c.drain_timeout, Duration::ZERO);
+        assert_eq!(c.rate_limit_global.unwrap().burst, 1e9);
+    }
+
+    #[test]
+    fn the_token_file_must_be_a_small_regular_file() {
+        for (path, why) in [
+            ("/dev/zero", "a character device"),
+            ("/tmp", "a directory"),
+            ("/nonexistent/token", "cannot read"),
+        ] {
+            let e = err(&format!("auth_token_file = \"{path}\""));
+            assert_eq!(e.key, "auth_token_file");
+            assert!(e.message.contains(why), "{e}");
+        }
+        let e = err("auth_token = \"a\"\nauth_token_file = \"/etc/hostname\"");
+        assert_eq!(e.key, "auth_token_file");
+        assert!(e.message.contains("not both"), "{e}");
+    }
+
+    #[test]
+    fn targets_are_bounded_by_the_open_file_limit_and_the_context() {
+        let targets = |n: usize| -> Vec<Target> {
+            (0..n)
+                .map(|i| Target {
+                    name: format!("t{i}"),
+                    endpoint: "tcp://127.0.0.1:1".into(),
+                    request_timeout: Duration::from_secs(1),
+                })
+                .collect()
+        };
+        assert_eq!(targets_fit(targets(170), Some(1024)).unwrap().len(), 170);
+        let e = targets_fit(targets(171), Some(1024)).unwrap_err();
+        assert_eq!(e.key, "targets");
+        assert!(e.message.starts_with("171 targets, but at most 170"), "{e}");
+        assert!(e.message.contains("open-file limit of 1024"), "{e}");
+        assert_eq!(targets_fit(targets(1000), None).unwrap().len(), 1000);
+        let e = targets_fit(targets(1001), None).unwrap_err();
+        assert!(
+            e.message.contains("one ZeroMQ context holds at most 1000"),
+            "{e}"
+        );
+        assert!(targets_fit(targets(1001), Some(1 << 20)).is_err());
+    }
+
+    #[test]
+    fn the_open_file_limit_is_the_soft_one() {
+        let limits = "Limit                     Soft Limit           Hard Limit           Units\n\
+                      Max stack size            8388608              unlimited            bytes\n\
+                      Max open files            1024                 524288               files\n";
+        assert_eq!(parse_open_files(limits), Some(1024));
+        assert_eq!(
+            parse_open_files(
+                "Max open files            unlimited            unlimited            files\n"
+            ),
+            None
+        );
+        assert_eq!(parse_open_files(""), None);
+        assert!(open_files_limit().is_some(), "Linux has /proc/self/limits");
+    }
+
+    #[test]
+    fn a_reload_refuses_a_file_without_keys_or_without_targets() {
+        let path = std::env::temp_dir().join(format!("zbridge-reload-{}.toml", std::process::id()));
+        let source = Source {
+            path: Some(path.clone()),
+            overrides: Overrides::default(),
+            mode: None,
+        };
+        let running = File::default().validate().unwrap();
+        for empty in ["", "\n  \n", "# only a comment\n\n# and another\n"] {
+            std::fs::write(&path, empty).unwrap();
+            assert!(
+                source.load().is_ok(),
+                "at start, no keys means the defaults"
+            );
+            let e = source.reload(&running).unwrap_err();
+            assert_eq!(e.key, "");
+            assert!(e.message.contains("has no keys"), "{e}");
+        }
+        std::fs::write(&path, "main_pc_addr = \"\"\npc2_addr = \"\"\n").unwrap();
+        assert_eq!(source.reload(&running).unwrap_err().key, "targets");
+        let idle = source.load().unwrap();
+        assert!(idle.targets.is_empty());
+        assert!(
+            source.reload(&idle).is_ok(),
+            "a bridge without targets stays so"
+        );
+        std::fs::write(&path, "log_level = \"debug\"\n").unwrap();
+        assert_eq!(source.reload(&running).unwrap().log_level, LogLevel::Debug);
+        std::fs::remove_file(&path).unwrap();
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! The command line: config checking, exit codes, `request` and `status`.
 
 use crate::support::*;
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 fn zbridge(args: &[&str]) -> Output {
     Command::new(exe())
@@ -304,5 +305,136 @@ fn the_demo_loses_nothing_and_says_truly_whether_the_stream_moved() {
             "missed 0, was told of 0 lost, moved to the other bridge {moved} time(s)"
         )),
         "{output}"
+    );
+}
+
+/// `zbridge ARGS...`, killed if it has not exited within `deadline`;
+/// returns its output and how long it ran.
+fn zbridge_within(args: &[&str], deadline: Duration) -> (Output, Duration) {
+    let started = Instant::now();
+    let mut child = Command::new(exe())
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run zbridge");
+    let exited = wait_until(deadline, || child.try_wait().ok().flatten().is_some());
+    if !exited {
+        let _ = child.kill();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(exited, "zbridge {args:?} still running after {deadline:?}");
+    (out, started.elapsed())
+}
+
+#[test]
+fn check_config_refuses_durations_and_rates_the_clock_cannot_take() {
+    for (toml, key) in [
+        ("heartbeat_timeout = 1e19\n", "heartbeat_timeout"),
+        ("request_timeout = 1e19\n", "request_timeout"),
+        ("drain_timeout = 1e19\n", "drain_timeout"),
+        (
+            "[targets.x]\nendpoint = \"tcp://127.0.0.1:1\"\nrequest_timeout = 1e19\n",
+            "targets.x.request_timeout",
+        ),
+        (
+            "rate_limit_per_client = 1e-300\nrate_limit_per_client_burst = 1\n",
+            "rate_limit_per_client",
+        ),
+        (
+            "rate_limit_global = 1e-300\nrate_limit_global_burst = 1\n",
+            "rate_limit_global",
+        ),
+        (
+            "[client]\nreconnect_delay = 1e19\n",
+            "client.reconnect_delay",
+        ),
+    ] {
+        let config = TempConfig::new(toml);
+        let (out, _) = zbridge_within(
+            &["check-config", config.0.to_str().unwrap()],
+            Duration::from_secs(10),
+        );
+        assert_eq!(out.status.code(), Some(2), "{toml}");
+        let stderr = text(&out.stderr);
+        assert!(stderr.contains(&format!("`{key}`")), "{toml} -> {stderr}");
+        assert!(
+            stderr.contains("604800") || stderr.contains("0.001 to"),
+            "{toml}: the allowed range is given: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn a_token_file_that_is_not_a_small_regular_file_is_refused_at_once() {
+    let fifo = std::env::temp_dir().join(format!("zbridge-cli-fifo-{}", std::process::id()));
+    let made = Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(made.success());
+    for (path, why) in [
+        ("/dev/zero", "a character device"),
+        (fifo.to_str().unwrap(), "a FIFO"),
+        ("/tmp", "a directory"),
+    ] {
+        let (out, took) = zbridge_within(
+            &[
+                "check-config",
+                "/dev/null",
+                &format!("--auth-token-file={path}"),
+            ],
+            Duration::from_secs(10),
+        );
+        assert_eq!(out.status.code(), Some(2), "{path}");
+        let stderr = text(&out.stderr);
+        assert!(
+            stderr.contains("`auth_token_file`") && stderr.contains(why),
+            "{path}: {stderr}"
+        );
+        assert!(took < Duration::from_secs(1), "{path}: refused in {took:?}");
+    }
+    std::fs::remove_file(&fifo).unwrap();
+}
+
+#[test]
+fn more_targets_than_the_open_file_limit_allows_are_refused_by_check_config_and_run() {
+    let mut toml = String::new();
+    for i in 0..10_000 {
+        toml.push_str(&format!(
+            "[targets.t{i}]\nendpoint = \"tcp://127.0.0.1:1\"\n"
+        ));
+    }
+    let many = TempConfig::new(&toml);
+    let (out, _) = zbridge_within(
+        &["check-config", many.0.to_str().unwrap()],
+        Duration::from_secs(10),
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("`targets`: 10002 targets") && stderr.contains("open-file limit of"),
+        "{stderr}"
+    );
+    let (out, _) = zbridge_within(
+        &["run", "--mode=active", &many.flag()],
+        Duration::from_secs(10),
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "refused before anything is bound"
+    );
+
+    // Under a low limit, far fewer: 100 targets do not fit in 256 files.
+    let hundred = TempConfig::new(&toml[..toml.match_indices("[targets.t100]").next().unwrap().0]);
+    let out = Command::new("sh")
+        .args(["-c", "ulimit -n 256 && exec \"$0\" check-config \"$1\""])
+        .arg(exe())
+        .arg(&hundred.0)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("102 targets, but at most 42") && stderr.contains("open-file limit of 256"),
+        "{stderr}"
     );
 }

@@ -105,3 +105,171 @@ fn an_invalid_file_is_rejected_by_key_and_a_changed_file_reloads_by_itself() {
     let (code, _) = error_of(&client.call(&[b"t", b"1", b"2"]));
     assert_eq!(code, "bad_frames", "the new max_frames applies");
 }
+
+/// Log lines of refused reloads that contain `needle`, by `trigger`.
+fn refusals(bridge: &BridgeProcess, needle: &str, trigger: &str) -> usize {
+    bridge
+        .log()
+        .iter()
+        .filter(|l| {
+            l.contains("config reload rejected")
+                && l.contains(needle)
+                && l.contains(&format!("trigger=\"{trigger}\""))
+        })
+        .count()
+}
+
+/// Rewrite the file, send SIGHUP, and wait until that reload is refused by
+/// `key` (with `needle` in its log line); the bridge must still answer.
+fn refused_by_sighup(
+    bridge: &BridgeProcess,
+    config: &TempConfig,
+    client: &Dealer,
+    text: &str,
+    needle: &str,
+) {
+    let before = refusals(bridge, needle, "SIGHUP");
+    std::fs::write(&config.0, text).unwrap();
+    bridge.signal("HUP").unwrap();
+    assert!(
+        wait_until(Duration::from_secs(5), || refusals(
+            bridge, needle, "SIGHUP"
+        ) > before),
+        "{text:?} refused on SIGHUP: {}",
+        bridge.log().join("\n")
+    );
+    assert_eq!(
+        client.call(&[b"t", b"still"]),
+        [b"still".to_vec()],
+        "{text:?}"
+    );
+}
+
+#[test]
+fn values_the_clock_cannot_take_are_refused_by_a_live_reload_and_the_bridge_keeps_answering() {
+    let echo = EchoService::start(None).unwrap();
+    // The heartbeat timing in the file, not in flags (which would win).
+    let file = |line: &str| {
+        let mut keys = vec!["heartbeat_interval = 0.05", "heartbeat_timeout = 0.2"];
+        keys.retain(|k| k.split(' ').next() != line.split(' ').next());
+        format!(
+            "{}\n{line}\n[targets.t]\nendpoint = \"{}\"\n",
+            keys.join("\n"),
+            echo.endpoint
+        )
+    };
+    let config = TempConfig::new(&file(""));
+    let mut args: Vec<String> = lone_bridge_flags()
+        .into_iter()
+        .filter(|f| !f.starts_with("--heartbeat-"))
+        .collect();
+    args.extend([
+        "--main-pc-addr=".into(),
+        "--pc2-addr=".into(),
+        config.flag(),
+    ]);
+    let bridge = BridgeProcess::spawn(exe(), &args).expect("bridge starts");
+    let client = Dealer::connect(&bridge.frontend);
+    for (line, key) in [
+        ("heartbeat_timeout = 1e19", "heartbeat_timeout"),
+        ("request_timeout = 1e19", "request_timeout"),
+        ("drain_timeout = 1e19", "drain_timeout"),
+        (
+            "rate_limit_per_client = 1e-300\nrate_limit_per_client_burst = 1",
+            "rate_limit_per_client",
+        ),
+        (
+            "rate_limit_global = 1e-300\nrate_limit_global_burst = 1",
+            "rate_limit_global",
+        ),
+    ] {
+        refused_by_sighup(
+            &bridge,
+            &config,
+            &client,
+            &file(line),
+            &format!("key={key}"),
+        );
+        assert!(bridge
+            .events()
+            .iter()
+            .any(|e| e["event"] == "reload_rejected" && e["key"] == key));
+    }
+    let text = format!("{}request_timeout = 1e19\n", file(""));
+    let key = "targets.t.request_timeout";
+    refused_by_sighup(&bridge, &config, &client, &text, &format!("key={key}"));
+    // Every request after each refusal was answered: nothing applied.
+    let doc = status(&bridge.frontend);
+    assert_eq!(doc["config_generation"], 0, "{doc}");
+    assert_eq!(doc["targets"]["t"]["replies_total"], 6, "{doc}");
+}
+
+#[test]
+fn an_emptied_file_or_one_without_targets_is_not_applied_by_the_watcher_nor_by_sighup() {
+    let echo = EchoService::start(None).unwrap();
+    let good = format!("[targets.t]\nendpoint = \"{}\"\n", echo.endpoint);
+    let config = TempConfig::new(&good);
+    let bridge = bridge(&[config.flag()]);
+    let client = Dealer::connect(&bridge.frontend);
+    for empty in ["", "# all commented out\n\n# [targets.t]\n"] {
+        // Saved: the watcher reads it once it holds still, and refuses it.
+        let before = refusals(&bridge, "has no keys", "the config file changed");
+        std::fs::write(&config.0, empty).unwrap();
+        assert!(
+            wait_until(Duration::from_secs(5), || refusals(
+                &bridge,
+                "has no keys",
+                "the config file changed"
+            ) > before),
+            "{empty:?} refused by the watcher: {}",
+            bridge.log().join("\n")
+        );
+        assert_eq!(client.call(&[b"t", b"kept"]), [b"kept".to_vec()]);
+        // SIGHUP reads it again, and refuses it again.
+        refused_by_sighup(&bridge, &config, &client, empty, "has no keys");
+    }
+    assert!(bridge
+        .events()
+        .iter()
+        .any(|e| e["event"] == "reload_rejected"
+            && e["message"].as_str().unwrap().contains("has no keys")));
+
+    refused_by_sighup(
+        &bridge,
+        &config,
+        &client,
+        "log_level = \"debug\"\n",
+        "key=targets",
+    );
+    let doc = status(&bridge.frontend);
+    assert_eq!(doc["config_generation"], 0, "{doc}");
+    assert_eq!(
+        doc["targets"]["t"]["endpoint"],
+        echo.endpoint.as_str(),
+        "{doc}"
+    );
+}
+
+#[test]
+fn a_reload_refused_when_a_target_cannot_be_opened_changes_nothing() {
+    let echo = EchoService::start(None).unwrap();
+    let good = format!("[targets.t]\nendpoint = \"{}\"\n", echo.endpoint);
+    let config = TempConfig::new(&good);
+    let bridge = bridge(&[config.flag()]);
+    let client = Dealer::connect(&bridge.frontend);
+    // Valid by the config's rules, but libzmq refuses to connect to it.
+    let text = "max_frames = 2\n[targets.t]\nendpoint = \"tcp://-:1\"\n";
+    refused_by_sighup(&bridge, &config, &client, text, "key=targets.t");
+    let doc = status(&bridge.frontend);
+    assert_eq!(doc["config_generation"], 0, "{doc}");
+    assert_eq!(
+        doc["targets"]["t"]["endpoint"],
+        echo.endpoint.as_str(),
+        "{doc}"
+    );
+    assert_eq!(
+        client.call(&[b"t", b"1", b"2", b"3"]),
+        [b"1".to_vec(), b"2".to_vec(), b"3".to_vec()],
+        "max_frames is not applied either"
+    );
+}

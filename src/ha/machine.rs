@@ -12,6 +12,7 @@
 
 use std::time::{Duration, Instant};
 use zbridge_protocol::heartbeat::{Node, Role, State};
+use zbridge_protocol::time::later;
 
 /// The two frontend ports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -288,11 +289,11 @@ impl Machine {
     /// The next instant at which a [`Event::Tick`] can change something.
     pub fn next_deadline(&self) -> Option<Instant> {
         let failover = match self.phase {
-            Phase::Listening => Some(self.started + self.settings.heartbeat_timeout),
+            Phase::Listening => Some(later(self.started, self.settings.heartbeat_timeout)),
             Phase::Passive if !self.holding[Port::Primary.index()] => {
                 Some(match self.peer_leaving_until {
                     Some(_) => self.retry_at[0].unwrap_or(self.active_seen),
-                    None => (self.active_seen + self.settings.heartbeat_timeout)
+                    None => later(self.active_seen, self.settings.heartbeat_timeout)
                         .max(self.retry_at[0].unwrap_or(self.active_seen)),
                 })
             }
@@ -369,14 +370,14 @@ impl Machine {
     fn tick(&mut self, now: Instant, effects: &mut Vec<Effect>) {
         let due = |at: Option<Instant>| at.is_none_or(|t| now >= t);
         match self.phase {
-            Phase::Listening if now >= self.started + self.settings.heartbeat_timeout => {
+            Phase::Listening if now >= later(self.started, self.settings.heartbeat_timeout) => {
                 self.bind(Port::Primary, effects);
             }
             Phase::Passive if !self.holding[0] && due(self.retry_at[0]) => {
                 if self.peer_leaving_until.is_some_and(|t| now >= t) {
                     self.peer_leaving_until = None;
                 }
-                let silent = now >= self.active_seen + self.settings.heartbeat_timeout;
+                let silent = now >= later(self.active_seen, self.settings.heartbeat_timeout);
                 if silent || self.peer_leaving_until.is_some() {
                     self.bind(Port::Primary, effects);
                 }
@@ -412,7 +413,7 @@ impl Machine {
                 if (leaving && peer.role == Role::Active) || peer.state == State::Handover =>
             {
                 if self.peer_leaving_until.is_none() {
-                    self.peer_leaving_until = Some(now + self.settings.leave_window);
+                    self.peer_leaving_until = Some(later(now, self.settings.leave_window));
                     self.retry_at[0] = None;
                 }
                 self.bind(Port::Primary, effects);
@@ -507,7 +508,7 @@ impl Machine {
             // The peer said it is leaving and has not released the port
             // yet: expected, retried soon, no alarm.
             (Port::Primary, false, _) if self.peer_leaving_until.is_some() => {
-                self.retry_at[i] = Some(now + self.settings.fast_retry);
+                self.retry_at[i] = Some(later(now, self.settings.fast_retry));
             }
             (Port::Primary, false, _) => {
                 self.bind_failures += 1;
@@ -515,7 +516,7 @@ impl Machine {
                     port,
                     silent_for: now.saturating_duration_since(self.active_seen),
                 });
-                self.retry_at[i] = Some(now + self.settings.heartbeat_timeout);
+                self.retry_at[i] = Some(later(now, self.settings.heartbeat_timeout));
             }
             (Port::Secondary, false, _) => {
                 // The peer holds it until it has drained: retry soon.
@@ -525,7 +526,7 @@ impl Machine {
                         silent_for: Duration::ZERO,
                     });
                 }
-                self.retry_at[i] = Some(now + self.settings.fast_retry);
+                self.retry_at[i] = Some(later(now, self.settings.fast_retry));
             }
             (_, true, _) => {}
         }

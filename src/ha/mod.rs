@@ -21,6 +21,7 @@ use tracing::{debug, warn};
 use zbridge_protocol::heartbeat::{
     Heartbeat, Message, Node, Notification, Rejected, Role, State, Verifier,
 };
+use zbridge_protocol::time::later;
 
 /// What a heartbeat says about this instance, from the machine and relay.
 pub struct Beat {
@@ -140,7 +141,7 @@ impl Heartbeats {
             state: beat.state,
         });
         self.send(&message);
-        self.next_publish = now + self.interval;
+        self.next_publish = later(now, self.interval);
     }
 
     /// Tell the peer and the clients that this instance took over.

@@ -44,9 +44,12 @@ impl Bucket {
             self.tokens -= 1.0;
             Ok(())
         } else {
-            Err(Duration::from_secs_f64(
-                (1.0 - self.tokens) / rate.per_second,
-            ))
+            // Config keeps the rate at 0.001/s or more: at most 1000 s;
+            // the fallback only keeps a bad rate from panicking.
+            Err(
+                Duration::try_from_secs_f64((1.0 - self.tokens) / rate.per_second)
+                    .unwrap_or(Duration::MAX),
+            )
         }
     }
 }

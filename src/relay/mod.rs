@@ -23,6 +23,7 @@ mod inflight;
 mod limit;
 mod state;
 mod stats;
+mod watch;
 
 pub use limit::Rate;
 
@@ -36,9 +37,10 @@ use crate::throttle::LogThrottle;
 use inflight::Key;
 use serde_json::{json, Value};
 use state::{Return, State};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 use tracing::{error, info, warn};
 use zbridge_protocol::heartbeat::{Message, Role, State as PeerState};
+use zbridge_protocol::time::later;
 
 /// Messages read from one socket before the loop looks at the others.
 const BATCH: usize = 256;
@@ -50,8 +52,6 @@ const SNAPSHOT_EVERY: Duration = Duration::from_millis(100);
 /// by half of drain_timeout): long enough for lockstep clients to fall
 /// quiet, short enough to hand the port on when they never do.
 const RELAY_WHILE_DRAINING: Duration = Duration::from_secs(2);
-/// How often the config file is checked for a change.
-const FILE_CHECK_EVERY: Duration = Duration::from_secs(1);
 /// What `/health` says while the stream thread is gone.
 const STREAMS_STOPPED: &str =
     "the stream thread has stopped: streams are not republished; restart the bridge";
@@ -106,9 +106,8 @@ pub struct Relay {
     next_snapshot: Instant,
     source: Source,
     set_level: Box<dyn Fn(LogLevel)>,
-    /// When to look at the config file's modification time again.
-    next_file_check: Instant,
-    file_modified: Option<SystemTime>,
+    /// Whether and when the config file changed.
+    watch: watch::Watch,
     /// The stream thread was found stopped (logged once).
     streams_stopped: bool,
     /// When the attempt to take the primary port was last logged.
@@ -146,7 +145,11 @@ impl Relay {
         let bind = state.config.monitor_bind();
         // Stale after a few heartbeat intervals without a refresh: the loop
         // is stuck.
-        let stale = (state.config.heartbeat_interval * 3).max(Duration::from_secs(2));
+        let stale = state
+            .config
+            .heartbeat_interval
+            .saturating_mul(3)
+            .max(Duration::from_secs(2));
         let port = monitor::start(&bind, std::sync::Arc::clone(&monitor), stale)?;
         let monitor_endpoint = format!(
             "http://{}",
@@ -170,10 +173,9 @@ impl Relay {
             monitor,
             monitor_endpoint,
             next_snapshot: now,
-            file_modified: source.modified(),
+            watch: watch::Watch::new(source.stamp(), now),
             source,
             set_level,
-            next_file_check: now + FILE_CHECK_EVERY,
             streams_stopped: false,
             take_log: LogThrottle::default(),
         })
@@ -205,12 +207,11 @@ impl Relay {
             if now >= self.next_snapshot {
                 self.snapshot(now);
             }
-            if now >= self.next_file_check {
-                self.next_file_check = now + FILE_CHECK_EVERY;
-                let modified = self.source.modified();
-                if modified != self.file_modified {
-                    self.reload(now, "the config file changed", events);
-                }
+            if self.source.path.is_some()
+                && now >= self.watch.next_check()
+                && self.watch.check(now, self.source.stamp())
+            {
+                self.reload(now, "the config file changed", events);
             }
             self.close_drained_targets();
             if self.exit {
@@ -366,7 +367,12 @@ impl Relay {
             .chain(drains)
             .chain(self.machine.next_deadline())
             .chain([self.heartbeats.next_publish(), self.next_snapshot])
-            .chain(self.source.path.is_some().then_some(self.next_file_check))
+            .chain(
+                self.source
+                    .path
+                    .is_some()
+                    .then_some(self.watch.next_check()),
+            )
             .min();
         match next {
             None => -1,
@@ -433,8 +439,8 @@ impl Relay {
                             streams.release(port);
                         }
                         let drain = self.state.config.drain_timeout;
-                        frontend.draining_until = Some(now + drain);
-                        frontend.relay_until = now + (drain / 2).min(RELAY_WHILE_DRAINING);
+                        frontend.draining_until = Some(later(now, drain));
+                        frontend.relay_until = later(now, (drain / 2).min(RELAY_WHILE_DRAINING));
                     }
                     None => self.handle(now, Event::Released(port), events),
                 },
@@ -585,8 +591,8 @@ impl Relay {
     /// Re-read the config and apply what can change while running.
     fn reload(&mut self, now: Instant, why: &str, events: Events) {
         // What is read now need not be read again by the file watcher.
-        self.file_modified = self.source.modified();
-        let new = match self.source.load() {
+        self.watch.read(self.source.stamp());
+        let new = match self.source.reload(&self.state.config) {
             Ok(config) => config,
             Err(e) => {
                 error!(
@@ -608,18 +614,16 @@ impl Relay {
             );
         }
         let new = old.with_restart_keys_of(new);
-        (self.set_level)(new.log_level);
-        self.heartbeats.set_interval(new.heartbeat_interval);
-        self.machine.set_settings(settings(&new));
         // Targets: kept, re-pointed (a new dealer; the old one stays until
-        // its requests are answered), added, removed.
+        // its requests are answered), added, removed. Nothing changes until
+        // every new dealer is open: a refused reload leaves all as it was.
         let mut added = Vec::new();
-        let mut removed = Vec::new();
+        let mut retired = Vec::new();
         for target in &new.targets {
             match self.state.target_index(&target.name) {
                 Some(i) if self.state.backends[i].endpoint == target.endpoint => {}
                 Some(i) => {
-                    self.state.retire(i);
+                    retired.push(i);
                     added.push(target.clone());
                 }
                 None => added.push(target.clone()),
@@ -627,7 +631,7 @@ impl Relay {
         }
         for (i, backend) in self.state.backends.iter().enumerate() {
             if !backend.retired && !new.targets.iter().any(|t| t.name == backend.name) {
-                removed.push(i);
+                retired.push(i);
             }
         }
         let mut opened = Vec::new();
@@ -635,15 +639,24 @@ impl Relay {
             match open_dealer(&self.context, &new, target) {
                 Ok(dealer) => opened.push((target, dealer)),
                 Err(e) => {
-                    error!(error = %e, "config reload rejected: the running config stays");
+                    let key = format!("targets.{}", target.name);
+                    error!(
+                        key = %key,
+                        error = %e,
+                        trigger = why,
+                        "config reload rejected: the running config stays"
+                    );
                     events(
-                        json!({"event": "reload_rejected", "key": format!("targets.{}", target.name), "message": e.to_string()}),
+                        json!({"event": "reload_rejected", "key": key, "message": e.to_string()}),
                     );
                     return;
                 }
             }
         }
-        for i in removed {
+        (self.set_level)(new.log_level);
+        self.heartbeats.set_interval(new.heartbeat_interval);
+        self.machine.set_settings(settings(&new));
+        for i in retired {
             self.state.retire(i);
         }
         self.state.set_config(new.clone(), now);
@@ -769,7 +782,9 @@ fn settings(config: &Config) -> Settings {
         heartbeat_timeout: config.heartbeat_timeout,
         fast_retry: (config.heartbeat_interval / 10)
             .clamp(Duration::from_millis(5), Duration::from_millis(50)),
-        leave_window: config.drain_timeout + config.heartbeat_timeout * 2,
+        leave_window: config
+            .drain_timeout
+            .saturating_add(config.heartbeat_timeout.saturating_mul(2)),
     }
 }
 

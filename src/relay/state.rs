@@ -14,6 +14,7 @@ use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
 use zbridge_protocol::heartbeat::{Node, Rejected};
+use zbridge_protocol::time::later;
 use zbridge_protocol::{
     error_reply, parse_request, Action, Envelope, ErrorCode, Rejection, Request,
 };
@@ -356,7 +357,9 @@ impl State {
         self.front_in_flight[frontend.index()] += 1;
         let backend = &mut self.backends[target];
         backend.in_flight += 1;
-        backend.deadlines.push(now + backend.request_timeout, key);
+        backend
+            .deadlines
+            .push(later(now, backend.request_timeout), key);
         let mut payload = payload;
         let sent = if backend.waiting.is_empty() {
             send_envelope(dealer, key, &mut payload)

@@ -7,6 +7,7 @@
 //! auth token) and an
 //! optional `[client]` section overrides them.
 
+use crate::rules::{self, seconds};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::path::Path;
@@ -114,17 +115,11 @@ impl ClientConfig {
                 tcp(&secondary, keys.secondary_pub_port.unwrap_or(5631)),
             ]
         });
-        let bridge_timeout = keys.request_timeout.unwrap_or(5.0);
         let breaker = BreakerConfig::default();
-        let token = match (&keys.auth_token, std::env::var("ZBRIDGE_AUTH_TOKEN")) {
-            (Some(t), _) if !t.is_empty() => Some(t.as_bytes().to_vec()),
-            (_, Ok(t)) if !t.is_empty() => Some(t.into_bytes()),
-            _ => None,
-        };
-        let token = match (&keys.auth_token_file, token) {
-            (Some(file), None) if !file.is_empty() => Some(read_token(file)?),
-            (_, token) => token,
-        };
+        let token = rules::auth_token(
+            keys.auth_token.as_deref().unwrap_or(""),
+            keys.auth_token_file.as_deref().unwrap_or(""),
+        )?;
         let secs =
             |key: &str, value: Option<f64>, default: f64| seconds(key, value.unwrap_or(default));
         Ok(ClientConfig {
@@ -133,11 +128,11 @@ impl ClientConfig {
             pub_endpoints,
             // The bridge answers `timeout` itself after its request_timeout:
             // wait a second longer, so that silence means a bridge problem.
-            request_timeout: secs(
-                "request_timeout",
-                section.request_timeout,
-                bridge_timeout + 1.0,
-            )?,
+            request_timeout: match section.request_timeout {
+                Some(value) => seconds("request_timeout", value)?,
+                None => secs("request_timeout", keys.request_timeout, 5.0)?
+                    .saturating_add(Duration::from_secs(1)),
+            },
             max_reconnect_attempts: section
                 .max_reconnect_attempts
                 .or(keys.max_reconnect_attempts)
@@ -290,28 +285,6 @@ fn tcp(host: &str, port: u16) -> String {
     }
 }
 
-fn seconds(key: &str, value: f64) -> Result<Duration, ConfigError> {
-    Duration::try_from_secs_f64(value)
-        .ok()
-        .filter(|d| !d.is_zero())
-        .ok_or_else(|| {
-            ConfigError::new(key, format!("{value} is not a positive number of seconds"))
-        })
-}
-
-fn read_token(path: &str) -> Result<Vec<u8>, ConfigError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| ConfigError::new("auth_token_file", format!("cannot read {path}: {e}")))?;
-    let line = text.lines().next().unwrap_or("").trim();
-    if line.is_empty() {
-        return Err(ConfigError::new(
-            "auth_token_file",
-            format!("{path} is empty"),
-        ));
-    }
-    Ok(line.as_bytes().to_vec())
-}
-
 /// A config value the client cannot use, and the key that holds it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
@@ -321,7 +294,7 @@ pub struct ConfigError {
 }
 
 impl ConfigError {
-    fn new(key: &str, message: impl Into<String>) -> ConfigError {
+    pub(crate) fn new(key: &str, message: impl Into<String>) -> ConfigError {
         ConfigError {
             key: key.to_string(),
             message: message.into(),
@@ -375,6 +348,12 @@ mod tests {
     }
 
     #[test]
+    fn a_bridge_request_timeout_at_the_bound_still_gives_the_client_its_extra_second() {
+        let c = ClientConfig::from_toml_str("request_timeout = 604800.0").unwrap();
+        assert_eq!(c.request_timeout, Duration::from_secs(604_801));
+    }
+
+    #[test]
     fn bad_values_name_their_key() {
         for (text, key) in [
             ("[client]\nendpoints = []", "endpoints"),
@@ -386,6 +365,15 @@ mod tests {
                 "breaker_failure_rate",
             ),
             ("[client]\nbreaker_window = 0", "breaker_window"),
+            ("[client]\nrequest_timeout = 1e19", "request_timeout"),
+            ("[client]\nhold_down = 604801", "hold_down"),
+            ("heartbeat_timeout = 1e19", "heartbeat_timeout"),
+            ("heartbeat_max_skew = 1e-300", "heartbeat_max_skew"),
+            ("auth_token_file = \"/dev/zero\"", "auth_token_file"),
+            (
+                "auth_token = \"a\"\nauth_token_file = \"/tmp/t\"",
+                "auth_token_file",
+            ),
         ] {
             assert_eq!(
                 ClientConfig::from_toml_str(text).unwrap_err().key,

@@ -21,6 +21,7 @@ use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant, SystemTime};
 use tracing::{debug, info, warn};
 use zbridge_protocol::heartbeat::{Message, State, Verifier};
+use zbridge_protocol::time::later;
 use zbridge_protocol::{parse_error_reply, ErrorCode};
 
 const PING: &[u8] = br#"{"action":"ping"}"#;
@@ -275,7 +276,7 @@ impl Engine {
                         Ok(()) => {
                             live.at = Some(i);
                             live.sent += 1;
-                            let deadline = now + self.config.request_timeout;
+                            let deadline = later(now, self.config.request_timeout);
                             self.deadlines.push_back((deadline, id, live.tries));
                             self.note_current(i);
                             return;
@@ -295,7 +296,7 @@ impl Engine {
                         return;
                     };
                     live.at = None;
-                    let deadline = now + self.config.request_timeout;
+                    let deadline = later(now, self.config.request_timeout);
                     self.deadlines.push_back((deadline, id, live.tries));
                     self.parked.push(id);
                     return;
@@ -372,7 +373,7 @@ impl Engine {
         let jitter = self.jitter();
         let e = &mut self.endpoints[i];
         e.answering_since = None;
-        e.next_probe = now + jitter;
+        e.next_probe = later(now, jitter);
         if e.up {
             e.up = false;
             let endpoint = e.url.clone();
@@ -492,7 +493,7 @@ impl Engine {
             }
             e.probe = None;
             e.answering_since = None;
-            e.next_probe = now + jitter;
+            e.next_probe = later(now, jitter);
         }
         if e.up || !e.connected || now < e.next_probe {
             return;
@@ -501,10 +502,10 @@ impl Engine {
         self.next_id += 1;
         let probe = [&request_id(id)[..], b"", PING];
         match e.socket.send_multipart(probe, zmq::DONTWAIT) {
-            Ok(()) => e.probe = Some((id, now + self.config.request_timeout)),
+            Ok(()) => e.probe = Some((id, later(now, self.config.request_timeout))),
             Err(_) => {
                 e.answering_since = None;
-                e.next_probe = now + jitter;
+                e.next_probe = later(now, jitter);
             }
         }
     }
@@ -570,7 +571,7 @@ impl Engine {
         let hold_down = self.config.hold_down;
         let e = &mut self.endpoints[i];
         e.probe = None;
-        e.next_probe = now + jitter;
+        e.next_probe = later(now, jitter);
         if draining {
             e.answering_since = None;
             return;
@@ -717,7 +718,9 @@ impl Engine {
         self.rng ^= self.rng >> 7;
         self.rng ^= self.rng << 17;
         let factor = 0.8 + 0.4 * (self.rng >> 11) as f64 / (1u64 << 53) as f64;
-        self.config.reconnect_delay.mul_f64(factor)
+        // Not `mul_f64`, which panics when a delay set in code overflows.
+        let delay = self.config.reconnect_delay;
+        Duration::try_from_secs_f64(delay.as_secs_f64() * factor).unwrap_or(delay)
     }
 
     fn poll_timeout(&self, now: Instant) -> i64 {
@@ -737,7 +740,12 @@ impl Engine {
         }
         for s in &self.sources {
             if let (Some(heard), false) = (s.heard, s.silent) {
-                next = next.min(heard + self.config.heartbeat_timeout + Duration::from_millis(1));
+                next = next.min(later(
+                    heard,
+                    self.config
+                        .heartbeat_timeout
+                        .saturating_add(Duration::from_millis(1)),
+                ));
             }
         }
         let wait = next.saturating_duration_since(now);
@@ -837,7 +845,7 @@ fn open_endpoint(
         connected: false,
         up: true,
         answering_since: None,
-        fresh_until: Some(now + config.request_timeout.min(CONNECT_GRACE)),
+        fresh_until: Some(later(now, config.request_timeout.min(CONNECT_GRACE))),
         probe: None,
         next_probe: now,
         breaker: Breaker::new(config.breaker, now),

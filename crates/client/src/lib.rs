@@ -34,6 +34,7 @@ mod engine;
 mod merge;
 mod monitor;
 mod oneshot;
+pub mod rules;
 mod subscriber;
 
 pub use breaker::BreakerState;

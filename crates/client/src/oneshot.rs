@@ -8,6 +8,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
+use zbridge_protocol::time::later;
 
 type Outcome = Result<Reply, ClientError>;
 
@@ -106,7 +107,7 @@ impl Pending {
 
     /// The result if it came within `timeout`, else the call back.
     pub fn wait_timeout(self, timeout: Duration) -> Result<Outcome, Pending> {
-        let deadline = Instant::now() + timeout;
+        let deadline = later(Instant::now(), timeout);
         let mut state = self.slot.lock();
         loop {
             if let Some(outcome) = state.result.take() {

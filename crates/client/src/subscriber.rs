@@ -21,6 +21,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 use tracing::{info, warn};
 use zbridge_protocol::stream::parse_stamp;
+use zbridge_protocol::time::later;
 
 /// How long a move waits for the new bridge's copy of the last message.
 const MOVE_GRACE: Duration = Duration::from_millis(200);
@@ -103,7 +104,7 @@ impl Subscriber {
     /// The next message, gap or move, waiting up to `timeout`; `None` when
     /// nothing came.
     pub fn recv(&mut self, timeout: Duration) -> std::io::Result<Option<Delivery>> {
-        let deadline = Instant::now() + timeout;
+        let deadline = later(Instant::now(), timeout);
         loop {
             let now = Instant::now();
             self.merge.tick(now, MOVE_GRACE);

@@ -7,13 +7,16 @@
 //! an [`ErrorCode`], and [`error_reply`] encodes the error document the client
 //! gets back (DESIGN §3). The relay owns the sockets; this crate only reads
 //! byte slices, so it can be fuzzed and property-tested. [`stream`] reads
-//! and writes the stamp on republished stream messages (DESIGN §3b).
+//! and writes the stamp on republished stream messages (DESIGN §3b);
+//! [`time::later`] is the deadline arithmetic both the bridge and the client
+//! use, which cannot panic.
 #![forbid(unsafe_code)]
 
 mod error;
 pub mod heartbeat;
 mod request;
 pub mod stream;
+pub mod time;
 
 pub use error::{error_reply, parse_error_reply, ErrorCode, Rejection};
 pub use request::{

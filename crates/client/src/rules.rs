@@ -1,0 +1,211 @@
+//! The rules the bridge and its client apply alike to the keys they share:
+//! how long a duration may be, and where the shared secret comes from.
+//!
+//! One copy, used by both: the same file and the same environment must
+//! mean the same thing to the bridge (`zbridge` reads its config through
+//! these functions) and to the client, or a client rejects every heartbeat
+//! of a bridge it is configured for.
+
+use crate::ConfigError;
+use std::io::Read;
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::time::Duration;
+
+/// The longest duration any key takes, in seconds: one week. Longer than
+/// any sensible timeout or delay, and far inside what the clock arithmetic
+/// can compute with.
+pub const MAX_SECONDS: f64 = 7.0 * 24.0 * 3600.0;
+
+/// The environment variable that holds the shared secret when neither
+/// `auth_token` nor `auth_token_file` is set.
+pub const TOKEN_ENV: &str = "ZBRIDGE_AUTH_TOKEN";
+
+/// The largest token file read, in bytes; a longer one is refused.
+pub const MAX_TOKEN_FILE_BYTES: u64 = 4096;
+
+/// A duration key's value: more than 0 and at most [`MAX_SECONDS`].
+pub fn seconds(key: &str, value: f64) -> Result<Duration, ConfigError> {
+    match Duration::try_from_secs_f64(value) {
+        Ok(d) if !d.is_zero() && value <= MAX_SECONDS => Ok(d),
+        _ => Err(ConfigError::new(
+            key,
+            format!(
+                "must be more than 0 and at most {MAX_SECONDS} seconds (a week); got {value:?}"
+            ),
+        )),
+    }
+}
+
+/// The shared secret. One order, for the bridge and the client alike:
+/// `auth_token`, else the first line of `auth_token_file` (setting both is
+/// an error), else the `ZBRIDGE_AUTH_TOKEN` environment variable; `None`
+/// when all are empty (heartbeats are not signed).
+pub fn auth_token(inline: &str, file: &str) -> Result<Option<Vec<u8>>, ConfigError> {
+    token_from(inline, file, std::env::var(TOKEN_ENV).ok())
+}
+
+fn token_from(
+    inline: &str,
+    file: &str,
+    env: Option<String>,
+) -> Result<Option<Vec<u8>>, ConfigError> {
+    if !inline.is_empty() && !file.is_empty() {
+        return Err(ConfigError::new(
+            "auth_token_file",
+            "set either auth_token or auth_token_file, not both",
+        ));
+    }
+    if !inline.is_empty() {
+        return Ok(Some(inline.as_bytes().to_vec()));
+    }
+    if !file.is_empty() {
+        return read_token_file(file).map(Some);
+    }
+    Ok(env.filter(|t| !t.is_empty()).map(String::into_bytes))
+}
+
+/// The first line of a token file, trimmed. Only a regular file of at most
+/// [`MAX_TOKEN_FILE_BYTES`] is read: a device (`/dev/zero`), a FIFO or a
+/// directory is refused before it is read, so reading never blocks or
+/// grows without end.
+fn read_token_file(path: &str) -> Result<Vec<u8>, ConfigError> {
+    let refuse = |why: String| ConfigError::new("auth_token_file", why);
+    let kind = std::fs::metadata(path)
+        .map_err(|e| refuse(format!("cannot read {path}: {e}")))?
+        .file_type();
+    if !kind.is_file() {
+        return Err(refuse(format!(
+            "{path} is {}; the token must be in a regular file",
+            file_kind(kind)
+        )));
+    }
+    // O_NONBLOCK: should the path become a FIFO after the check above,
+    // opening it still does not wait for a writer.
+    let mut handle = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| refuse(format!("cannot read {path}: {e}")))?;
+    let mut bytes = Vec::new();
+    (&mut handle)
+        .take(MAX_TOKEN_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| refuse(format!("cannot read {path}: {e}")))?;
+    if bytes.len() as u64 > MAX_TOKEN_FILE_BYTES {
+        return Err(refuse(format!(
+            "{path} is longer than {MAX_TOKEN_FILE_BYTES} bytes; a token file holds one line"
+        )));
+    }
+    let text = String::from_utf8(bytes).map_err(|_| refuse(format!("{path} is not text")))?;
+    match text.lines().next().unwrap_or("").trim() {
+        "" => Err(refuse(format!("{path} is empty"))),
+        token => Ok(token.as_bytes().to_vec()),
+    }
+}
+
+fn file_kind(kind: std::fs::FileType) -> &'static str {
+    if kind.is_dir() {
+        "a directory"
+    } else if kind.is_fifo() {
+        "a FIFO"
+    } else if kind.is_char_device() {
+        "a character device"
+    } else if kind.is_block_device() {
+        "a block device"
+    } else if kind.is_socket() {
+        "a socket"
+    } else {
+        "not a regular file"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    #[test]
+    fn durations_are_more_than_zero_and_at_most_a_week() {
+        assert_eq!(seconds("k", 0.5), Ok(Duration::from_millis(500)));
+        assert_eq!(seconds("k", MAX_SECONDS), Ok(Duration::from_secs(604_800)));
+        for bad in [
+            0.0,
+            -1.0,
+            1e-300,
+            MAX_SECONDS + 1.0,
+            1e19,
+            f64::INFINITY,
+            f64::NAN,
+        ] {
+            let e = seconds("heartbeat_timeout", bad).unwrap_err();
+            assert_eq!(e.key, "heartbeat_timeout");
+            assert!(
+                e.message.contains("604800") && e.message.contains("got"),
+                "{e}"
+            );
+        }
+    }
+
+    fn token_file(name: &str, content: &[u8]) -> std::path::PathBuf {
+        let path =
+            std::env::temp_dir().join(format!("zbridge-token-{}-{name}", std::process::id()));
+        std::fs::write(&path, content).unwrap();
+        path
+    }
+
+    #[test]
+    fn the_inline_token_then_the_file_then_the_environment() {
+        let path = token_file("first-line", b"  secret \nsecond line\n");
+        let file = path.to_str().unwrap();
+        let env = || Some("from-env".to_string());
+        assert_eq!(
+            token_from("inline", "", env()),
+            Ok(Some(b"inline".to_vec()))
+        );
+        assert_eq!(token_from("", file, env()), Ok(Some(b"secret".to_vec())));
+        assert_eq!(token_from("", "", env()), Ok(Some(b"from-env".to_vec())));
+        assert_eq!(token_from("", "", Some(String::new())), Ok(None));
+        assert_eq!(token_from("", "", None), Ok(None));
+        let both = token_from("inline", file, env()).unwrap_err();
+        assert_eq!(both.key, "auth_token_file");
+        std::fs::remove_file(path).unwrap();
+    }
+
+    #[test]
+    fn token_files_are_small_regular_files_with_a_first_line() {
+        let refusal = |path: &str| auth_token("", path).unwrap_err().message;
+        let started = Instant::now();
+        assert!(
+            refusal("/dev/zero").contains("a character device"),
+            "{}",
+            refusal("/dev/zero")
+        );
+        assert!(started.elapsed() < Duration::from_millis(100));
+        assert!(refusal("/tmp").contains("a directory"));
+        let fifo = std::env::temp_dir().join(format!("zbridge-token-{}-fifo", std::process::id()));
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        assert!(refusal(fifo.to_str().unwrap()).contains("a FIFO"));
+        assert!(refusal("/nonexistent/token").contains("cannot read"));
+        let long = token_file("long", &[b'x'; MAX_TOKEN_FILE_BYTES as usize + 1]);
+        assert!(refusal(long.to_str().unwrap()).contains("longer than 4096 bytes"));
+        let empty = token_file("empty", b" \n");
+        assert!(refusal(empty.to_str().unwrap()).contains("is empty"));
+        let binary = token_file("binary", &[0xff, 0xfe]);
+        assert!(refusal(binary.to_str().unwrap()).contains("not text"));
+        let exact = token_file("exact", &[b'y'; MAX_TOKEN_FILE_BYTES as usize]);
+        assert_eq!(
+            auth_token("", exact.to_str().unwrap())
+                .unwrap()
+                .unwrap()
+                .len(),
+            MAX_TOKEN_FILE_BYTES as usize
+        );
+        for path in [fifo, long, empty, binary, exact] {
+            std::fs::remove_file(path).unwrap();
+        }
+    }
+}
