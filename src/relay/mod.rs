@@ -125,6 +125,7 @@ impl Relay {
             status: state.status(),
             durations: state.durations(),
             serving: false,
+            problems: Vec::new(),
             taken: now,
         }));
         let bind = state.config.monitor_bind();
@@ -644,6 +645,7 @@ impl Relay {
             durations: self.state.durations(),
             serving: self.machine.phase() != Phase::Stopping
                 && self.frontends.iter().any(Option::is_some),
+            problems: Vec::new(),
             taken: now,
         };
         if let Ok(mut shared) = self.monitor.lock() {
