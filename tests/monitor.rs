@@ -1,13 +1,13 @@
 //! HTTP monitoring through a real HTTP client, and /metrics through the
-//! official Prometheus parsers: values move with traffic and with a
-//! failover. Then the server against clients that misbehave: one
+//! official Prometheus parsers and promtool: values move with traffic and
+//! with a failover. Then the server against clients that misbehave: one
 //! that never reads its answers, endless headers, other methods.
 
 use crate::support::*;
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// `GET url` through tests/peers/scrape.py; `parse` is "" (no parsing),
@@ -372,4 +372,67 @@ fn endless_headers_are_cut_off_and_block_nobody() {
     println!("endless headers: sent {results:?}, /health at most {slowest:?}, RSS +{grown} KiB");
     assert!(results.iter().all(|(_, closed)| *closed), "{results:?}");
     assert!(grown < 4096, "RSS grew by {grown} KiB");
+}
+
+/// `promtool ARGS...` with `input` on stdin: exit code and output.
+fn promtool(args: &[&str], input: &str) -> (i32, String) {
+    let mut child = Command::new("promtool")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian's prometheus package; scripts/test installs it)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout) + String::from_utf8_lossy(&out.stderr);
+    (out.status.code().unwrap_or(-1), text.into_owned())
+}
+
+#[test]
+fn metrics_pass_promtool_and_the_openmetrics_parser() {
+    let pair = Pair::new(&[]);
+    let bridge = pair.start("active");
+    for i in 0..3u8 {
+        assert!(zbridge::lab::ask(
+            &pair.primary_endpoint(),
+            &[b"pc2", &[i]],
+            Duration::from_secs(5)
+        )
+        .is_some());
+        // An error code too, so that every labelled family has a sample.
+        zbridge::lab::ask(&pair.primary_endpoint(), &[b"{"], Duration::from_secs(5));
+    }
+    let url = format!("{}/metrics", bridge.ready["monitor"].as_str().unwrap());
+    let text = get(&url, "--text");
+    let body = text["body"].as_str().unwrap();
+    assert!(
+        body.contains("zbridge_request_duration_seconds_bucket{"),
+        "{body}"
+    );
+    let (code, out) = promtool(&["check", "metrics"], body);
+    assert_eq!(code, 0, "promtool check metrics: {out}\n{body}");
+    // promtool reads the text format only; OpenMetrics goes through the
+    // official OpenMetrics parser, which checks it strictly.
+    let openmetrics = get(&url, "--metrics");
+    assert!(openmetrics["content_type"]
+        .as_str()
+        .unwrap()
+        .starts_with("application/openmetrics-text; version=1.0.0"));
+    assert_eq!(series(&openmetrics), series(&text));
+}
+
+#[test]
+fn the_shipped_alerting_rules_pass_promtool() {
+    let rules = root().join("deploy/prometheus/zbridge.rules.yml");
+    let (code, out) = promtool(&["check", "rules", rules.to_str().unwrap()], "");
+    assert_eq!(code, 0, "{out}");
+    let tests = root().join("deploy/prometheus/zbridge.rules.test.yml");
+    let (code, out) = promtool(&["test", "rules", tests.to_str().unwrap()], "");
+    assert_eq!(code, 0, "{out}");
 }
