@@ -74,7 +74,9 @@ pub fn metrics(status: &Value, durations: Vec<Durations>, format: Format) -> Str
 
 /// The Prometheus text format 0.0.4 of an OpenMetrics exposition as
 /// `prometheus-client` writes it (HELP, TYPE, UNIT, then samples, per
-/// family; no timestamps, no exemplars: zbridge uses neither).
+/// family; no timestamps, no exemplars: zbridge uses neither). HELP texts
+/// are copied as they are: prometheus-client does not escape them, and
+/// zbridge's need no escaping in either format.
 ///
 /// What differs between the two: a counter family `x` has samples
 /// `x_total` in both, but the text format names the family `x_total` in
@@ -83,12 +85,13 @@ pub fn metrics(status: &Value, durations: Vec<Durations>, format: Format) -> Str
 /// `# UNIT`, no `_created` samples and no `# EOF`.
 pub fn text_format(openmetrics: &str) -> String {
     let mut out = String::with_capacity(openmetrics.len());
-    // The family's HELP line waits for its TYPE, which says its name.
+    // The family's HELP line waits for its TYPE, which says its name
+    // (prometheus-client writes one after every HELP).
     let mut help: Option<&str> = None;
     let mut counter: Option<String> = None;
     for line in openmetrics.lines() {
         if let Some(rest) = line.strip_prefix("# HELP ") {
-            flush_help(&mut out, help.replace(rest));
+            help = Some(rest);
             continue;
         }
         if let Some(rest) = line.strip_prefix("# TYPE ") {
@@ -106,7 +109,6 @@ pub fn text_format(openmetrics: &str) -> String {
             let _ = writeln!(out, "# TYPE {name} {kind}");
             continue;
         }
-        flush_help(&mut out, help.take());
         if line.starts_with("# UNIT ") || line == "# EOF" {
             continue;
         }
@@ -120,15 +122,7 @@ pub fn text_format(openmetrics: &str) -> String {
             out.push('\n');
         }
     }
-    flush_help(&mut out, help);
     out
-}
-
-/// A HELP line that no TYPE line followed, as it was.
-fn flush_help(out: &mut String, help: Option<&str>) {
-    if let Some(help) = help {
-        let _ = writeln!(out, "# HELP {help}");
-    }
 }
 
 /// One target's answered requests, bridge to backend and back, as a
