@@ -1,40 +1,129 @@
-//! HTTP monitoring (DESIGN §5): `GET /health`, `/status`, `/metrics`.
+//! `/metrics`: the status document and the request-duration histograms as
+//! a Prometheus exposition, in the format the scraper asks for.
 //!
-//! A thread serves them from a [`Snapshot`] that the relay loop replaces a
-//! few times a second; it never touches a ZeroMQ socket and never waits on
-//! the relay, so a slow scraper cannot slow the relay. `/metrics` is encoded
-//! by `prometheus-client` (OpenMetrics text) from the same status document
-//! that `/status` shows, so the two always agree.
+//! `prometheus-client` encodes OpenMetrics text only; [`text_format`]
+//! rewrites its output into the Prometheus text format 0.0.4 for scrapers
+//! (and `promtool check metrics`) that do not ask for OpenMetrics. Both
+//! carry the same families and samples.
 
-use anyhow::anyhow;
-use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::text::encode as encode_openmetrics;
 use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
-use serde_json::{json, Value};
+use serde_json::Value;
+use std::fmt::Write;
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
-/// What the relay loop last published.
-#[derive(Debug, Clone)]
-pub struct Snapshot {
-    /// The status document, as `{"action":"status"}` answers it.
-    pub status: Value,
-    /// Per target, for `/metrics` only (buckets are no use in `/status`).
-    pub durations: Vec<Durations>,
-    /// A frontend is bound and the bridge is not stopping.
-    pub serving: bool,
-    /// What is broken while requests are still served (e.g. the stream
-    /// thread stopped), for `/health`.
-    pub problems: Vec<String>,
-    pub taken: Instant,
+/// The two expositions a scraper can get.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// `application/openmetrics-text; version=1.0.0`
+    OpenMetrics,
+    /// `text/plain; version=0.0.4`, the Prometheus text format.
+    Text,
 }
 
-pub type Shared = Arc<Mutex<Snapshot>>;
+impl Format {
+    /// OpenMetrics when the `Accept` header names it with a quality above
+    /// zero and at least that of the text format (`text/plain`, `text/*`,
+    /// `*/*`); the text format otherwise, and when there is no header.
+    /// Prometheus itself sends e.g. `application/openmetrics-text;
+    /// version=1.0.0,text/plain;version=0.0.4;q=0.5,*/*;q=0.1`.
+    pub fn negotiate(accept: Option<&str>) -> Format {
+        let (mut openmetrics, mut text) = (0.0_f64, 0.0_f64);
+        for range in accept.unwrap_or_default().split(',') {
+            let mut parts = range.split(';');
+            let media = parts.next().unwrap_or_default().trim().to_ascii_lowercase();
+            let quality = parts
+                .filter_map(|p| p.split_once('='))
+                .find(|(key, _)| key.trim().eq_ignore_ascii_case("q"))
+                .map_or(Some(1.0), |(_, q)| q.trim().parse::<f64>().ok())
+                .unwrap_or(0.0);
+            match media.as_str() {
+                "application/openmetrics-text" => openmetrics = openmetrics.max(quality),
+                "text/plain" | "text/*" | "*/*" => text = text.max(quality),
+                _ => {}
+            }
+        }
+        if openmetrics > 0.0 && openmetrics >= text {
+            Format::OpenMetrics
+        } else {
+            Format::Text
+        }
+    }
+
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            Format::Text => "text/plain; version=0.0.4; charset=utf-8",
+        }
+    }
+}
+
+/// The exposition of a status document and the targets' request durations.
+pub fn metrics(status: &Value, durations: Vec<Durations>, format: Format) -> String {
+    let text = openmetrics(status, durations);
+    match format {
+        Format::OpenMetrics => text,
+        Format::Text => text_format(&text),
+    }
+}
+
+/// The Prometheus text format 0.0.4 of an OpenMetrics exposition as
+/// `prometheus-client` writes it (HELP, TYPE, UNIT, then samples, per
+/// family; no timestamps, no exemplars: zbridge uses neither). HELP texts
+/// are copied as they are: prometheus-client does not escape them, and
+/// zbridge's need no escaping in either format.
+///
+/// What differs between the two: a counter family `x` has samples
+/// `x_total` in both, but the text format names the family `x_total` in
+/// HELP and TYPE, or its parsers take the samples for another, untyped
+/// family without help; `unknown` is `untyped`; the text format has no
+/// `# UNIT`, no `_created` samples and no `# EOF`.
+pub fn text_format(openmetrics: &str) -> String {
+    let mut out = String::with_capacity(openmetrics.len());
+    // The family's HELP line waits for its TYPE, which says its name
+    // (prometheus-client writes one after every HELP).
+    let mut help: Option<&str> = None;
+    let mut counter: Option<String> = None;
+    for line in openmetrics.lines() {
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            help = Some(rest);
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (family, kind) = rest.split_once(' ').unwrap_or((rest, "unknown"));
+            counter = (kind == "counter").then(|| family.to_string());
+            let (name, kind) = match kind {
+                "counter" => (format!("{family}_total"), kind),
+                "unknown" => (family.to_string(), "untyped"),
+                _ => (family.to_string(), kind),
+            };
+            if let Some(help) = help.take() {
+                let text = help.split_once(' ').map_or("", |(_, text)| text);
+                let _ = writeln!(out, "# HELP {name} {text}");
+            }
+            let _ = writeln!(out, "# TYPE {name} {kind}");
+            continue;
+        }
+        if line.starts_with("# UNIT ") || line == "# EOF" {
+            continue;
+        }
+        let sample = line.split(['{', ' ']).next().unwrap_or_default();
+        let created = counter
+            .as_deref()
+            .and_then(|family| sample.strip_prefix(family))
+            == Some("_created");
+        if !created {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
+}
 
 /// One target's answered requests, bridge to backend and back, as a
 /// Prometheus histogram.
@@ -64,81 +153,6 @@ impl EncodeMetric for DurationFamily {
 
     fn metric_type(&self) -> MetricType {
         MetricType::Histogram
-    }
-}
-
-/// Serve on `bind` (`HOST:PORT`, port 0 for any) from a thread; returns the
-/// bound port. `/health` says 503 when the snapshot is older than `stale`:
-/// the relay loop is stuck.
-pub fn start(bind: &str, shared: Shared, stale: Duration) -> anyhow::Result<u16> {
-    let server = tiny_http::Server::http(bind)
-        .map_err(|e| anyhow!("cannot bind the monitoring HTTP server on {bind}: {e}"))?;
-    let port = server
-        .server_addr()
-        .to_ip()
-        .map(|a| a.port())
-        .ok_or_else(|| anyhow!("the monitoring server has no IP address"))?;
-    std::thread::Builder::new()
-        .name("monitor".into())
-        .spawn(move || {
-            for request in server.incoming_requests() {
-                let snapshot = shared.lock().map(|s| s.clone()).ok();
-                let (code, content_type, body) = respond(request.url(), snapshot, stale);
-                let header = tiny_http::Header::from_bytes("Content-Type", content_type)
-                    .expect("a valid header");
-                let response = tiny_http::Response::from_string(body)
-                    .with_status_code(code)
-                    .with_header(header);
-                let _ = request.respond(response);
-            }
-        })?;
-    Ok(port)
-}
-
-const JSON: &str = "application/json";
-const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
-
-fn respond(url: &str, snapshot: Option<Snapshot>, stale: Duration) -> (u16, &'static str, String) {
-    let Some(snapshot) = snapshot else {
-        return (
-            500,
-            JSON,
-            json!({"status": "error", "message": "no snapshot"}).to_string(),
-        );
-    };
-    let path = url.split('?').next().unwrap_or(url);
-    match path {
-        "/health" => {
-            let age = snapshot.taken.elapsed();
-            let role = snapshot.status["role"].clone();
-            if age > stale {
-                let doc = json!({"status": "unavailable", "role": role,
-                    "reason": format!("the relay loop has not reported for {:.1} s", age.as_secs_f64())});
-                (503, JSON, doc.to_string())
-            } else if !snapshot.serving {
-                let doc = json!({"status": "unavailable", "role": role,
-                    "reason": "no frontend port is bound (starting or stopping)"});
-                (503, JSON, doc.to_string())
-            } else {
-                let mut doc = json!({"status": "ok", "role": role});
-                if !snapshot.problems.is_empty() {
-                    doc["problems"] = json!(snapshot.problems);
-                }
-                (200, JSON, doc.to_string())
-            }
-        }
-        "/status" => (200, JSON, snapshot.status.to_string()),
-        "/metrics" => (
-            200,
-            OPENMETRICS,
-            metrics(&snapshot.status, snapshot.durations),
-        ),
-        _ => (
-            404,
-            JSON,
-            json!({"status": "error", "message": format!("no such path {path:?}: try /health, /status or /metrics")})
-                .to_string(),
-        ),
     }
 }
 
@@ -176,7 +190,7 @@ fn counters_by(registry: &mut Registry, name: &str, help: &str, label: &str, val
 
 /// The OpenMetrics text for a status document and the targets' request
 /// durations.
-pub fn metrics(status: &Value, durations: Vec<Durations>) -> String {
+fn openmetrics(status: &Value, durations: Vec<Durations>) -> String {
     let mut registry = Registry::default();
     counter(
         &mut registry,
@@ -282,7 +296,6 @@ pub fn metrics(status: &Value, durations: Vec<Durations>) -> String {
     let replies = Family::<Labels, Counter>::default();
     let in_flight = Family::<Labels, Gauge<f64, AtomicU64>>::default();
     let breaker_open = Family::<Labels, Gauge<f64, AtomicU64>>::default();
-    let latency = Family::<Labels, Gauge<f64, AtomicU64>>::default();
     for (name, target) in status["targets"].as_object().into_iter().flatten() {
         let t = labels(&[("target", name)]);
         requests
@@ -297,13 +310,6 @@ pub fn metrics(status: &Value, durations: Vec<Durations>) -> String {
         breaker_open
             .get_or_create(&t)
             .set(f64::from(u8::from(target["breaker"] != "closed")));
-        for (quantile, key) in [("0.5", "p50"), ("0.99", "p99")] {
-            if let Some(ms) = target["latency_ms"][key].as_f64() {
-                latency
-                    .get_or_create(&labels(&[("target", name), ("quantile", quantile)]))
-                    .set(ms / 1000.0);
-            }
-        }
     }
     registry.register(
         "zbridge_target_requests",
@@ -326,18 +332,13 @@ pub fn metrics(status: &Value, durations: Vec<Durations>) -> String {
         breaker_open,
     );
     registry.register(
-        "zbridge_target_latency_seconds",
-        "Round trip to a target's backend, since start",
-        latency,
-    );
-    registry.register(
         "zbridge_request_duration_seconds",
         "Answered requests, from the bridge to the target's backend and back",
         DurationFamily(durations),
     );
     stream_metrics(&mut registry, status);
     let mut text = String::new();
-    if let Err(e) = encode(&mut text, &registry) {
+    if let Err(e) = encode_openmetrics(&mut text, &registry) {
         text = format!("# cannot encode metrics: {e}\n# EOF\n");
     }
     text
@@ -412,59 +413,44 @@ fn stream_metrics(registry: &mut Registry, status: &Value) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
-    fn snapshot(serving: bool, age: Duration) -> Option<Snapshot> {
-        Some(Snapshot {
-            status: json!({"role": "active", "requests_total": 7, "targets": {}}),
-            durations: Vec::new(),
-            serving,
-            problems: Vec::new(),
-            taken: Instant::now() - age,
-        })
-    }
-
-    #[test]
-    fn health_is_503_while_no_port_is_bound_or_the_loop_is_stuck() {
-        let stale = Duration::from_secs(2);
-        assert_eq!(
-            respond("/health", snapshot(true, Duration::ZERO), stale).0,
-            200
-        );
-        let (code, _, body) = respond("/health", snapshot(false, Duration::ZERO), stale);
-        assert_eq!(code, 503);
-        assert!(body.contains("no frontend port"), "{body}");
-        let (code, _, body) = respond("/health?x=1", snapshot(true, Duration::from_secs(3)), stale);
-        assert_eq!(code, 503);
-        assert!(body.contains("has not reported"), "{body}");
-    }
-
-    #[test]
-    fn metrics_are_openmetrics_text_named_with_the_prefix() {
-        let text = metrics(
-            &json!({"requests_total": 7, "role": "active", "errors_total": {"timeout": 2}}),
+    fn example() -> String {
+        openmetrics(
+            &json!({"requests_total": 7, "role": "active", "errors_total": {"timeout": 2},
+                "targets": {"pc2": {"requests_total": 4, "in_flight": 1, "breaker": "closed",
+                    "latency_ms": {"p50": 1.0, "p99": 2.0}}}}),
             vec![Durations {
                 target: "pc2".into(),
                 sum_s: 0.5,
                 count: 3,
                 buckets: vec![(0.001, 2), (0.5, 0), (f64::MAX, 1)],
             }],
-        );
+        )
+    }
+
+    #[test]
+    fn metrics_are_openmetrics_text_named_with_the_prefix() {
+        let text = example();
         for line in [
             "zbridge_request_duration_seconds_sum{target=\"pc2\"} 0.5",
             "zbridge_request_duration_seconds_count{target=\"pc2\"} 3",
             "zbridge_request_duration_seconds_bucket{le=\"0.001\",target=\"pc2\"} 2",
             "zbridge_request_duration_seconds_bucket{le=\"0.5\",target=\"pc2\"} 2",
             "zbridge_request_duration_seconds_bucket{le=\"+Inf\",target=\"pc2\"} 3",
+            "# TYPE zbridge_requests counter",
+            "zbridge_requests_total 7",
+            "zbridge_errors_total{code=\"timeout\"} 2",
+            "zbridge_target_requests_total{target=\"pc2\"} 4",
+            "zbridge_role 1",
         ] {
             assert!(text.contains(line), "{line} in {text}");
         }
-        assert!(text.contains("zbridge_requests_total 7"), "{text}");
-        assert!(
-            text.contains("zbridge_errors_total{code=\"timeout\"} 2"),
-            "{text}"
-        );
-        assert!(text.contains("zbridge_role 1"), "{text}");
-        let text = metrics(
+        // Only summaries may carry a quantile label; p50/p99 stay in
+        // /status, the histogram above is what Prometheus gets.
+        assert!(!text.contains("quantile"), "{text}");
+        assert!(text.ends_with("# EOF\n"), "{text}");
+        let text = openmetrics(
             &json!({"streams": {"dream": {"up": true, "subscriber_stalls_total": 3}}}),
             Vec::new(),
         );
@@ -476,6 +462,101 @@ mod tests {
             text.contains("zbridge_stream_up{stream=\"dream\"} 1"),
             "{text}"
         );
-        assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+
+    #[test]
+    fn the_text_format_names_counter_families_with_total_and_drops_what_it_lacks() {
+        let openmetrics = "\
+# HELP x_requests Requests.
+# TYPE x_requests counter
+# UNIT x_requests requests
+x_requests_total{code=\"a\"} 7
+x_requests_created{code=\"a\"} 1.7e9
+# HELP x_up 1 while up.
+# TYPE x_up gauge
+x_up 1
+# HELP x_seconds Durations.
+# TYPE x_seconds histogram
+x_seconds_bucket{le=\"+Inf\"} 2
+x_seconds_sum 0.5
+x_seconds_count 2
+# HELP x_odd Unknown.
+# TYPE x_odd unknown
+x_odd 3
+# EOF
+";
+        let text = "\
+# HELP x_requests_total Requests.
+# TYPE x_requests_total counter
+x_requests_total{code=\"a\"} 7
+# HELP x_up 1 while up.
+# TYPE x_up gauge
+x_up 1
+# HELP x_seconds Durations.
+# TYPE x_seconds histogram
+x_seconds_bucket{le=\"+Inf\"} 2
+x_seconds_sum 0.5
+x_seconds_count 2
+# HELP x_odd Unknown.
+# TYPE x_odd untyped
+x_odd 3
+";
+        assert_eq!(text_format(openmetrics), text);
+    }
+
+    #[test]
+    fn the_text_format_of_zbridge_metrics_keeps_every_sample() {
+        let openmetrics = example();
+        let text = text_format(&openmetrics);
+        let samples = |t: &str| -> Vec<String> {
+            t.lines()
+                .filter(|l| !l.starts_with('#'))
+                .map(str::to_string)
+                .collect()
+        };
+        assert_eq!(samples(&text), samples(&openmetrics));
+        for line in [
+            "# HELP zbridge_requests_total Requests read from the frontends.",
+            "# TYPE zbridge_requests_total counter",
+            "# TYPE zbridge_errors_total counter",
+            "# TYPE zbridge_role gauge",
+            "# TYPE zbridge_request_duration_seconds histogram",
+        ] {
+            assert!(text.contains(line), "{line} in {text}");
+        }
+        assert!(
+            !text.contains("# EOF") && !text.contains("# UNIT"),
+            "{text}"
+        );
+        // Every sample of a family follows its TYPE line, under its name.
+        let mut family = String::new();
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                family = rest.split(' ').next().unwrap().to_string();
+            } else if !line.starts_with('#') {
+                assert!(line.starts_with(&family), "{line} under {family}");
+            }
+        }
+    }
+
+    #[test]
+    fn openmetrics_only_when_the_scraper_prefers_it() {
+        let cases = [
+            (None, Format::Text),
+            (Some(""), Format::Text),
+            (Some("*/*"), Format::Text),
+            (Some("text/plain;version=0.0.4"), Format::Text),
+            (Some("application/openmetrics-text"), Format::OpenMetrics),
+            // Prometheus 2.x's default.
+            (Some("application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"), Format::OpenMetrics),
+            // A scrape config that prefers the text format.
+            (Some("text/plain;version=0.0.4;q=1, application/openmetrics-text; version=1.0.0; q=0.5"), Format::Text),
+            (Some("application/openmetrics-text;q=0, text/plain"), Format::Text),
+            (Some("Application/OpenMetrics-Text; Q=0.9, */*;q=0.1"), Format::OpenMetrics),
+            (Some("application/openmetrics-text;q=bad"), Format::Text),
+        ];
+        for (accept, format) in cases {
+            assert_eq!(Format::negotiate(accept), format, "{accept:?}");
+        }
     }
 }

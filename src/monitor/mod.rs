@@ -1,0 +1,168 @@
+//! HTTP monitoring (DESIGN §5): `GET /health`, `/status`, `/metrics`.
+//!
+//! A thread of its own serves them ([`server`]) from a [`Snapshot`] that the
+//! relay loop replaces a few times a second; it never touches a ZeroMQ
+//! socket and never waits on the relay, so neither a slow scraper nor an
+//! abusive client can slow the relay, and none can starve another client
+//! of `/health`. `/metrics` is encoded ([`metrics`]) from the same status
+//! document that `/status` shows, so the two always agree.
+//!
+//! This module decides the answers (pure, unit-tested); `server` owns the
+//! sockets and the limits.
+
+mod metrics;
+mod server;
+
+pub use metrics::Durations;
+pub use server::start;
+
+use metrics::{metrics, Format};
+
+use serde_json::{json, Value};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// What the relay loop last published.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    /// The status document, as `{"action":"status"}` answers it.
+    pub status: Value,
+    /// Per target, for `/metrics` only (buckets are no use in `/status`).
+    pub durations: Vec<Durations>,
+    /// A frontend is bound and the bridge is not stopping.
+    pub serving: bool,
+    /// What is wrong without stopping the bridge from serving (e.g. "stream
+    /// thread stopped"): `/health` lists them and stays 200.
+    pub problems: Vec<String>,
+    pub taken: Instant,
+}
+
+pub type Shared = Arc<Mutex<Snapshot>>;
+
+const JSON: &str = "application/json";
+
+/// `(status code, content type, body)` for a GET of `url` (path and query),
+/// with the request's `Accept` header; `/health` says 503 when the snapshot
+/// is older than `stale`: the relay loop is stuck.
+fn respond(
+    url: &str,
+    accept: Option<&str>,
+    snapshot: Option<Snapshot>,
+    stale: Duration,
+) -> (u16, &'static str, String) {
+    let Some(snapshot) = snapshot else {
+        return (
+            500,
+            JSON,
+            json!({"status": "error", "message": "no snapshot"}).to_string(),
+        );
+    };
+    let path = url.split('?').next().unwrap_or(url);
+    match path {
+        "/health" => health(&snapshot, stale),
+        "/status" => (200, JSON, snapshot.status.to_string()),
+        "/metrics" => {
+            let format = Format::negotiate(accept);
+            let text = metrics(&snapshot.status, snapshot.durations, format);
+            (200, format.content_type(), text)
+        }
+        _ => (
+            404,
+            JSON,
+            json!({"status": "error", "message": format!("no such path {path:?}: try /health, /status or /metrics")})
+                .to_string(),
+        ),
+    }
+}
+
+fn health(snapshot: &Snapshot, stale: Duration) -> (u16, &'static str, String) {
+    let age = snapshot.taken.elapsed();
+    let role = snapshot.status["role"].clone();
+    let (code, mut doc) = if age > stale {
+        let reason = format!(
+            "the relay loop has not reported for {:.1} s",
+            age.as_secs_f64()
+        );
+        (
+            503,
+            json!({"status": "unavailable", "role": role, "reason": reason}),
+        )
+    } else if !snapshot.serving {
+        let reason = "no frontend port is bound (starting or stopping)";
+        (
+            503,
+            json!({"status": "unavailable", "role": role, "reason": reason}),
+        )
+    } else {
+        (200, json!({"status": "ok", "role": role}))
+    };
+    if !snapshot.problems.is_empty() {
+        doc["problems"] = json!(snapshot.problems);
+    }
+    (code, JSON, doc.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snapshot(serving: bool, age: Duration, problems: &[&str]) -> Option<Snapshot> {
+        Some(Snapshot {
+            status: json!({"role": "active", "requests_total": 7, "targets": {}}),
+            durations: Vec::new(),
+            serving,
+            problems: problems.iter().map(|p| p.to_string()).collect(),
+            taken: Instant::now() - age,
+        })
+    }
+
+    #[test]
+    fn health_is_503_while_no_port_is_bound_or_the_loop_is_stuck() {
+        let stale = Duration::from_secs(2);
+        let (code, _, body) = respond("/health", None, snapshot(true, Duration::ZERO, &[]), stale);
+        assert_eq!(code, 200);
+        let doc: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(doc, json!({"status": "ok", "role": "active"}));
+        let (code, _, body) = respond("/health", None, snapshot(false, Duration::ZERO, &[]), stale);
+        assert_eq!(code, 503);
+        assert!(body.contains("no frontend port"), "{body}");
+        let old = snapshot(true, Duration::from_secs(3), &[]);
+        let (code, _, body) = respond("/health?x=1", None, old, stale);
+        assert_eq!(code, 503);
+        assert!(body.contains("has not reported"), "{body}");
+    }
+
+    #[test]
+    fn health_lists_problems_and_stays_200_while_serving() {
+        let stale = Duration::from_secs(2);
+        let problems = snapshot(true, Duration::ZERO, &["stream thread stopped"]);
+        let (code, _, body) = respond("/health", None, problems, stale);
+        assert_eq!(code, 200);
+        let doc: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(doc["status"], "ok");
+        assert_eq!(doc["problems"], json!(["stream thread stopped"]));
+        let stopped = snapshot(false, Duration::ZERO, &["stream thread stopped"]);
+        let (code, _, body) = respond("/health", None, stopped, stale);
+        assert_eq!(code, 503);
+        assert!(body.contains("stream thread stopped"), "{body}");
+    }
+
+    #[test]
+    fn metrics_come_in_the_format_the_accept_header_asks_for() {
+        let stale = Duration::from_secs(2);
+        let now = || snapshot(true, Duration::ZERO, &[]);
+        let (code, content_type, body) = respond("/metrics", None, now(), stale);
+        assert_eq!(code, 200);
+        assert_eq!(content_type, "text/plain; version=0.0.4; charset=utf-8");
+        assert!(
+            body.contains("# TYPE zbridge_requests_total counter"),
+            "{body}"
+        );
+        let prometheus =
+            "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5";
+        let (_, content_type, body) = respond("/metrics", Some(prometheus), now(), stale);
+        assert!(content_type.starts_with("application/openmetrics-text"));
+        assert!(body.ends_with("# EOF\n"), "{body}");
+        assert_eq!(respond("/nope", None, now(), stale).0, 404);
+    }
+}

@@ -1,0 +1,238 @@
+//! The monitoring server's sockets: hyper's HTTP/1 server on a
+//! current-thread tokio runtime that lives on the monitor's own thread (the
+//! relay thread never runs any of it), one task per connection.
+//!
+//! No client can block another or grow the process: a request head is at
+//! most [`MAX_HEAD_BYTES`] with [`MAX_HEADERS`] headers (431 past either),
+//! and must arrive within [`HEAD_TIMEOUT`] (also the most a keep-alive
+//! connection may sit idle); a connection whose answers are not read is
+//! dropped once a write has stalled for [`WRITE_STALL`]; at most
+//! [`MAX_CONNECTIONS`] are open at once, and one past that is closed at once.
+//! Only GET and HEAD are served (405 with `Allow` otherwise); request bodies
+//! are never read. Answers go out without Nagle's delay (TCP_NODELAY).
+
+use super::{respond, Shared};
+use anyhow::Context as _;
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{HeaderValue, ACCEPT, ALLOW, CONTENT_TYPE};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde_json::json;
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Sleep;
+use tracing::{debug, warn};
+
+/// Request line and headers together, in bytes.
+const MAX_HEAD_BYTES: usize = 8 * 1024;
+const MAX_HEADERS: usize = 32;
+/// For a whole request head, and for the wait for the next one.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
+const WRITE_STALL: Duration = Duration::from_secs(5);
+const MAX_CONNECTIONS: usize = 64;
+/// hyper's read and write buffers, each (its minimum is 8 KiB).
+const MAX_BUF_BYTES: usize = 16 * 1024;
+const ALLOWED: &str = "GET, HEAD";
+
+/// Serve on `bind` (`HOST:PORT`, port 0 for any) from a thread; returns the
+/// bound port. `/health` says 503 when the snapshot is older than `stale`:
+/// the relay loop is stuck.
+pub fn start(bind: &str, shared: Shared, stale: Duration) -> anyhow::Result<u16> {
+    let listener = std::net::TcpListener::bind(bind)
+        .with_context(|| format!("cannot bind the monitoring HTTP server on {bind}"))?;
+    listener.set_nonblocking(true)?;
+    let port = listener.local_addr()?.port();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .enable_time()
+        .build()
+        .context("cannot start the monitoring server's runtime")?;
+    let listener = {
+        let _entered = runtime.enter();
+        TcpListener::from_std(listener)?
+    };
+    std::thread::Builder::new()
+        .name("monitor".into())
+        .spawn(move || runtime.block_on(serve(listener, shared, stale)))?;
+    Ok(port)
+}
+
+async fn serve(listener: TcpListener, shared: Shared, stale: Duration) {
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(HEAD_TIMEOUT)
+        .max_header_size(MAX_HEAD_BYTES)
+        .max_headers(MAX_HEADERS)
+        .max_buf_size(MAX_BUF_BYTES);
+    let open = Arc::new(AtomicUsize::new(0));
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of file descriptors, most likely: give the open
+                // connections time to finish instead of spinning.
+                warn!(error = %e, "the monitoring server cannot accept a connection");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Some(slot) = Slot::take(&open) else {
+            debug!("monitoring connection refused: {MAX_CONNECTIONS} already open");
+            continue;
+        };
+        if let Err(e) = stream.set_nodelay(true) {
+            debug!(error = %e, "cannot set TCP_NODELAY on a monitoring connection");
+        }
+        let shared = Arc::clone(&shared);
+        let service = service_fn(move |request| {
+            std::future::ready(Ok::<_, Infallible>(answer(&request, &shared, stale)))
+        });
+        let connection = http.serve_connection(TokioIo::new(WriteDeadline::new(stream)), service);
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                debug!(error = %e, "monitoring connection closed");
+            }
+            drop(slot);
+        });
+    }
+}
+
+fn answer(request: &Request<Incoming>, shared: &Shared, stale: Duration) -> Response<Full<Bytes>> {
+    let method = request.method();
+    if method != Method::GET && method != Method::HEAD {
+        let message = format!("method {method} not allowed: use {ALLOWED}");
+        let body = json!({"status": "error", "message": message}).to_string();
+        let mut response = response(405, "application/json", body);
+        response
+            .headers_mut()
+            .insert(ALLOW, HeaderValue::from_static(ALLOWED));
+        return response;
+    }
+    let snapshot = shared.lock().map(|s| s.clone()).ok();
+    let url = request.uri().path_and_query().map_or("/", |p| p.as_str());
+    let accept = request.headers().get(ACCEPT).and_then(|v| v.to_str().ok());
+    let (code, content_type, body) = respond(url, accept, snapshot, stale);
+    response(code, content_type, body)
+}
+
+fn response(code: u16, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() =
+        StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}
+
+/// One of [`MAX_CONNECTIONS`]; given back when dropped.
+struct Slot(Arc<AtomicUsize>);
+
+impl Slot {
+    fn take(open: &Arc<AtomicUsize>) -> Option<Slot> {
+        open.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+            (n < MAX_CONNECTIONS).then_some(n + 1)
+        })
+        .ok()
+        .map(|_| Slot(Arc::clone(open)))
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A connection whose writes fail with `TimedOut` once they have made no
+/// progress for [`WRITE_STALL`]: a client that sends requests and never
+/// reads the answers is dropped instead of holding its task (and its
+/// buffers) for as long as it keeps the connection open. A client that
+/// reads, however slowly, resets the clock.
+struct WriteDeadline {
+    stream: TcpStream,
+    stalled: Option<Pin<Box<Sleep>>>,
+}
+
+impl WriteDeadline {
+    fn new(stream: TcpStream) -> WriteDeadline {
+        WriteDeadline {
+            stream,
+            stalled: None,
+        }
+    }
+
+    fn watch<T>(&mut self, cx: &mut Context<'_>, poll: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
+        if poll.is_ready() {
+            self.stalled = None;
+            return poll;
+        }
+        let stalled = self
+            .stalled
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(WRITE_STALL)));
+        match stalled.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the client has not read its answers",
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl AsyncRead for WriteDeadline {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for WriteDeadline {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let poll = Pin::new(&mut this.stream).poll_write(cx, buf);
+        this.watch(cx, poll)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let poll = Pin::new(&mut this.stream).poll_write_vectored(cx, bufs);
+        this.watch(cx, poll)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let poll = Pin::new(&mut this.stream).poll_flush(cx);
+        this.watch(cx, poll)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+}
