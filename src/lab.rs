@@ -270,9 +270,14 @@ impl Process {
 
     /// Every JSON line printed on stdout so far.
     pub fn events(&self) -> Vec<Value> {
+        self.timed_events().into_iter().map(|(_, e)| e).collect()
+    }
+
+    /// Every JSON line printed on stdout so far, with the time it was read.
+    pub fn timed_events(&self) -> Vec<(Instant, Value)> {
         let out = self.out.lock().map(|o| o.clone()).unwrap_or_default();
-        out.iter()
-            .filter_map(|(_, line)| serde_json::from_str(line).ok())
+        out.into_iter()
+            .filter_map(|(at, line)| Some((at, serde_json::from_str(&line).ok()?)))
             .collect()
     }
 

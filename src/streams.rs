@@ -433,7 +433,7 @@ impl Worker {
 
     fn on_upstream_events(&mut self, i: usize) {
         let upstream = &mut self.upstreams[i];
-        while let Some(event) = next_event(&upstream.events) {
+        while let Some((event, _)) = next_event(&upstream.events) {
             if event == zmq::SocketEvent::CONNECTED.to_raw() && !upstream.up {
                 upstream.up = true;
                 if std::mem::replace(&mut upstream.connected_before, true) {
@@ -452,7 +452,7 @@ impl Worker {
         let Some(bound) = &mut self.pubs[port] else {
             return;
         };
-        while let Some(event) = next_event(&bound.events) {
+        while let Some((event, _)) = next_event(&bound.events) {
             if event == zmq::SocketEvent::ACCEPTED.to_raw() {
                 bound.subscribers += 1;
             } else if event == zmq::SocketEvent::DISCONNECTED.to_raw() {

@@ -2,6 +2,7 @@
 
 mod support;
 
+mod agents;
 mod cli;
 mod client;
 mod drain;

@@ -178,6 +178,8 @@ pub struct Machine {
     /// The active peer's process is gone (one host: its port was free;
     /// two hosts: its frontend refused a connect).
     peer_died: bool,
+    /// A failed bind of the secondary port was reported (once per wait).
+    secondary_wait_told: bool,
     /// When to try the primary (or secondary) port again.
     retry_at: [Option<Instant>; 2],
     /// Draining the primary port to hand it to the primary node.
@@ -209,6 +211,7 @@ impl Machine {
             draining: [false; 2],
             proving: false,
             peer_died: false,
+            secondary_wait_told: false,
             retry_at: [None; 2],
             handing_over: false,
             failovers: 0,
@@ -472,6 +475,9 @@ impl Machine {
         if ok {
             self.holding[i] = true;
             self.retry_at[i] = None;
+            if port == Port::Secondary {
+                self.secondary_wait_told = false;
+            }
         }
         match (port, ok, self.phase) {
             (_, true, Phase::Stopping) => self.drain(port, effects),
@@ -519,8 +525,9 @@ impl Machine {
                 self.retry_at[i] = Some(later(now, self.settings.heartbeat_timeout));
             }
             (Port::Secondary, false, _) => {
-                // The peer holds it until it has drained: retry soon.
-                if self.retry_at[i].is_none() {
+                // The peer holds it until it has drained: retry soon, and
+                // say so once, not at every retry.
+                if !std::mem::replace(&mut self.secondary_wait_told, true) {
                     effects.push(Effect::BindFailed {
                         port,
                         silent_for: Duration::ZERO,

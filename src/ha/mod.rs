@@ -107,7 +107,7 @@ impl Heartbeats {
     /// the last call.
     pub fn peer_disconnected(&self) -> bool {
         let mut closed = false;
-        while let Some(event) = crate::relay::next_event(&self.links) {
+        while let Some((event, _)) = crate::relay::next_event(&self.links) {
             closed |= event == zmq::SocketEvent::DISCONNECTED.to_raw();
         }
         closed

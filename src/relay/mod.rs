@@ -19,6 +19,7 @@
 //! (the backend's or an error document), unless the client is gone.
 
 mod breaker;
+mod cork;
 mod inflight;
 mod limit;
 mod state;
@@ -37,6 +38,7 @@ use crate::throttle::LogThrottle;
 use inflight::Key;
 use serde_json::{json, Value};
 use state::{Return, State};
+use std::os::fd::RawFd;
 use std::time::{Duration, Instant};
 use tracing::{error, info, warn};
 use zbridge_protocol::heartbeat::{Message, Role, State as PeerState};
@@ -52,6 +54,8 @@ const SNAPSHOT_EVERY: Duration = Duration::from_millis(100);
 /// by half of drain_timeout): long enough for lockstep clients to fall
 /// quiet, short enough to hand the port on when they never do.
 const RELAY_WHILE_DRAINING: Duration = Duration::from_secs(2);
+/// How often a draining port's corked connections are flushed at least.
+const CORK_FLUSH_EVERY: Duration = Duration::from_millis(1);
 /// What `/health` says while the stream thread is gone.
 const STREAMS_STOPPED: &str =
     "the stream thread has stopped: streams are not republished; restart the bridge";
@@ -72,7 +76,8 @@ pub(crate) struct Frontend {
     relay_until: Instant,
     /// libzmq's socket monitor: accepted and closed client connections.
     events: zmq::Socket,
-    clients: u64,
+    /// The client connections' descriptors (libzmq's), for [`cork`].
+    connections: Vec<RawFd>,
 }
 
 /// The frontends by [`Port`] index.
@@ -265,8 +270,12 @@ impl Relay {
             }
             // Before the requests of this round: a client asking for the
             // status counts itself.
-            self.state.ha.clients_connected =
-                self.frontends.iter().flatten().map(|f| f.clients).sum();
+            self.state.ha.clients_connected = self
+                .frontends
+                .iter()
+                .flatten()
+                .map(|f| f.connections.len() as u64)
+                .sum();
             for port in [Port::Primary, Port::Secondary] {
                 if !ready.frontends[port.index()] {
                     continue;
@@ -355,11 +364,13 @@ impl Relay {
     }
 
     fn poll_timeout_ms(&mut self, now: Instant) -> i64 {
+        // A draining port's corked replies wait for the next round.
         let drains = self
             .frontends
             .iter()
             .flatten()
-            .filter_map(|f| f.draining_until);
+            .filter_map(|f| f.draining_until)
+            .map(|until| until.min(later(now, CORK_FLUSH_EVERY)));
         let next = self
             .state
             .next_deadline()
@@ -440,6 +451,7 @@ impl Relay {
                         }
                         let drain = self.state.config.drain_timeout;
                         frontend.draining_until = Some(later(now, drain));
+                        cork::hold(&frontend.connections);
                         frontend.relay_until = later(now, (drain / 2).min(RELAY_WHILE_DRAINING));
                     }
                     None => self.handle(now, Event::Released(port), events),
@@ -537,11 +549,15 @@ impl Relay {
             // This runs right after the replies of the last round were
             // sent, so a lockstep client's port closes right behind its
             // reply, before it can send the next request into it.
-            let done = self.frontends[i].as_ref().is_some_and(|f| {
-                f.draining_until
-                    .is_some_and(|until| now >= until || (idle && !readable(&f.socket)))
-            });
-            if !done {
+            let Some(frontend) = &self.frontends[i] else {
+                continue;
+            };
+            let Some(until) = frontend.draining_until else {
+                continue;
+            };
+            if now < until && !(idle && !readable(&frontend.socket)) {
+                // Staying open: send this round's replies (see `cork`).
+                cork::flush(&frontend.connections);
                 continue;
             }
             self.state.answer_left(&self.frontends, port);
@@ -841,13 +857,16 @@ pub(crate) fn watch(
     Ok(events)
 }
 
-/// The next monitor event waiting on `events` (from [`watch`]), as its raw
-/// number (`zmq::SocketEvent::from_raw` panics on kinds it does not know).
-pub(crate) fn next_event(events: &zmq::Socket) -> Option<u16> {
+/// The next monitor event waiting on `events` (from [`watch`]): its raw
+/// number (`zmq::SocketEvent::from_raw` panics on kinds it does not know)
+/// and its value (for connection events, the connection's descriptor).
+pub(crate) fn next_event(events: &zmq::Socket) -> Option<(u16, u32)> {
     loop {
         let event = events.recv_multipart(zmq::DONTWAIT).ok()?;
-        if let Some(id) = event.first().and_then(|f| f.get(..2)) {
-            return Some(u16::from_le_bytes([id[0], id[1]]));
+        if let Some(head) = event.first().and_then(|f| f.get(..6)) {
+            let id = u16::from_le_bytes([head[0], head[1]]);
+            let value = u32::from_le_bytes([head[2], head[3], head[4], head[5]]);
+            return Some((id, value));
         }
     }
 }
@@ -882,17 +901,23 @@ fn open_frontend(context: &zmq::Context, config: &Config, endpoint: &str) -> zmq
         draining_until: None,
         relay_until: Instant::now(),
         events,
-        clients: 0,
+        connections: Vec::new(),
     })
 }
 
-/// Count accepted and closed client connections from the socket monitor.
+/// Track accepted and closed client connections from the socket monitor
+/// (each event carries the connection's descriptor); a connection accepted
+/// while the port drains is corked like the others.
 fn count_connections(frontend: &mut Frontend) {
-    while let Some(event) = next_event(&frontend.events) {
+    while let Some((event, value)) = next_event(&frontend.events) {
+        let fd = RawFd::try_from(value).unwrap_or(-1);
         if event == zmq::SocketEvent::ACCEPTED.to_raw() {
-            frontend.clients += 1;
+            frontend.connections.push(fd);
+            if frontend.draining_until.is_some() {
+                cork::hold(&[fd]);
+            }
         } else if event == zmq::SocketEvent::DISCONNECTED.to_raw() {
-            frontend.clients = frontend.clients.saturating_sub(1);
+            frontend.connections.retain(|&c| c != fd);
         }
     }
 }

@@ -44,6 +44,32 @@ pub fn py_service(tag: &str, port: u16) -> (Process, u16) {
     (process, port)
 }
 
+/// A plain pyzmq agent (tests/peers/lockstep.py): a REQ socket sending
+/// `[target, payload, N]` in lockstep for `seconds`, with no timeout (or,
+/// given one, zguide's Lazy Pirate); one JSON line per reply. Killed when
+/// dropped.
+pub fn lockstep_agent(
+    endpoint: &str,
+    target: &str,
+    seconds: f64,
+    payload: &str,
+    timeout: Option<Duration>,
+) -> Process {
+    let mut command = Command::new("python3");
+    command
+        .arg(root().join("tests/peers/lockstep.py"))
+        .arg(endpoint)
+        .arg(target)
+        .arg(seconds.to_string())
+        .arg(format!("--payload={payload}"));
+    if let Some(timeout) = timeout {
+        command.arg(format!("--timeout-ms={}", timeout.as_millis()));
+    }
+    let (process, _) =
+        Process::spawn(command, |l| l.contains("ready")).expect("the pyzmq agent starts");
+    process
+}
+
 /// Run the pyzmq client of tests/peers and return the replies it got.
 pub fn py_client(kind: &str, endpoint: &str, requests: &[Vec<&[u8]>]) -> Vec<Vec<Vec<u8>>> {
     let hex: Vec<Vec<String>> = requests
@@ -161,6 +187,11 @@ pub struct Pair {
 
 impl Pair {
     pub fn new(extra: &[&str]) -> Pair {
+        Pair::with_timings(INTERVAL, TIMEOUT, extra)
+    }
+
+    /// A pair with its own heartbeat timings (e.g. the design's defaults).
+    pub fn with_timings(interval: Duration, timeout: Duration, extra: &[&str]) -> Pair {
         let service = EchoService::start(None).unwrap();
         let ports = [free_port(), free_port(), free_port(), free_port()];
         let mut flags = vec![
@@ -170,8 +201,8 @@ impl Pair {
             format!("--secondary-heartbeat-port={}", ports[3]),
             format!("--primary-monitor-port={}", free_port()),
             format!("--secondary-monitor-port={}", free_port()),
-            format!("--heartbeat-interval={}", INTERVAL.as_secs_f64()),
-            format!("--heartbeat-timeout={}", TIMEOUT.as_secs_f64()),
+            format!("--heartbeat-interval={}", interval.as_secs_f64()),
+            format!("--heartbeat-timeout={}", timeout.as_secs_f64()),
             "--main-pc-addr=".into(),
             format!("--pc2-addr={}", service.endpoint),
         ];

@@ -805,3 +805,23 @@ mod simulation {
         }
     }
 }
+
+#[test]
+fn a_secondary_port_held_by_a_draining_peer_is_reported_once_per_wait() {
+    let t0 = Instant::now();
+    let (mut m, _) = Machine::new(settings(Node::Primary, false), t0);
+    m.step(t0, peer(Role::Active, Node::Secondary, 1, State::Running));
+    let mut told = 0;
+    for t in 0..5 {
+        let effects = m.step(ms(t0, t * 20), Event::Bound(Port::Secondary, false));
+        told += effects
+            .iter()
+            .filter(|e| matches!(e, Effect::BindFailed { .. }))
+            .count();
+        assert_eq!(
+            m.step(ms(t0, t * 20 + 20), Event::Tick),
+            [Effect::Bind(Port::Secondary)]
+        );
+    }
+    assert_eq!(told, 1);
+}
