@@ -555,7 +555,8 @@ impl Relay {
             let Some(until) = frontend.draining_until else {
                 continue;
             };
-            if now < until && !(idle && !readable(&frontend.socket)) {
+            let quiet = idle && !readable(&frontend.socket);
+            if now < until && !quiet {
                 // Staying open: send this round's replies (see `cork`).
                 cork::flush(&frontend.connections);
                 continue;
