@@ -2,8 +2,11 @@
 deadlines, threads, closing."""
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import zbridge
@@ -168,3 +171,21 @@ def test_closing_the_client_ends_waiting_calls_with_closed(lab):
         call.result(timeout=5)
     with pytest.raises(zbridge.Closed):
         c.request("silent", b"after")
+
+
+def test_the_coordinator_example_runs_against_a_bridge(lab, tmp_path):
+    port = free_port()
+    lab.bridge(f"--pc2-addr={lab.service()}", port=port)
+    config = tmp_path / "zbridge.toml"
+    config.write_text(
+        f"primary_port = {port}\nsecondary_port = {free_port()}\n"
+        f"primary_heartbeat_port = {free_port()}\nsecondary_heartbeat_port = {free_port()}\n"
+    )
+    example = Path(__file__).resolve().parent.parent / "examples" / "coordinator.py"
+    out = subprocess.run(
+        [sys.executable, str(example), str(config), "--rounds=5"], capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == [
+        f"step {n}: {{'echo': {{'target': 'pc2', 'action': 'generate', 'prompt': 'step {n}'}}}}" for n in range(5)
+    ]
