@@ -177,11 +177,6 @@ impl Driver {
         }
         first_error.map_or(Ok(()), Err)
     }
-
-    /// Calls sent through this driver and not completed yet.
-    fn __len__(&self) -> usize {
-        self.calls().waiting.len()
-    }
 }
 
 /// Set `future`'s result or exception, unless it was cancelled.
