@@ -400,3 +400,22 @@ fn await_all<F: Future + Unpin>(mut futures: Vec<F>, within: Duration) -> Vec<F:
         assert!(Instant::now() < deadline, "not woken within {within:?}");
     }
 }
+
+#[test]
+fn a_json_call_goes_through_unchanged_and_a_bad_one_is_answered_by_the_bridge() {
+    let service = EchoService::start(None).unwrap();
+    let bridge = lone(0, &service.endpoint);
+    let client = Client::connect(settings(&[&bridge.frontend], Vec::new())).unwrap();
+    let body = br#"{"target":"pc2","text":"hi"}"#.to_vec();
+    let reply = client.send_json(body.clone()).wait().unwrap();
+    assert_eq!(reply.frames, [body], "the one frame, forwarded unchanged");
+    for (body, code) in [
+        (&br#"{"text":"hi"}"#[..], ErrorCode::MissingTarget),
+        (&b"{nope"[..], ErrorCode::InvalidJson),
+    ] {
+        match client.send_json(body.to_vec()).wait() {
+            Err(ClientError::Bridge { code: got, .. }) => assert_eq!(got, code),
+            other => panic!("expected {code}: {other:?}"),
+        }
+    }
+}

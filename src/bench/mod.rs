@@ -5,8 +5,10 @@
 //! for a relay) and a real `zbridge run` process on its JSON and multipart
 //! paths, and prints ratios. Every load is bounded in count and time.
 //! `bench stream` ([`stream`]) does the same for a stream against libzmq's
-//! XSUB/XPUB proxy.
+//! XSUB/XPUB proxy. `bench python` ([`python`]) measures the Python
+//! package against a raw pyzmq DEALER.
 
+mod python;
 mod stream;
 
 use crate::lab::{
@@ -104,6 +106,23 @@ pub enum What {
         #[arg(long, default_value_t = 1000.0)]
         rate: f64,
     },
+    /// The Python package (zbridge.Client, blocking and asyncio) against
+    /// a raw pyzmq DEALER with as many requests in flight, through a pair
+    /// it starts on loopback (bench/python_client.py).
+    Python {
+        /// A Python with the zbridge package and pyzmq installed.
+        #[arg(long, default_value = "target/venv/bin/python")]
+        python: std::path::PathBuf,
+        /// Seconds of each contender's run in a round.
+        #[arg(long, default_value_t = 2.0)]
+        seconds: f64,
+        /// Rounds over the contenders, interleaved; figures are medians.
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        /// Requests in flight, for each contender.
+        #[arg(long, default_value_t = 64)]
+        in_flight: usize,
+    },
     /// A pair under load for a long time, with faults of the active at
     /// random times; RSS and fds sampled; a JSON line at the end.
     Soak {
@@ -168,6 +187,12 @@ pub fn run(what: What) -> anyhow::Result<()> {
             rounds,
             rate,
         } => stream::stream(seconds, rounds.max(1), rate),
+        What::Python {
+            python: interpreter,
+            seconds,
+            rounds,
+            in_flight,
+        } => python::python(&interpreter, seconds, rounds.max(1), in_flight.max(1)),
         What::Soak {
             duration,
             rate,

@@ -420,7 +420,8 @@ impl Engine {
                 attempts: live.tries,
             }
         };
-        warn!(target_name = %live.call.target, error = %error, "request failed");
+        let target = live.call.target.as_deref().unwrap_or("(named in the JSON)");
+        warn!(target_name = %target, error = %error, "request failed");
         live.call.done.complete(Err(error));
         self.record_overall(true, now);
     }
@@ -792,13 +793,18 @@ fn parse_request_id(frame: &[u8]) -> Option<u64> {
 fn send_call(socket: &zmq::Socket, id: u64, call: &Call) -> zmq::Result<()> {
     socket.send(&request_id(id)[..], zmq::SNDMORE | zmq::DONTWAIT)?;
     socket.send(&b""[..], zmq::SNDMORE)?;
-    let last = call.frames.len();
-    socket.send(
-        call.target.as_bytes(),
-        if last == 0 { 0 } else { zmq::SNDMORE },
-    )?;
-    for (n, frame) in call.frames.iter().enumerate() {
-        socket.send(&frame[..], if n + 1 == last { 0 } else { zmq::SNDMORE })?;
+    let target = call.target.as_deref().map(str::as_bytes);
+    let mut frames = target
+        .into_iter()
+        .chain(call.frames.iter().map(Vec::as_slice))
+        .peekable();
+    while let Some(frame) = frames.next() {
+        let more = if frames.peek().is_some() {
+            zmq::SNDMORE
+        } else {
+            0
+        };
+        socket.send(frame, more)?;
     }
     Ok(())
 }

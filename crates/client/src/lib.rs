@@ -91,7 +91,8 @@ pub(crate) enum Command {
 
 /// A request on its way, with where its result goes.
 pub(crate) struct Call {
-    pub target: String,
+    /// `None` on the JSON path: the one frame names its target itself.
+    pub target: Option<String>,
     pub frames: Vec<Vec<u8>>,
     pub done: Completer,
     pub submitted: Instant,
@@ -223,9 +224,21 @@ impl Client {
     /// Send a request of one or more frames; the result comes through the
     /// returned [`Pending`].
     pub fn send(&self, target: &str, frames: Vec<Vec<u8>>) -> Pending {
+        self.submit(Some(target.to_string()), frames)
+    }
+
+    /// Send one JSON object that names its target (`{"target":"pc2",...}`)
+    /// on the bridge's JSON path: the target receives the frame unchanged.
+    /// The bytes are not parsed here; a bad one is answered by the bridge
+    /// (`invalid_json`, `missing_target`).
+    pub fn send_json(&self, body: Vec<u8>) -> Pending {
+        self.submit(None, vec![body])
+    }
+
+    fn submit(&self, target: Option<String>, frames: Vec<Vec<u8>>) -> Pending {
         let (done, pending) = oneshot::oneshot();
         let call = Call {
-            target: target.to_string(),
+            target,
             frames,
             done,
             submitted: Instant::now(),
