@@ -78,6 +78,11 @@ impl Hosts {
     }
 
     fn bridge_with(&self, host: usize, extra: &[&str]) -> BridgeProcess {
+        self.bridge_timed(host, ["0.1", "0.3"], extra)
+    }
+
+    /// A bridge with its heartbeat interval and timeout, in seconds.
+    fn bridge_timed(&self, host: usize, timings: [&str; 2], extra: &[&str]) -> BridgeProcess {
         let mut command = self.command(host, exe());
         command.args([
             "run",
@@ -89,8 +94,8 @@ impl Hosts {
             &format!("--bind-host={}", ADDR[host]),
             &format!("--primary-host={}", ADDR[0]),
             &format!("--secondary-host={}", ADDR[1]),
-            "--heartbeat-interval=0.1",
-            "--heartbeat-timeout=0.3",
+            &format!("--heartbeat-interval={}", timings[0]),
+            &format!("--heartbeat-timeout={}", timings[1]),
         ]);
         command.args(extra);
         BridgeProcess::start(command).expect("bridge starts in its namespace")
@@ -143,11 +148,23 @@ fn a_cut_link_makes_two_actives_and_the_healed_link_leaves_one_by_epoch() {
         .is_some_and(|s| s["peer"]["alive"] == true)));
 
     hosts.link(false);
-    secondary
+    let cut = std::time::Instant::now();
+    let (took_over, _) = secondary
         .wait_for_event(Duration::from_secs(5), |e| {
             e["event"] == "bound" && e["port"] == "primary"
         })
         .expect("the secondary becomes active on its host");
+    // A cut link gives no proof of death: the timeout runs out first.
+    assert!(
+        took_over - cut >= Duration::from_millis(250),
+        "{:?}",
+        took_over - cut
+    );
+    secondary
+        .wait_for_event(Duration::from_secs(1), |e| {
+            e["event"] == "role" && e["reason"] == "peer_silent"
+        })
+        .expect("taken over on silence");
     assert_eq!(
         hosts.roles(),
         [Some("active".into()), Some("active".into())]
@@ -307,6 +324,74 @@ fn a_client_whose_link_to_the_active_is_cut_fails_over_and_loses_nothing() {
     let gap = report["max_ms"].as_f64().unwrap();
     eprintln!("client-to-active link cut: longest call {gap:.1} ms");
     assert!(gap <= 1200.0, "at most request_timeout + 200 ms: {report}");
+}
+
+/// The active's process killed on a live host, at the design's default
+/// timings (heartbeat 1 s, timeout 3 s): its heartbeat connection closes
+/// and its frontend refuses a connect, which is the proof of death on two
+/// hosts, so the passive takes over at once; the library client loses
+/// nothing.
+#[test]
+fn kill_9_on_a_live_host_is_taken_over_at_once_and_the_library_client_loses_nothing() {
+    let hosts = Hosts::new();
+    let mut service = hosts.command(1, std::path::Path::new("python3"));
+    service
+        .arg(root().join("tests/peers/rep_service.py"))
+        .args(["--tag=pc2", "--port=5602", &format!("--host={}", ADDR[1])]);
+    let (_service, _) = Process::spawn(service, |l| l.starts_with("ready ")).unwrap();
+    let pc2 = format!("--pc2-addr=tcp://{}:5602", ADDR[1]);
+    let timings = ["1", "3"];
+    let primary = hosts.bridge_timed(0, timings, &["--main-pc-addr=", &pc2]);
+    let secondary = hosts.bridge_timed(1, timings, &["--main-pc-addr=", &pc2]);
+    assert!(wait_until(Duration::from_secs(15), || hosts.roles()
+        == [Some("active".into()), Some("passive".into())]));
+    assert!(wait_until(Duration::from_secs(5), || hosts
+        .status(1, 5601)
+        .is_some_and(|s| s["peer"]["alive"] == true)));
+    let config = TempConfig::new(&format!(
+        "primary_host = \"{}\"\nsecondary_host = \"{}\"\n\
+         [client]\nrequest_timeout = 1.0\nreconnect_delay = 0.1\nhold_down = 1.0\n",
+        ADDR[0], ADDR[1]
+    ));
+    let mut client = hosts.command(1, exe());
+    client.args([
+        "bench",
+        "client",
+        &config.flag(),
+        "--target=pc2",
+        "--rate=200",
+        "--duration=3",
+    ]);
+    let (mut client, _) =
+        Process::spawn(client, |l| l.starts_with("zbridge bench client")).unwrap();
+    assert!(wait_until(Duration::from_secs(5), || hosts
+        .status(0, 5600)
+        .is_some_and(
+            |s| s["targets"]["pc2"]["replies_total"].as_u64() > Some(50)
+        )));
+    let killed = std::time::Instant::now();
+    primary.signal("KILL").unwrap();
+    let (took_over, _) = secondary
+        .wait_for_event(Duration::from_secs(5), |e| {
+            e["event"] == "role" && e["to"] == "active"
+        })
+        .expect("the secondary takes over");
+    let took = took_over - killed;
+    eprintln!("two hosts, kill -9 of the active at 1 s / 3 s: takeover after {took:?}");
+    assert!(
+        took < Duration::from_secs(1),
+        "took {took:?}: the timeout (3 s), not the proof"
+    );
+    secondary
+        .wait_for_event(Duration::from_secs(1), |e| e["reason"] == "peer_died")
+        .expect("taken over on the proof of death");
+    assert!(client
+        .wait_exit(Duration::from_secs(30))
+        .is_some_and(|s| s.success()));
+    let events = client.events();
+    let report = events.last().expect("the JSON line");
+    assert_eq!(report["lost"], 0, "{report}");
+    assert_eq!(report["ok"], report["sent"], "{report}");
 }
 
 #[test]
