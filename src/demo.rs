@@ -47,7 +47,8 @@ pub fn run(seconds: u64) -> anyhow::Result<()> {
         "zbridge demo: a redundant pair of bridges, two services, two clients and a stream, on loopback"
     );
     println!(
-        "heartbeats every {} ms; the passive takes over after {} ms without one\n",
+        "heartbeats every {} ms; the passive takes over at once when the active's process dies\n\
+         (the kernel closes its connections), and after {} ms without a heartbeat when it hangs\n",
         scenario.heartbeat_interval.as_millis(),
         scenario.heartbeat_timeout.as_millis()
     );
