@@ -3,7 +3,6 @@
 
 use crate::support::*;
 use std::time::{Duration, Instant};
-use zbridge::lab::Retrying;
 
 fn bound_primary(e: &serde_json::Value) -> bool {
     e["event"] == "bound" && e["port"] == "primary"
@@ -164,14 +163,11 @@ fn with_preempt_the_restarted_primary_takes_the_role_back_by_handover() {
 fn sigterm_of_the_active_under_load_loses_nothing() {
     let pair = Pair::new(&[]);
     let (mut primary, secondary) = pair.start_both();
-    let client = Retrying {
-        endpoints: vec![pair.primary_endpoint(), pair.secondary_endpoint()],
-        target: "pc2".into(),
-        rate: 500.0,
-        duration: Duration::from_secs(3),
-        attempt_timeout: Duration::from_millis(500),
-        give_up: Duration::from_secs(5),
-    };
+    let client = retrying_load(
+        vec![pair.primary_endpoint(), pair.secondary_endpoint()],
+        500.0,
+        Duration::from_secs(3),
+    );
     let load = std::thread::spawn(move || client.run().unwrap());
     // Let the load run for a second before the handover.
     std::thread::sleep(Duration::from_secs(1));
@@ -206,14 +202,11 @@ fn sigterm_of_the_active_under_load_loses_nothing() {
 fn a_signed_pair_under_load_rejects_no_genuine_heartbeat() {
     let pair = Pair::new(&["--auth-token=s3cret"]);
     let (primary, secondary) = pair.start_both();
-    let client = Retrying {
-        endpoints: vec![pair.primary_endpoint(), pair.secondary_endpoint()],
-        target: "pc2".into(),
-        rate: 1000.0,
-        duration: Duration::from_secs(10),
-        attempt_timeout: Duration::from_millis(500),
-        give_up: Duration::from_secs(5),
-    };
+    let client = retrying_load(
+        vec![pair.primary_endpoint(), pair.secondary_endpoint()],
+        1000.0,
+        Duration::from_secs(10),
+    );
     let report = client.run().unwrap();
     assert_eq!(report.lost, 0, "{report:?}");
     assert!(report.ok >= 5000, "{report:?}");

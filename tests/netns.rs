@@ -221,13 +221,7 @@ fn request(hosts: &Hosts, payload: &str) -> Result<String, String> {
 fn a_cut_backend_link_opens_the_breaker_and_traffic_resumes_when_it_returns() {
     let hosts = Hosts::new();
     // The backend on host 1, the bridge on host 0.
-    let mut service = hosts.command(1, std::path::Path::new("python3"));
-    service
-        .arg(root().join("tests/peers/rep_service.py"))
-        .args(["--port=5602", "--tag=pc2", &format!("--host={}", ADDR[1])]);
-    let (_service, _) =
-        Process::spawn(service, |l| l.starts_with("ready ")).expect("service starts");
-    let pc2 = format!("--pc2-addr=tcp://{}:5602", ADDR[1]);
+    let (_service, pc2) = pc2_on_host_1(&hosts);
     let _bridge = hosts.bridge_with(
         0,
         &[
@@ -277,23 +271,21 @@ fn a_cut_backend_link_opens_the_breaker_and_traffic_resumes_when_it_returns() {
     }
 }
 
-#[test]
-fn a_client_whose_link_to_the_active_is_cut_fails_over_and_loses_nothing() {
-    let hosts = Hosts::new();
-    // The service and the client live on host 1, with the passive; the
-    // active is on host 0, across the link that will be cut.
+/// The pyzmq REP service `pc2` on host 1, and the flag naming it.
+fn pc2_on_host_1(hosts: &Hosts) -> (Process, String) {
     let mut service = hosts.command(1, std::path::Path::new("python3"));
     service
         .arg(root().join("tests/peers/rep_service.py"))
         .args(["--tag=pc2", "--port=5602", &format!("--host={}", ADDR[1])]);
-    let (_service, _) = Process::spawn(service, |l| l.starts_with("ready ")).unwrap();
-    let pc2 = format!("--pc2-addr=tcp://{}:5602", ADDR[1]);
-    let _primary = hosts.bridge_with(0, &["--main-pc-addr=", &pc2]);
-    let _secondary = hosts.bridge_with(1, &["--main-pc-addr=", &pc2]);
-    assert!(wait_until(Duration::from_secs(10), || hosts.roles()
-        == [Some("active".into()), Some("passive".into())]));
+    let (service, _) = Process::spawn(service, |l| l.starts_with("ready ")).unwrap();
+    (service, format!("--pc2-addr=tcp://{}:5602", ADDR[1]))
+}
+
+/// The library client on host 1 (`zbridge bench client`, 200 calls/s to
+/// `pc2` for `seconds`), configured from the pair's hosts plus `keys`.
+fn library_client_on_host_1(hosts: &Hosts, keys: &str, seconds: u32) -> (Process, TempConfig) {
     let config = TempConfig::new(&format!(
-        "primary_host = \"{}\"\nsecondary_host = \"{}\"\nheartbeat_timeout = 0.3\n\
+        "primary_host = \"{}\"\nsecondary_host = \"{}\"\n{keys}\
          [client]\nrequest_timeout = 1.0\nreconnect_delay = 0.1\nhold_down = 1.0\n",
         ADDR[0], ADDR[1]
     ));
@@ -304,21 +296,40 @@ fn a_client_whose_link_to_the_active_is_cut_fails_over_and_loses_nothing() {
         &config.flag(),
         "--target=pc2",
         "--rate=200",
-        "--duration=4",
+        &format!("--duration={seconds}"),
     ]);
-    let (mut client, _) =
-        Process::spawn(client, |l| l.starts_with("zbridge bench client")).unwrap();
+    let (client, _) = Process::spawn(client, |l| l.starts_with("zbridge bench client")).unwrap();
+    (client, config)
+}
+
+/// The library client's closing report, once it has exited: every call
+/// answered, none lost.
+fn lost_nothing(client: &mut Process) -> Value {
+    assert!(client
+        .wait_exit(Duration::from_secs(30))
+        .is_some_and(|s| s.success()));
+    let report = client.events().pop().expect("the JSON line");
+    assert_eq!(report["lost"], 0, "{report}");
+    assert_eq!(report["ok"], report["sent"], "{report}");
+    report
+}
+
+#[test]
+fn a_client_whose_link_to_the_active_is_cut_fails_over_and_loses_nothing() {
+    let hosts = Hosts::new();
+    // The service and the client live on host 1, with the passive; the
+    // active is on host 0, across the link that will be cut.
+    let (_service, pc2) = pc2_on_host_1(&hosts);
+    let _primary = hosts.bridge_with(0, &["--main-pc-addr=", &pc2]);
+    let _secondary = hosts.bridge_with(1, &["--main-pc-addr=", &pc2]);
+    assert!(wait_until(Duration::from_secs(10), || hosts.roles()
+        == [Some("active".into()), Some("passive".into())]));
+    let (mut client, _config) = library_client_on_host_1(&hosts, "heartbeat_timeout = 0.3\n", 4);
     // A second of load through the active, then its link goes silent: no
     // disconnect, no reset; only heartbeat silence shows it.
     std::thread::sleep(Duration::from_secs(1));
     hosts.link(false);
-    assert!(client
-        .wait_exit(Duration::from_secs(30))
-        .is_some_and(|s| s.success()));
-    let events = client.events();
-    let report = events.last().expect("the JSON line");
-    assert_eq!(report["lost"], 0, "{report}");
-    assert_eq!(report["ok"], report["sent"], "{report}");
+    let report = lost_nothing(&mut client);
     assert!(report["sent"].as_u64().unwrap() >= 700, "{report}");
     assert!(report["failovers"].as_u64().unwrap() >= 1, "{report}");
     let gap = report["max_ms"].as_f64().unwrap();
@@ -334,12 +345,7 @@ fn a_client_whose_link_to_the_active_is_cut_fails_over_and_loses_nothing() {
 #[test]
 fn kill_9_on_a_live_host_is_taken_over_at_once_and_the_library_client_loses_nothing() {
     let hosts = Hosts::new();
-    let mut service = hosts.command(1, std::path::Path::new("python3"));
-    service
-        .arg(root().join("tests/peers/rep_service.py"))
-        .args(["--tag=pc2", "--port=5602", &format!("--host={}", ADDR[1])]);
-    let (_service, _) = Process::spawn(service, |l| l.starts_with("ready ")).unwrap();
-    let pc2 = format!("--pc2-addr=tcp://{}:5602", ADDR[1]);
+    let (_service, pc2) = pc2_on_host_1(&hosts);
     let timings = ["1", "3"];
     let primary = hosts.bridge_timed(0, timings, &["--main-pc-addr=", &pc2]);
     let secondary = hosts.bridge_timed(1, timings, &["--main-pc-addr=", &pc2]);
@@ -348,22 +354,7 @@ fn kill_9_on_a_live_host_is_taken_over_at_once_and_the_library_client_loses_noth
     assert!(wait_until(Duration::from_secs(5), || hosts
         .status(1, 5601)
         .is_some_and(|s| s["peer"]["alive"] == true)));
-    let config = TempConfig::new(&format!(
-        "primary_host = \"{}\"\nsecondary_host = \"{}\"\n\
-         [client]\nrequest_timeout = 1.0\nreconnect_delay = 0.1\nhold_down = 1.0\n",
-        ADDR[0], ADDR[1]
-    ));
-    let mut client = hosts.command(1, exe());
-    client.args([
-        "bench",
-        "client",
-        &config.flag(),
-        "--target=pc2",
-        "--rate=200",
-        "--duration=3",
-    ]);
-    let (mut client, _) =
-        Process::spawn(client, |l| l.starts_with("zbridge bench client")).unwrap();
+    let (mut client, _config) = library_client_on_host_1(&hosts, "", 3);
     assert!(wait_until(Duration::from_secs(5), || hosts
         .status(0, 5600)
         .is_some_and(
@@ -385,13 +376,7 @@ fn kill_9_on_a_live_host_is_taken_over_at_once_and_the_library_client_loses_noth
     secondary
         .wait_for_event(Duration::from_secs(1), |e| e["reason"] == "peer_died")
         .expect("taken over on the proof of death");
-    assert!(client
-        .wait_exit(Duration::from_secs(30))
-        .is_some_and(|s| s.success()));
-    let events = client.events();
-    let report = events.last().expect("the JSON line");
-    assert_eq!(report["lost"], 0, "{report}");
-    assert_eq!(report["ok"], report["sent"], "{report}");
+    lost_nothing(&mut client);
 }
 
 #[test]

@@ -185,14 +185,7 @@ fn a_request_id_envelope_comes_back_with_every_kind_of_reply() {
 fn a_flood_of_sighup_under_load_loses_nothing() {
     let service = EchoService::start(None).unwrap();
     let bridge = bridge(&[format!("--pc2-addr={}", service.endpoint)]);
-    let client = zbridge::lab::Retrying {
-        endpoints: vec![bridge.frontend.clone()],
-        target: "pc2".into(),
-        rate: 500.0,
-        duration: Duration::from_secs(3),
-        attempt_timeout: Duration::from_millis(500),
-        give_up: Duration::from_secs(5),
-    };
+    let client = retrying_load(vec![bridge.frontend.clone()], 500.0, Duration::from_secs(3));
     let load = std::thread::spawn(move || client.run().unwrap());
     let mut sent = 0;
     while !load.is_finished() && sent < 300 {

@@ -13,6 +13,34 @@ fn reloaded(bridge: &BridgeProcess, generation: u64) -> bool {
         .is_some()
 }
 
+/// A bridge whose config file names one target `t` (an echo service),
+/// and a client of it.
+struct Watched {
+    echo: EchoService,
+    /// The file's text.
+    good: String,
+    config: TempConfig,
+    bridge: BridgeProcess,
+    client: Dealer,
+}
+
+impl Watched {
+    fn start() -> Watched {
+        let echo = EchoService::start(None).unwrap();
+        let good = format!("[targets.t]\nendpoint = \"{}\"\n", echo.endpoint);
+        let config = TempConfig::new(&good);
+        let bridge = bridge(&[config.flag()]);
+        let client = Dealer::connect(&bridge.frontend);
+        Watched {
+            echo,
+            good,
+            config,
+            bridge,
+            client,
+        }
+    }
+}
+
 #[test]
 fn sighup_adds_and_repoints_targets_without_dropping_requests_in_flight() {
     let (_slow, slow_port) = py_service("slow", 0);
@@ -72,11 +100,13 @@ fn sighup_adds_and_repoints_targets_without_dropping_requests_in_flight() {
 
 #[test]
 fn an_invalid_file_is_rejected_by_key_and_a_changed_file_reloads_by_itself() {
-    let echo = EchoService::start(None).unwrap();
-    let good = format!("[targets.t]\nendpoint = \"{}\"\n", echo.endpoint);
-    let config = TempConfig::new(&good);
-    let bridge = bridge(&[config.flag()]);
-    let client = Dealer::connect(&bridge.frontend);
+    let Watched {
+        echo: _echo,
+        good,
+        config,
+        bridge,
+        client,
+    } = Watched::start();
 
     std::fs::write(&config.0, format!("max_framez = 4\n{good}")).unwrap();
     bridge.signal("HUP").unwrap();
@@ -206,11 +236,13 @@ fn values_the_clock_cannot_take_are_refused_by_a_live_reload_and_the_bridge_keep
 
 #[test]
 fn an_emptied_file_or_one_without_targets_is_not_applied_by_the_watcher_nor_by_sighup() {
-    let echo = EchoService::start(None).unwrap();
-    let good = format!("[targets.t]\nendpoint = \"{}\"\n", echo.endpoint);
-    let config = TempConfig::new(&good);
-    let bridge = bridge(&[config.flag()]);
-    let client = Dealer::connect(&bridge.frontend);
+    let Watched {
+        echo,
+        good: _,
+        config,
+        bridge,
+        client,
+    } = Watched::start();
     for empty in ["", "# all commented out\n\n# [targets.t]\n"] {
         // Saved: the watcher reads it once it holds still, and refuses it.
         let before = refusals(&bridge, "has no keys", "the config file changed");
@@ -252,11 +284,13 @@ fn an_emptied_file_or_one_without_targets_is_not_applied_by_the_watcher_nor_by_s
 
 #[test]
 fn a_reload_refused_when_a_target_cannot_be_opened_changes_nothing() {
-    let echo = EchoService::start(None).unwrap();
-    let good = format!("[targets.t]\nendpoint = \"{}\"\n", echo.endpoint);
-    let config = TempConfig::new(&good);
-    let bridge = bridge(&[config.flag()]);
-    let client = Dealer::connect(&bridge.frontend);
+    let Watched {
+        echo,
+        good: _,
+        config,
+        bridge,
+        client,
+    } = Watched::start();
     // Valid by the config's rules, but libzmq refuses to connect to it.
     let text = "max_frames = 2\n[targets.t]\nendpoint = \"tcp://-:1\"\n";
     refused_by_sighup(&bridge, &config, &client, text, "key=targets.t");

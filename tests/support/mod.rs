@@ -7,8 +7,8 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 pub use zbridge::lab::{
-    free_port, lone_bridge_flags, wait_until, BridgeProcess, EchoService, Load, Process, Route,
-    TempConfig,
+    free_port, lone_bridge_flags, wait_until, BridgeProcess, EchoService, Load, Process, Retrying,
+    Route, TempConfig,
 };
 
 pub fn exe() -> &'static Path {
@@ -42,6 +42,20 @@ pub fn py_service(tag: &str, port: u16) -> (Process, u16) {
         Process::spawn(command, |l| l.starts_with("ready ")).expect("pyzmq service starts");
     let port = line["ready ".len()..].trim().parse().expect("port");
     (process, port)
+}
+
+/// A retrying load on target `pc2` (lab::Retrying: one request at a time,
+/// paced at `rate`, an attempt given up after 500 ms and sent to the next
+/// endpoint, a request lost after 5 s).
+pub fn retrying_load(endpoints: Vec<String>, rate: f64, duration: Duration) -> Retrying {
+    Retrying {
+        endpoints,
+        target: "pc2".into(),
+        rate,
+        duration,
+        attempt_timeout: Duration::from_millis(500),
+        give_up: Duration::from_secs(5),
+    }
 }
 
 /// A plain pyzmq agent (tests/peers/lockstep.py): a REQ socket sending
