@@ -2,6 +2,7 @@
 //! the test, joined by a veth pair with addresses only inside them. Needs
 //! root (CI runs as root).
 
+use crate::support::netns::Namespaces;
 use crate::support::*;
 use serde_json::Value;
 use std::process::Command;
@@ -9,50 +10,20 @@ use std::time::Duration;
 
 const ADDR: [&str; 2] = ["10.231.7.1", "10.231.7.2"];
 
-/// Two namespaces joined by a veth pair; deleted when dropped.
+/// Two namespaces joined by a veth pair (`eth0` in both); deleted when
+/// dropped.
 struct Hosts {
-    ns: [String; 2],
-    veth: [String; 2],
-}
-
-fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().expect("run ip");
-    assert!(
-        out.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ns: Namespaces,
 }
 
 impl Hosts {
     fn new() -> Hosts {
-        // Unique per test: the tests of one run share a process id.
-        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let id = (std::process::id() % 10_000) * 10 + n % 10;
-        let hosts = Hosts {
-            ns: [format!("zbridge-a-{id}"), format!("zbridge-b-{id}")],
-            veth: [format!("zba{id}"), format!("zbb{id}")],
-        };
-        for ns in &hosts.ns {
-            ip(&["netns", "add", ns]);
+        let ns = Namespaces::new(&["a", "b"]);
+        ns.veth((0, 1), ["eth0", "eth0"]);
+        for (host, addr) in ADDR.iter().enumerate() {
+            ns.ip(host, &["addr", "add", &format!("{addr}/24"), "dev", "eth0"]);
         }
-        ip(&[
-            "link",
-            "add",
-            &hosts.veth[0],
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &hosts.veth[1],
-        ]);
-        for ((ns, veth), addr) in hosts.ns.iter().zip(&hosts.veth).zip(ADDR) {
-            ip(&["link", "set", veth, "netns", ns]);
-            ip(&["-n", ns, "addr", "add", &format!("{addr}/24"), "dev", veth]);
-            ip(&["-n", ns, "link", "set", "lo", "up"]);
-        }
+        let hosts = Hosts { ns };
         hosts.link(true);
         hosts
     }
@@ -60,15 +31,13 @@ impl Hosts {
     /// Bring the link between the two hosts up or down.
     fn link(&self, up: bool) {
         let state = if up { "up" } else { "down" };
-        for (ns, veth) in self.ns.iter().zip(&self.veth) {
-            ip(&["-n", ns, "link", "set", veth, state]);
+        for host in 0..2 {
+            self.ns.ip(host, &["link", "set", "eth0", state]);
         }
     }
 
     fn command(&self, host: usize, program: &std::path::Path) -> Command {
-        let mut command = Command::new("ip");
-        command.args(["netns", "exec", &self.ns[host]]).arg(program);
-        command
+        self.ns.command(host, program)
     }
 
     /// A bridge on host 0 (primary) or 1 (secondary), the pair's peer on
@@ -120,15 +89,6 @@ impl Hosts {
                 .find_map(|&port| self.status(host, port))
                 .and_then(|s| s["role"].as_str().map(str::to_string))
         })
-    }
-}
-
-impl Drop for Hosts {
-    fn drop(&mut self) {
-        // Deleting a namespace deletes the veth end inside it.
-        for ns in &self.ns {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
-        }
     }
 }
 
@@ -273,11 +233,9 @@ fn a_cut_backend_link_opens_the_breaker_and_traffic_resumes_when_it_returns() {
 
 /// The pyzmq REP service `pc2` on host 1, and the flag naming it.
 fn pc2_on_host_1(hosts: &Hosts) -> (Process, String) {
-    let mut service = hosts.command(1, std::path::Path::new("python3"));
-    service
-        .arg(root().join("tests/peers/rep_service.py"))
-        .args(["--tag=pc2", "--port=5602", &format!("--host={}", ADDR[1])]);
-    let (service, _) = Process::spawn(service, |l| l.starts_with("ready ")).unwrap();
+    let python = hosts.command(1, std::path::Path::new("python3"));
+    let host = format!("--host={}", ADDR[1]);
+    let (service, _) = py_service_with(python, "pc2", 5602, &[&host]);
     (service, format!("--pc2-addr=tcp://{}:5602", ADDR[1]))
 }
 

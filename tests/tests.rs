@@ -9,6 +9,7 @@ mod drain;
 mod errors;
 mod garbage;
 mod ha;
+mod keepalived;
 mod monitor;
 mod netns;
 mod relay;

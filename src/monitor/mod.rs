@@ -43,7 +43,10 @@ const JSON: &str = "application/json";
 
 /// `(status code, content type, body)` for a GET of `url` (path and query),
 /// with the request's `Accept` header; `/health` says 503 when the snapshot
-/// is older than `stale`: the relay loop is stuck.
+/// is older than `stale`: the relay loop is stuck. `/health?role=active`
+/// (or `passive`) also says 503 when the bridge is healthy in the other
+/// role: keepalived asks it to move the floating address to the machine
+/// whose bridge holds the primary port (deploy/keepalived).
 fn respond(
     url: &str,
     accept: Option<&str>,
@@ -57,9 +60,14 @@ fn respond(
             json!({"status": "error", "message": "no snapshot"}).to_string(),
         );
     };
-    let path = url.split('?').next().unwrap_or(url);
+    let (path, query) = url.split_once('?').unwrap_or((url, ""));
     match path {
-        "/health" => health(&snapshot, stale),
+        "/health" => {
+            let role = query
+                .split('&')
+                .find_map(|pair| pair.strip_prefix("role="));
+            health(&snapshot, stale, role)
+        }
         "/status" => (200, JSON, snapshot.status.to_string()),
         "/metrics" => {
             let format = Format::negotiate(accept);
@@ -75,7 +83,13 @@ fn respond(
     }
 }
 
-fn health(snapshot: &Snapshot, stale: Duration) -> (u16, &'static str, String) {
+/// The health answer; with `want_role`, a healthy bridge in another role
+/// is 503 too.
+fn health(
+    snapshot: &Snapshot,
+    stale: Duration,
+    want_role: Option<&str>,
+) -> (u16, &'static str, String) {
     let age = snapshot.taken.elapsed();
     let role = snapshot.status["role"].clone();
     let (code, mut doc) = if age > stale {
@@ -89,6 +103,15 @@ fn health(snapshot: &Snapshot, stale: Duration) -> (u16, &'static str, String) {
         )
     } else if !snapshot.serving {
         let reason = "no frontend port is bound (starting or stopping)";
+        (
+            503,
+            json!({"status": "unavailable", "role": role, "reason": reason}),
+        )
+    } else if let Some(want) = want_role.filter(|want| role != *want) {
+        let reason = format!(
+            "the role is {}, not {want}",
+            role.as_str().unwrap_or("unknown")
+        );
         (
             503,
             json!({"status": "unavailable", "role": role, "reason": reason}),
@@ -128,6 +151,27 @@ mod tests {
         assert!(body.contains("no frontend port"), "{body}");
         let old = snapshot(true, Duration::from_secs(3), &[]);
         let (code, _, body) = respond("/health?x=1", None, old, stale);
+        assert_eq!(code, 503);
+        assert!(body.contains("has not reported"), "{body}");
+    }
+
+    #[test]
+    fn health_with_a_role_is_503_in_the_other_role() {
+        let stale = Duration::from_secs(2);
+        let now = || snapshot(true, Duration::ZERO, &[]);
+        let (code, _, body) = respond("/health?role=active", None, now(), stale);
+        assert_eq!(code, 200, "{body}");
+        let (code, _, body) = respond("/health?x=1&role=passive", None, now(), stale);
+        assert_eq!(code, 503);
+        let doc: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(
+            doc,
+            json!({"status": "unavailable", "role": "active",
+                   "reason": "the role is active, not passive"})
+        );
+        // Unhealthy says why, whatever the role asked for.
+        let stuck = snapshot(true, Duration::from_secs(3), &[]);
+        let (code, _, body) = respond("/health?role=active", None, stuck, stale);
         assert_eq!(code, 503);
         assert!(body.contains("has not reported"), "{body}");
     }

@@ -2,6 +2,8 @@
 
 #![allow(dead_code)] // each test module uses a different part
 
+pub mod netns;
+
 use serde_json::Value;
 use std::path::Path;
 use std::process::Command;
@@ -33,13 +35,24 @@ pub fn bridge(extra: &[String]) -> BridgeProcess {
 /// The pyzmq REP service of tests/peers, on `port` (0: any). Returns it
 /// with its port.
 pub fn py_service(tag: &str, port: u16) -> (Process, u16) {
-    let mut command = Command::new("python3");
-    command
+    py_service_with(Command::new("python3"), tag, port, &[])
+}
+
+/// The same service run by `python` (e.g. inside a network namespace),
+/// with `extra` arguments (e.g. `--host=ADDR`).
+pub fn py_service_with(
+    mut python: Command,
+    tag: &str,
+    port: u16,
+    extra: &[&str],
+) -> (Process, u16) {
+    python
         .arg(root().join("tests/peers/rep_service.py"))
         .arg(format!("--tag={tag}"))
-        .arg(format!("--port={port}"));
+        .arg(format!("--port={port}"))
+        .args(extra);
     let (process, line) =
-        Process::spawn(command, |l| l.starts_with("ready ")).expect("pyzmq service starts");
+        Process::spawn(python, |l| l.starts_with("ready ")).expect("pyzmq service starts");
     let port = line["ready ".len()..].trim().parse().expect("port");
     (process, port)
 }
@@ -69,18 +82,36 @@ pub fn lockstep_agent(
     payload: &str,
     timeout: Option<Duration>,
 ) -> Process {
-    let mut command = Command::new("python3");
-    command
+    lockstep_agent_with(
+        Command::new("python3"),
+        endpoint,
+        target,
+        seconds,
+        payload,
+        timeout,
+    )
+}
+
+/// The same agent run by `python` (e.g. inside a network namespace).
+pub fn lockstep_agent_with(
+    mut python: Command,
+    endpoint: &str,
+    target: &str,
+    seconds: f64,
+    payload: &str,
+    timeout: Option<Duration>,
+) -> Process {
+    python
         .arg(root().join("tests/peers/lockstep.py"))
         .arg(endpoint)
         .arg(target)
         .arg(seconds.to_string())
         .arg(format!("--payload={payload}"));
     if let Some(timeout) = timeout {
-        command.arg(format!("--timeout-ms={}", timeout.as_millis()));
+        python.arg(format!("--timeout-ms={}", timeout.as_millis()));
     }
     let (process, _) =
-        Process::spawn(command, |l| l.contains("ready")).expect("the pyzmq agent starts");
+        Process::spawn(python, |l| l.contains("ready")).expect("the pyzmq agent starts");
     process
 }
 
