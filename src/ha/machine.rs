@@ -180,6 +180,9 @@ pub struct Machine {
     peer_died: bool,
     /// A failed bind of the secondary port was reported (once per wait).
     secondary_wait_told: bool,
+    /// The peer's death was proven (a takeover on the kernel's word): it is
+    /// not alive, whatever its last heartbeat's age, until it is heard again.
+    peer_gone: bool,
     /// When to try the primary (or secondary) port again.
     retry_at: [Option<Instant>; 2],
     /// Draining the primary port to hand it to the primary node.
@@ -212,6 +215,7 @@ impl Machine {
             proving: false,
             peer_died: false,
             secondary_wait_told: false,
+            peer_gone: false,
             retry_at: [None; 2],
             handing_over: false,
             failovers: 0,
@@ -282,11 +286,13 @@ impl Machine {
         self.step_downs
     }
 
-    /// Whether a heartbeat from an active peer arrived within the timeout.
+    /// Whether a heartbeat from the peer arrived within the timeout and
+    /// its death has not been proven since.
     pub fn peer_alive(&self, now: Instant) -> bool {
-        self.peer.is_some_and(|(at, _)| {
-            now.saturating_duration_since(at) < self.settings.heartbeat_timeout
-        })
+        !self.peer_gone
+            && self.peer.is_some_and(|(at, _)| {
+                now.saturating_duration_since(at) < self.settings.heartbeat_timeout
+            })
     }
 
     /// The next instant at which a [`Event::Tick`] can change something.
@@ -398,6 +404,7 @@ impl Machine {
 
     fn heard(&mut self, now: Instant, peer: Peer, effects: &mut Vec<Effect>) {
         self.peer = Some((now, peer));
+        self.peer_gone = false;
         let running_active = peer.role == Role::Active && peer.state == State::Running;
         let leaving = peer.state != State::Running;
         if running_active {
@@ -489,6 +496,7 @@ impl Machine {
                 let reason = if self.peer_leaving_until.take().is_some() {
                     Reason::PeerLeaving
                 } else if self.proving || self.peer_died {
+                    self.peer_gone = true;
                     Reason::PeerDied
                 } else {
                     Reason::PeerSilent

@@ -388,6 +388,14 @@ fn a_closed_heartbeat_connection_on_one_host_tries_the_port_at_once() {
         m.step(ms(t0, 6), Event::Bound(Port::Primary, true))[0],
         changed(Phase::Passive, Phase::Active, Reason::PeerDied, 2)
     );
+    // Its last heartbeat is recent, but it is dead: not alive (the status
+    // says redundancy degraded) until it is heard again.
+    assert!(!m.peer_alive(ms(t0, 7)));
+    m.step(
+        ms(t0, 50),
+        peer(Role::Passive, Node::Primary, 2, State::Running),
+    );
+    assert!(m.peer_alive(ms(t0, 51)));
     // Something else closed the connection: the port is held. No alarm,
     // nothing counted, and the timeout still runs from the last heartbeat.
     let mut m = passive_secondary(t0);
