@@ -4,6 +4,7 @@
 
 use crate::support::*;
 use serde_json::Value;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// The agent's replies, in order, with the time each was read.
@@ -36,6 +37,7 @@ fn kill_9_at_default_timings_serves_a_primary_port_agent_again_within_250_ms() {
     let pair = Pair::with_timings(Duration::from_secs(1), Duration::from_secs(3), &[]);
     let (primary, secondary) = pair.start_both();
     let agent = lockstep_agent(
+        Command::new("python3"),
         &pair.primary_endpoint(),
         "pc2",
         3.0,
@@ -104,7 +106,14 @@ fn four_sigterm_handovers_cost_a_plain_lockstep_agent_nothing() {
     let mut active_mode = "active";
     let t0 = Instant::now();
     let mut gone = Vec::new();
-    let agent = lockstep_agent(&pair.primary_endpoint(), "pc2", 9.0, "sleep:0.2", None);
+    let agent = lockstep_agent(
+        Command::new("python3"),
+        &pair.primary_endpoint(),
+        "pc2",
+        9.0,
+        "sleep:0.2",
+        None,
+    );
     for handover in 0..4 {
         // The passive hears the active before each handover.
         assert!(wait_until(Duration::from_secs(5), || {

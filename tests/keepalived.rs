@@ -178,7 +178,7 @@ impl Site {
     fn agent(&self) -> Process {
         let python = self.ns.command(2, Path::new("python3"));
         let endpoint = format!("tcp://{FLOATING}:5600");
-        lockstep_agent_with(python, &endpoint, "pc2", 60.0, "x", Some(AGENT_TIMEOUT))
+        lockstep_agent(python, &endpoint, "pc2", 60.0, "x", Some(AGENT_TIMEOUT))
     }
 }
 

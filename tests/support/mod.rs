@@ -71,29 +71,12 @@ pub fn retrying_load(endpoints: Vec<String>, rate: f64, duration: Duration) -> R
     }
 }
 
-/// A plain pyzmq agent (tests/peers/lockstep.py): a REQ socket sending
+/// A plain pyzmq agent (tests/peers/lockstep.py) run by `python` (e.g.
+/// `python3`, or python3 inside a network namespace): a REQ socket sending
 /// `[target, payload, N]` in lockstep for `seconds`, with no timeout (or,
 /// given one, zguide's Lazy Pirate); one JSON line per reply. Killed when
 /// dropped.
 pub fn lockstep_agent(
-    endpoint: &str,
-    target: &str,
-    seconds: f64,
-    payload: &str,
-    timeout: Option<Duration>,
-) -> Process {
-    lockstep_agent_with(
-        Command::new("python3"),
-        endpoint,
-        target,
-        seconds,
-        payload,
-        timeout,
-    )
-}
-
-/// The same agent run by `python` (e.g. inside a network namespace).
-pub fn lockstep_agent_with(
     mut python: Command,
     endpoint: &str,
     target: &str,
