@@ -14,6 +14,11 @@ use std::time::{Duration, Instant};
 use zbridge_protocol::heartbeat::{Node, Role, State};
 use zbridge_protocol::time::later;
 
+/// The first look again after a failed proof of death, and the widest gap
+/// between looks (the gap doubles from one to the other).
+const FIRST_RECHECK: Duration = Duration::from_millis(10);
+const LAST_RECHECK: Duration = Duration::from_millis(250);
+
 /// The two frontend ports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Port {
@@ -183,6 +188,12 @@ pub struct Machine {
     /// The peer's death was proven (a takeover on the kernel's word): it is
     /// not alive, whatever its last heartbeat's age, until it is heard again.
     peer_gone: bool,
+    /// After the active's heartbeat connection closed and the proof failed:
+    /// when to look again, and the gap after that. A killed process's
+    /// sockets close one after the other, so the first look can come while
+    /// its frontend still listens; looks go on, further and further apart,
+    /// until the active is heard again or the timeout takes over.
+    recheck: Option<(Instant, Duration)>,
     /// When to try the primary (or secondary) port again.
     retry_at: [Option<Instant>; 2],
     /// Draining the primary port to hand it to the primary node.
@@ -216,6 +227,7 @@ impl Machine {
             peer_died: false,
             secondary_wait_told: false,
             peer_gone: false,
+            recheck: None,
             retry_at: [None; 2],
             handing_over: false,
             failovers: 0,
@@ -308,11 +320,14 @@ impl Machine {
             }
             _ => None,
         };
-        let secondary = match self.phase {
-            Phase::Passive => self.retry_at[Port::Secondary.index()],
-            _ => None,
+        let (secondary, recheck) = match self.phase {
+            Phase::Passive => (
+                self.retry_at[Port::Secondary.index()],
+                self.recheck.map(|(at, _)| at),
+            ),
+            _ => (None, None),
         };
-        failover.into_iter().chain(secondary).min()
+        failover.into_iter().chain(secondary).chain(recheck).min()
     }
 
     pub fn step(&mut self, now: Instant, event: Event) -> Vec<Effect> {
@@ -368,6 +383,11 @@ impl Machine {
         if !self.waiting_for_active(now) {
             return;
         }
+        self.prove(effects);
+        self.recheck = Some((later(now, FIRST_RECHECK), FIRST_RECHECK));
+    }
+
+    fn prove(&mut self, effects: &mut Vec<Effect>) {
         if self.settings.same_host {
             self.proving = true;
             self.bind(Port::Primary, effects);
@@ -378,6 +398,16 @@ impl Machine {
 
     fn tick(&mut self, now: Instant, effects: &mut Vec<Effect>) {
         let due = |at: Option<Instant>| at.is_none_or(|t| now >= t);
+        if let Some((at, gap)) = self.recheck {
+            if now >= at {
+                self.recheck = None;
+                if self.waiting_for_active(now) {
+                    self.prove(effects);
+                    let gap = (gap * 2).min(LAST_RECHECK);
+                    self.recheck = Some((later(now, gap), gap));
+                }
+            }
+        }
         match self.phase {
             Phase::Listening if now >= later(self.started, self.settings.heartbeat_timeout) => {
                 self.bind(Port::Primary, effects);
@@ -410,6 +440,7 @@ impl Machine {
         if running_active {
             self.active_seen = now;
             self.peer_leaving_until = None;
+            self.recheck = None;
         }
         match self.phase {
             Phase::Listening if running_active => {
@@ -503,6 +534,7 @@ impl Machine {
                 };
                 self.proving = false;
                 self.peer_died = false;
+                self.recheck = None;
                 let heard = self.peer.map_or(0, |(_, p)| p.epoch);
                 self.epoch = self.epoch.max(heard) + 1;
                 self.failovers += 1;

@@ -40,7 +40,7 @@ use serde_json::{json, Value};
 use state::{Return, State};
 use std::os::fd::RawFd;
 use std::time::{Duration, Instant};
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 use zbridge_protocol::heartbeat::{Message, Role, State as PeerState};
 use zbridge_protocol::time::later;
 
@@ -253,15 +253,29 @@ impl Relay {
                 self.sync_view(woke);
             }
             if ready.peer_link && self.heartbeats.peer_disconnected() {
+                if self.machine.phase() == Phase::Passive {
+                    info!(
+                        peer = %self.heartbeats.peer_endpoint,
+                        "the connection to the active peer closed: checking whether its process is gone"
+                    );
+                }
                 self.handle(woke, Event::PeerDisconnected, events);
             }
-            if ready.probe && self.probe.take() == Some(true) {
-                info!(
+            match ready.probe.then(|| self.probe.take()).flatten() {
+                Some(true) => {
+                    info!(
+                        peer_host = %self.state.config.peer_host(),
+                        port = self.state.config.primary_port,
+                        "the peer's frontend refuses connections: its process is gone"
+                    );
+                    self.handle(woke, Event::PeerDown, events);
+                }
+                Some(false) => debug!(
                     peer_host = %self.state.config.peer_host(),
                     port = self.state.config.primary_port,
-                    "the peer's frontend refuses connections: its process is gone"
-                );
-                self.handle(woke, Event::PeerDown, events);
+                    "the peer's frontend still answers a connect: no proof of death yet"
+                ),
+                None => {}
             }
             for (ready, frontend) in ready.connections.iter().zip(&mut self.frontends) {
                 if let (true, Some(frontend)) = (ready, frontend) {
@@ -459,9 +473,9 @@ impl Relay {
                 Effect::PublishNow => self.publish(now),
                 Effect::ProbePeer => {
                     let config = &self.state.config;
-                    info!(
+                    debug!(
                         peer = %self.heartbeats.peer_endpoint,
-                        "the connection to the active peer closed: checking whether its process is gone"
+                        "checking whether the active peer's process is gone"
                     );
                     let timeout = config.heartbeat_timeout.min(Duration::from_secs(2));
                     self.probe

@@ -397,13 +397,103 @@ fn a_closed_heartbeat_connection_on_one_host_tries_the_port_at_once() {
     );
     assert!(m.peer_alive(ms(t0, 51)));
     // Something else closed the connection: the port is held. No alarm,
-    // nothing counted, and the timeout still runs from the last heartbeat.
+    // nothing counted; the port is looked at again soon, and the timeout
+    // still runs from the last heartbeat.
     let mut m = passive_secondary(t0);
     m.step(ms(t0, 5), Event::PeerDisconnected);
     assert_eq!(m.step(ms(t0, 6), Event::Bound(Port::Primary, false)), []);
     assert_eq!(m.bind_failures(), 0);
-    assert_eq!(m.next_deadline(), Some(ms(t0, 300)));
+    assert_eq!(m.next_deadline(), Some(ms(t0, 15)));
     assert_eq!(m.phase(), Phase::Passive);
+}
+
+/// A killed process's sockets close one after another: its heartbeat
+/// connection can close while its frontend still listens. The proof is
+/// tried again, 10, 20, 40 ... 250 ms apart, until it holds (a takeover
+/// on the kernel's word, long before the timeout) or the active is heard.
+#[test]
+fn a_failed_proof_of_death_is_tried_again_until_the_active_is_heard() {
+    let t0 = Instant::now();
+    let timeout = Duration::from_secs(3);
+    let long = |node| Settings {
+        heartbeat_timeout: timeout,
+        ..settings(node, false)
+    };
+    // One host: the port, still held, then free.
+    let (mut m, _) = Machine::new(long(Node::Secondary), t0);
+    m.step(t0, Event::Bound(Port::Secondary, true));
+    m.step(t0, peer(Role::Active, Node::Primary, 1, State::Running));
+    assert_eq!(
+        m.step(ms(t0, 5), Event::PeerDisconnected),
+        [Effect::Bind(Port::Primary)]
+    );
+    assert_eq!(m.step(ms(t0, 6), Event::Bound(Port::Primary, false)), []);
+    let mut looks = Vec::new();
+    for t in 7..200 {
+        if m.next_deadline() == Some(ms(t0, t)) {
+            assert_eq!(
+                m.step(ms(t0, t), Event::Tick),
+                [Effect::Bind(Port::Primary)]
+            );
+            looks.push(t);
+            if t < 100 {
+                assert_eq!(m.step(ms(t0, t), Event::Bound(Port::Primary, false)), []);
+            }
+        }
+    }
+    assert_eq!(looks, [15, 35, 75, 155]);
+    assert_eq!(m.bind_failures(), 0);
+    assert_eq!(
+        m.step(ms(t0, 156), Event::Bound(Port::Primary, true))[0],
+        changed(Phase::Passive, Phase::Active, Reason::PeerDied, 2)
+    );
+    assert_eq!(m.next_deadline(), None);
+
+    // Two hosts: a probe each time, and none once the active is heard.
+    let (mut m, _) = Machine::new(
+        Settings {
+            same_host: false,
+            ..long(Node::Secondary)
+        },
+        t0,
+    );
+    m.step(t0, Event::Bound(Port::Secondary, true));
+    m.step(t0, peer(Role::Active, Node::Primary, 1, State::Running));
+    assert_eq!(
+        m.step(ms(t0, 5), Event::PeerDisconnected),
+        [Effect::ProbePeer]
+    );
+    assert_eq!(m.step(ms(t0, 15), Event::Tick), [Effect::ProbePeer]);
+    assert_eq!(m.next_deadline(), Some(ms(t0, 35)));
+    m.step(
+        ms(t0, 20),
+        peer(Role::Active, Node::Primary, 1, State::Running),
+    );
+    assert_eq!(m.next_deadline(), Some(ms(t0, 3020)));
+    assert_eq!(m.step(ms(t0, 35), Event::Tick), []);
+
+    // The gap stops growing at 250 ms, and the looks stop with the
+    // timeout (the silence takes over from there).
+    let (mut m, _) = Machine::new(
+        Settings {
+            same_host: false,
+            ..long(Node::Secondary)
+        },
+        t0,
+    );
+    m.step(t0, Event::Bound(Port::Secondary, true));
+    m.step(t0, peer(Role::Active, Node::Primary, 1, State::Running));
+    m.step(t0, Event::PeerDisconnected);
+    let mut gaps = Vec::new();
+    let mut last = t0;
+    while let Some(at) = m.next_deadline().filter(|&at| at < ms(t0, 3000)) {
+        assert_eq!(m.step(at, Event::Tick), [Effect::ProbePeer]);
+        gaps.push((at - last).as_millis());
+        last = at;
+    }
+    assert_eq!(gaps[..6], [10, 20, 40, 80, 160, 250]);
+    assert!(gaps[6..].iter().all(|&g| g == 250), "{gaps:?}");
+    assert_eq!(m.next_deadline(), Some(ms(t0, 3000)));
 }
 
 #[test]
