@@ -6,9 +6,9 @@
 //! demo, benchmarks and tests share. [`streams`] republishes remote PUB
 //! services on the bridge's pub ports.
 //!
-//! Unsafe code is denied everywhere but one call: [`streams`] sets
-//! ZMQ_XPUB_NODROP through `zmq-sys`, which the `zmq` crate does not wrap.
-#![deny(unsafe_code)]
+//! Unsafe code is forbidden: the two socket options that need it live in
+//! `zbridge_socket::sys`.
+#![forbid(unsafe_code)]
 
 pub mod bench;
 pub mod cli;

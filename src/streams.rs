@@ -25,7 +25,6 @@
 
 use crate::config::Config;
 use crate::ha::machine::Port;
-use crate::relay::{next_event, recv_frames, watch};
 use crate::throttle::LogThrottle;
 use serde_json::{json, Map, Value};
 use std::sync::{Arc, Mutex};
@@ -33,6 +32,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use tracing::{error, info, warn};
 use zbridge_protocol::stream::encode_stamp;
+use zbridge_socket::sys::set_xpub_nodrop;
+use zbridge_socket::{next_event, recv_frames, watch};
 
 /// Messages read from one upstream before the loop looks at the others.
 const BATCH: usize = 256;
@@ -644,7 +645,7 @@ fn open_pub(context: &zmq::Context, endpoint: &str, hwm: i32, ipv6: bool) -> zmq
     socket.set_sndhwm(hwm)?;
     socket.set_maxmsgsize(MAX_SUBSCRIPTION_BYTES)?;
     socket.set_ipv6(ipv6)?;
-    set_nodrop(&mut socket, true)?;
+    set_xpub_nodrop(&mut socket, true)?;
     socket.bind(endpoint)?;
     let endpoint = socket
         .get_last_endpoint()?
@@ -669,7 +670,7 @@ fn publish(
     let complete = match socket.send(first, zmq::DONTWAIT | zmq::SNDMORE) {
         Ok(()) => true,
         Err(zmq::Error::EAGAIN) => {
-            set_nodrop(socket, false)?;
+            set_xpub_nodrop(socket, false)?;
             socket.send(first, zmq::SNDMORE)?;
             false
         }
@@ -686,7 +687,7 @@ fn publish(
     }
     socket.send(stamp, 0)?;
     if !complete {
-        set_nodrop(socket, true)?;
+        set_xpub_nodrop(socket, true)?;
     }
     Ok(complete)
 }
@@ -697,30 +698,6 @@ fn send_subscription(socket: &zmq::Socket, subscribe: bool, prefix: &[u8]) {
     message.extend_from_slice(prefix);
     if let Err(e) = socket.send(message, zmq::DONTWAIT) {
         warn!(error = %e, "cannot forward a subscription upstream");
-    }
-}
-
-/// ZMQ_XPUB_NODROP, which the `zmq` crate does not wrap.
-#[allow(unsafe_code)]
-fn set_nodrop(socket: &mut zmq::Socket, on: bool) -> zmq::Result<()> {
-    use std::os::raw::{c_int, c_void};
-    let value = c_int::from(on);
-    // SAFETY: the pointer is the live libzmq socket that `socket` owns for
-    // the whole call; ZMQ_XPUB_NODROP takes an int, passed by address with
-    // its size, which libzmq copies before it returns.
-    let rc = unsafe {
-        zmq_sys::zmq_setsockopt(
-            socket.as_mut_ptr(),
-            zmq_sys::ZMQ_XPUB_NODROP as c_int,
-            (&value as *const c_int).cast::<c_void>(),
-            std::mem::size_of::<c_int>(),
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        let errno = std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
-        Err(zmq::Error::from_raw(errno))
     }
 }
 

@@ -10,6 +10,7 @@
 //! Waiting: every blocking wait (a call's result, an event, a stream
 //! message) releases the GIL and wakes every 100 ms to let Python handle a
 //! signal (Ctrl-C), so a caller is never stuck in Rust.
+#![forbid(unsafe_code)]
 
 mod aio;
 mod call;

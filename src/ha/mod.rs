@@ -62,7 +62,7 @@ impl Heartbeats {
         publisher
             .bind(&bind)
             .with_context(|| format!("cannot bind the heartbeat publisher on {bind}"))?;
-        let own_port = crate::relay::bound_port(&publisher)?;
+        let own_port = zbridge_socket::bound_port(&publisher)?;
         let subscriber = context.socket(zmq::SUB)?;
         subscriber.set_linger(0)?;
         subscriber.set_ipv6(true)?;
@@ -70,7 +70,7 @@ impl Heartbeats {
         // A peer that is gone must not be waited for: reconnect quickly.
         subscriber.set_reconnect_ivl(100)?;
         subscriber.set_reconnect_ivl_max(1000)?;
-        let links = crate::relay::watch(context, &subscriber, &[zmq::SocketEvent::DISCONNECTED])?;
+        let links = zbridge_socket::watch(context, &subscriber, &[zmq::SocketEvent::DISCONNECTED])?;
         let peer_endpoint = tcp_endpoint(config.peer_host(), peer_port);
         subscriber.connect(&peer_endpoint).with_context(|| {
             format!("cannot connect to the peer's heartbeats at {peer_endpoint}")
@@ -107,7 +107,7 @@ impl Heartbeats {
     /// the last call.
     pub fn peer_disconnected(&self) -> bool {
         let mut closed = false;
-        while let Some((event, _)) = crate::relay::next_event(&self.links) {
+        while let Some((event, _)) = zbridge_socket::next_event(&self.links) {
             closed |= event == zmq::SocketEvent::DISCONNECTED.to_raw();
         }
         closed

@@ -19,26 +19,7 @@
 //! monitor (`ACCEPTED` / `DISCONNECTED` events carry them).
 
 use std::os::fd::RawFd;
-
-/// Set or clear TCP_CORK on `fd`; an error (a descriptor closed meanwhile)
-/// changes nothing and is ignored: the close flushes what is held.
-#[allow(unsafe_code)]
-pub fn set(fd: RawFd, on: bool) {
-    let value = libc::c_int::from(on);
-    // SAFETY: setsockopt reads `size_of::<c_int>()` bytes from the pointer
-    // to `value`, which lives on this stack frame for the whole call. An fd
-    // that is no longer a TCP socket makes the call fail (EBADF, ENOTSOCK,
-    // EOPNOTSUPP) without touching memory.
-    let _ = unsafe {
-        libc::setsockopt(
-            fd,
-            libc::IPPROTO_TCP,
-            libc::TCP_CORK,
-            (&value as *const libc::c_int).cast::<libc::c_void>(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-}
+use zbridge_socket::sys::set_tcp_cork as set;
 
 /// Flush what waits on each connection and cork them again.
 pub fn flush(fds: &[RawFd]) {

@@ -43,6 +43,7 @@ use std::time::{Duration, Instant};
 use tracing::{debug, error, info, warn};
 use zbridge_protocol::heartbeat::{Message, Role, State as PeerState};
 use zbridge_protocol::time::later;
+use zbridge_socket::{next_event, readable, recv_frames, watch, writable};
 
 /// Messages read from one socket before the loop looks at the others.
 const BATCH: usize = 256;
@@ -852,40 +853,6 @@ struct Readiness {
     dealers: Vec<(bool, bool)>,
 }
 
-/// A PAIR socket that receives `socket`'s libzmq monitor events of the
-/// kinds in `kinds`.
-pub(crate) fn watch(
-    context: &zmq::Context,
-    socket: &zmq::Socket,
-    kinds: &[zmq::SocketEvent],
-) -> zmq::Result<zmq::Socket> {
-    static MONITORS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let monitor = format!(
-        "inproc://monitor-{}",
-        MONITORS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-    );
-    let mask = kinds.iter().fold(0, |mask, kind| mask | kind.to_raw());
-    socket.monitor(&monitor, i32::from(mask))?;
-    let events = context.socket(zmq::PAIR)?;
-    events.set_linger(0)?;
-    events.connect(&monitor)?;
-    Ok(events)
-}
-
-/// The next monitor event waiting on `events` (from [`watch`]): its raw
-/// number (`zmq::SocketEvent::from_raw` panics on kinds it does not know)
-/// and its value (for connection events, the connection's descriptor).
-pub(crate) fn next_event(events: &zmq::Socket) -> Option<(u16, u32)> {
-    loop {
-        let event = events.recv_multipart(zmq::DONTWAIT).ok()?;
-        if let Some(head) = event.first().and_then(|f| f.get(..6)) {
-            let id = u16::from_le_bytes([head[0], head[1]]);
-            let value = u32::from_le_bytes([head[2], head[3], head[4], head[5]]);
-            return Some((id, value));
-        }
-    }
-}
-
 fn open_frontend(context: &zmq::Context, config: &Config, endpoint: &str) -> zmq::Result<Frontend> {
     let socket = context.socket(zmq::ROUTER)?;
     let events = watch(
@@ -933,35 +900,6 @@ fn count_connections(frontend: &mut Frontend) {
             }
         } else if event == zmq::SocketEvent::DISCONNECTED.to_raw() {
             frontend.connections.retain(|&c| c != fd);
-        }
-    }
-}
-
-/// Read one whole message without blocking; `false` when none is waiting.
-///
-/// A signal that interrupts a read (EINTR) is not an error: the read is
-/// tried again, so a flood of signals (SIGHUP reloads) cannot end the loop.
-pub(crate) fn recv_frames(
-    socket: &zmq::Socket,
-    frames: &mut Vec<zmq::Message>,
-) -> zmq::Result<bool> {
-    frames.clear();
-    let mut flags = zmq::DONTWAIT;
-    loop {
-        let mut frame = zmq::Message::new();
-        match socket.recv(&mut frame, flags) {
-            Ok(()) => {}
-            Err(zmq::Error::EAGAIN) if frames.is_empty() => return Ok(false),
-            Err(zmq::Error::EINTR) => continue,
-            Err(e) => return Err(e),
-        }
-        // The rest of a multipart message is already here: frames arrive
-        // whole or not at all.
-        flags = 0;
-        let more = frame.get_more();
-        frames.push(frame);
-        if !more {
-            return Ok(true);
         }
     }
 }
@@ -1022,32 +960,6 @@ fn send_routed(
         frontend.send(frame, flags)?;
     }
     Ok(())
-}
-
-/// The port a socket was bound to, from its last endpoint.
-pub(crate) fn bound_port(socket: &zmq::Socket) -> anyhow::Result<u16> {
-    let endpoint = socket
-        .get_last_endpoint()?
-        .map_err(|_| anyhow::anyhow!("libzmq reported a non-UTF-8 endpoint"))?;
-    endpoint
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.parse().ok())
-        .ok_or_else(|| anyhow::anyhow!("cannot read the port of {endpoint}"))
-}
-
-fn readable(socket: &zmq::Socket) -> bool {
-    socket
-        .get_events()
-        .map(|e| e.contains(zmq::POLLIN))
-        .unwrap_or(false)
-}
-
-fn writable(socket: &zmq::Socket) -> bool {
-    socket
-        .get_events()
-        .map(|e| e.contains(zmq::POLLOUT))
-        .unwrap_or(false)
 }
 
 /// A DEALER to a target's backend.

@@ -9,7 +9,6 @@
 
 use crate::breaker::{Breaker, BreakerState};
 use crate::config::ClientConfig;
-use crate::monitor::{next_event, watch};
 use crate::{Call, ClientError, Command, Event, Reply};
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
@@ -23,6 +22,7 @@ use tracing::{debug, info, warn};
 use zbridge_protocol::heartbeat::{Message, State, Verifier};
 use zbridge_protocol::time::later;
 use zbridge_protocol::{parse_error_reply, ErrorCode};
+use zbridge_socket::{next_event, watch};
 
 const PING: &[u8] = br#"{"action":"ping"}"#;
 
@@ -597,7 +597,7 @@ impl Engine {
     }
 
     fn take_monitor_events(&mut self, i: usize) {
-        while let Some(event) = next_event(&self.endpoints[i].monitor) {
+        while let Some((event, _)) = next_event(&self.endpoints[i].monitor) {
             let now = Instant::now();
             match event {
                 e if e == zmq::SocketEvent::HANDSHAKE_SUCCEEDED.to_raw() => {

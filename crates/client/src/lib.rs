@@ -27,12 +27,12 @@
 //! Streams: a [`Subscriber`] receives what the bridges republish from
 //! remote PUB services, from both bridges at once, merged into one feed
 //! that survives a failover and reports, by count, the messages it missed.
+#![forbid(unsafe_code)]
 
 mod breaker;
 mod config;
 mod engine;
 mod merge;
-mod monitor;
 mod oneshot;
 pub mod rules;
 mod subscriber;

@@ -15,13 +15,13 @@
 
 use crate::merge::Merge;
 pub use crate::merge::{Delivery, StreamMessage};
-use crate::monitor::{next_event, watch};
 use crate::ClientConfig;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 use tracing::{info, warn};
 use zbridge_protocol::stream::parse_stamp;
 use zbridge_protocol::time::later;
+use zbridge_socket::{next_event, watch};
 
 /// How long a move waits for the new bridge's copy of the last message.
 const MOVE_GRACE: Duration = Duration::from_millis(200);
@@ -197,7 +197,7 @@ impl Subscriber {
     }
 
     fn link_events(&mut self, i: usize, now: Instant) {
-        while let Some(id) = next_event(&self.links[i].events) {
+        while let Some((id, _)) = next_event(&self.links[i].events) {
             if id == zmq::SocketEvent::CONNECTED.to_raw() {
                 info!(endpoint = %self.links[i].endpoint, "subscribed");
             } else if id == zmq::SocketEvent::DISCONNECTED.to_raw() {
