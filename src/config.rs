@@ -7,8 +7,6 @@
 //! (durations, endpoints, a target list), or a [`ConfigError`] naming the key.
 //! Validation happens before any socket is bound.
 
-use crate::ha::machine::Port;
-use crate::relay::Rate;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
@@ -18,6 +16,27 @@ use std::time::Duration;
 use zbridge_client::rules::MAX_SECONDS;
 use zbridge_protocol::heartbeat::Node;
 use zbridge_protocol::Limits;
+
+/// The two frontend ports (and with them the pub and monitor ports): the
+/// primary, which the active holds, and the secondary, the passive's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Port {
+    Primary,
+    Secondary,
+}
+
+impl Port {
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// Requests per second, and how many may come at once.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Rate {
+    pub per_second: f64,
+    pub burst: f64,
+}
 
 /// A configuration that cannot be used, and the key that is wrong.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -23,8 +23,7 @@
 //! bridge counts stalls, not messages: what each subscriber lost shows as
 //! a jump in its sequence numbers (zbridge-client reports it as a gap).
 
-use crate::config::Config;
-use crate::ha::machine::Port;
+use crate::config::{Config, Port};
 use crate::throttle::LogThrottle;
 use serde_json::{json, Map, Value};
 use std::sync::{Arc, Mutex};

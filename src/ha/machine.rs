@@ -10,6 +10,7 @@
 //! active. Two actives that hear each other resolve by epoch (a tie: the
 //! primary node stays). A takeover raises the epoch above any epoch heard.
 
+pub use crate::config::Port;
 use std::time::{Duration, Instant};
 use zbridge_protocol::heartbeat::{Node, Role, State};
 use zbridge_protocol::time::later;
@@ -18,19 +19,6 @@ use zbridge_protocol::time::later;
 /// between looks (the gap doubles from one to the other).
 const FIRST_RECHECK: Duration = Duration::from_millis(10);
 const LAST_RECHECK: Duration = Duration::from_millis(250);
-
-/// The two frontend ports.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Port {
-    Primary,
-    Secondary,
-}
-
-impl Port {
-    pub fn index(self) -> usize {
-        self as usize
-    }
-}
 
 /// What the machine is doing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

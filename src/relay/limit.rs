@@ -7,15 +7,9 @@
 //! overflow bucket. A flood of fresh identities therefore costs bounded
 //! memory and is still limited.
 
+use crate::config::Rate;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
-
-/// Requests per second, and how many may come at once.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Rate {
-    pub per_second: f64,
-    pub burst: f64,
-}
 
 #[derive(Debug, Clone, Copy)]
 struct Bucket {

@@ -26,8 +26,6 @@ mod state;
 mod stats;
 mod watch;
 
-pub use limit::Rate;
-
 use crate::config::{tcp_endpoint, Config, LogLevel, Source, Target};
 use crate::ha::machine::{Effect, Event, Machine, Peer, Phase, Port, Settings};
 use crate::ha::{Beat, Heartbeats, Probe};
