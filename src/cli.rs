@@ -1,8 +1,8 @@
 //! The command line: `zbridge run | check-config | request | subscribe | status | bench | demo`.
 
-use crate::config::{Mode, Overrides};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
+use zbridge::config::{Mode, Overrides};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -92,7 +92,7 @@ pub enum Command {
     /// Measure the bridge against libzmq's proxy and a direct connection.
     Bench {
         #[command(subcommand)]
-        what: crate::bench::What,
+        what: zbridge_lab::bench::What,
     },
     /// Run a pair of bridges, two demo services and a client load on
     /// loopback, and kill the active mid-run.

@@ -4,7 +4,11 @@
 
 use clap::Parser;
 use std::process::ExitCode;
-use zbridge::{bench, cli, config, demo, run, tools};
+use zbridge::{config, run};
+use zbridge_lab::{bench, demo};
+
+mod cli;
+mod tools;
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();

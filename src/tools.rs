@@ -5,18 +5,12 @@ use anyhow::{bail, Context};
 use serde_json::json;
 use std::path::Path;
 use std::time::Duration;
+use zbridge_client::rules::seconds;
 use zbridge_client::{Client, ClientConfig, Delivery, Subscriber};
-
-fn seconds(timeout: f64) -> anyhow::Result<Duration> {
-    Duration::try_from_secs_f64(timeout)
-        .ok()
-        .filter(|t| !t.is_zero())
-        .context("--timeout must be a positive number of seconds")
-}
 
 /// Send `frames` to `endpoint` and wait up to `timeout` seconds for the reply.
 fn call(endpoint: &str, frames: &[&[u8]], timeout: f64) -> anyhow::Result<Vec<Vec<u8>>> {
-    let timeout = seconds(timeout)?;
+    let timeout = seconds("--timeout", timeout)?;
     let context = zmq::Context::new();
     let socket = context.socket(zmq::REQ)?;
     socket.set_linger(0)?;
@@ -34,31 +28,6 @@ fn call(endpoint: &str, frames: &[&[u8]], timeout: f64) -> anyhow::Result<Vec<Ve
     Ok(socket.recv_multipart(0)?)
 }
 
-/// The client settings for the bridges at `endpoints` (or those of the
-/// config file, or the local pair); `timeout`, if given, is the seconds each
-/// bridge gets to answer (else the config's request_timeout).
-pub fn client_config(
-    endpoints: &[String],
-    config: Option<&Path>,
-    timeout: Option<f64>,
-) -> anyhow::Result<ClientConfig> {
-    let mut client = match config {
-        Some(path) => ClientConfig::from_file(path)?,
-        None => ClientConfig::local(),
-    };
-    if !endpoints.is_empty() {
-        client.endpoints = endpoints.to_vec();
-        if config.is_none() {
-            // Heartbeat ports of a guessed pair would be guesses too.
-            client.heartbeat_endpoints.clear();
-        }
-    }
-    if let Some(timeout) = timeout {
-        client.request_timeout = seconds(timeout)?;
-    }
-    Ok(client)
-}
-
 pub fn request(
     endpoints: &[String],
     config: Option<&Path>,
@@ -66,7 +35,7 @@ pub fn request(
     timeout: Option<f64>,
     payload: &str,
 ) -> anyhow::Result<()> {
-    let mut settings = client_config(endpoints, config, timeout)?;
+    let mut settings = ClientConfig::for_tool(endpoints, config, timeout)?;
     // One round over the bridges: a person is waiting.
     settings.max_reconnect_attempts = 1;
     let client = Client::connect(settings)?;
@@ -109,10 +78,10 @@ pub fn subscribe(
         settings.pub_endpoints = endpoints.to_vec();
     }
     if let (Some(path), Some(stream)) = (config, stream) {
-        let file = crate::config::File::load(Some(path))?;
+        let file = zbridge::config::File::load(Some(path))?;
         if !file.streams.contains_key(stream) {
             let known: Vec<&str> = file.streams.keys().map(String::as_str).collect();
-            return Err(crate::config::ConfigError::new(
+            return Err(zbridge::config::ConfigError::new(
                 "streams",
                 format!(
                     "no stream `{stream}` in {}; it has: {}",
@@ -128,7 +97,7 @@ pub fn subscribe(
         }
     }
     let deadline = match until.seconds {
-        Some(s) => Some(std::time::Instant::now() + seconds(s)?),
+        Some(s) => Some(std::time::Instant::now() + seconds("--seconds", s)?),
         None => None,
     };
     let topics: Vec<Vec<u8>> = topics.iter().map(|t| t.as_bytes().to_vec()).collect();

@@ -193,7 +193,7 @@ fn sighup_does_not_stop_the_bridge() {
     let bridge = bridge(&[]);
     bridge.signal("HUP").unwrap();
     assert!(bridge.wait_for_log("SIGHUP", std::time::Duration::from_secs(5)));
-    let pong = zbridge::lab::ask(
+    let pong = zbridge_lab::ask(
         &bridge.frontend,
         &[br#"{"action":"ping"}"#],
         std::time::Duration::from_secs(5),

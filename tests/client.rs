@@ -7,8 +7,8 @@ use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
-use zbridge::lab::ClientLoad;
 use zbridge_client::{BreakerState, Client, ClientConfig, ClientError, ErrorCode, Event};
+use zbridge_lab::ClientLoad;
 
 /// Short timings: an attempt gets 1 s, failed bridges are probed every
 /// 100 ms and used again after 800 ms of answers.

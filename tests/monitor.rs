@@ -73,7 +73,7 @@ fn health_status_and_metrics_move_with_traffic_and_with_a_failover() {
     assert_eq!(missing["code"], 404);
 
     for i in 0..5u8 {
-        assert!(zbridge::lab::ask(
+        assert!(zbridge_lab::ask(
             &pair.primary_endpoint(),
             &[b"pc2", &[i]],
             Duration::from_secs(5)
@@ -174,7 +174,7 @@ fn monitor_address(bridge: &BridgeProcess) -> String {
     let health = format!("{url}/health");
     assert!(
         wait_until(Duration::from_secs(5), || {
-            zbridge::lab::http_get(&health, Duration::from_secs(1)).is_some()
+            zbridge_lab::http_get(&health, Duration::from_secs(1)).is_some()
         }),
         "{health} says 200"
     );
@@ -184,7 +184,7 @@ fn monitor_address(bridge: &BridgeProcess) -> String {
 /// `/health` answers 200 within a second, on a fresh connection.
 fn health_answers_within_a_second(address: &str) -> Duration {
     let start = Instant::now();
-    let body = zbridge::lab::http_get(&format!("http://{address}/health"), Duration::from_secs(1));
+    let body = zbridge_lab::http_get(&format!("http://{address}/health"), Duration::from_secs(1));
     let took = start.elapsed();
     assert!(body.is_some(), "/health answered 200");
     assert!(took < Duration::from_secs(1), "/health took {took:?}");
@@ -293,7 +293,7 @@ fn a_client_that_never_reads_its_answers_blocks_nobody_and_is_dropped() {
     let address = monitor_address(&bridge);
     // Warm up: the first scrape allocates what every scrape needs.
     assert!(
-        zbridge::lab::http_get(&format!("http://{address}/metrics"), Duration::from_secs(2))
+        zbridge_lab::http_get(&format!("http://{address}/metrics"), Duration::from_secs(2))
             .is_some()
     );
     let rss = bridge.rss_kb().unwrap();
@@ -337,7 +337,7 @@ fn endless_headers_are_cut_off_and_block_nobody() {
     let bridge = bridge(&[]);
     let address = monitor_address(&bridge);
     assert!(
-        zbridge::lab::http_get(&format!("http://{address}/metrics"), Duration::from_secs(2))
+        zbridge_lab::http_get(&format!("http://{address}/metrics"), Duration::from_secs(2))
             .is_some()
     );
     let rss = bridge.rss_kb().unwrap();
@@ -412,14 +412,14 @@ fn metrics_pass_promtool_and_the_openmetrics_parser() {
     let pair = Pair::new(&[]);
     let bridge = pair.start("active");
     for i in 0..3u8 {
-        assert!(zbridge::lab::ask(
+        assert!(zbridge_lab::ask(
             &pair.primary_endpoint(),
             &[b"pc2", &[i]],
             Duration::from_secs(5)
         )
         .is_some());
         // An error code too, so that every labelled family has a sample.
-        zbridge::lab::ask(&pair.primary_endpoint(), &[b"{"], Duration::from_secs(5));
+        zbridge_lab::ask(&pair.primary_endpoint(), &[b"{"], Duration::from_secs(5));
     }
     let url = format!("{}/metrics", bridge.ready["monitor"].as_str().unwrap());
     let text = get(&url, "--text");

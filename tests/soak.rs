@@ -3,7 +3,7 @@
 
 use crate::support::*;
 use std::time::Duration;
-use zbridge::soak::Soak;
+use zbridge_lab::soak::Soak;
 
 #[test]
 fn a_minute_of_random_faults_loses_nothing_and_never_has_two_actives() {

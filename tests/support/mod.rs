@@ -8,7 +8,7 @@ use serde_json::Value;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
-pub use zbridge::lab::{
+pub use zbridge_lab::{
     free_port, lone_bridge_flags, wait_until, BridgeProcess, EchoService, Load, Process, Retrying,
     Route, TempConfig,
 };
@@ -57,7 +57,7 @@ pub fn py_service_with(
     (process, port)
 }
 
-/// A retrying load on target `pc2` (lab::Retrying: one request at a time,
+/// A retrying load on target `pc2` (zbridge_lab::Retrying: one request at a time,
 /// paced at `rate`, an attempt given up after 500 ms and sent to the next
 /// endpoint, a request lost after 5 s).
 pub fn retrying_load(endpoints: Vec<String>, rate: f64, duration: Duration) -> Retrying {
@@ -198,7 +198,7 @@ pub fn error_of(reply: &[Vec<u8>]) -> (String, String) {
 
 /// The bridge's status document, asked through its frontend.
 pub fn status(endpoint: &str) -> Value {
-    zbridge::lab::status(endpoint).expect("a status document")
+    zbridge_lab::status(endpoint).expect("a status document")
 }
 
 /// Heartbeat timings of the pair tests: 100 ms / 300 ms.
@@ -289,7 +289,7 @@ impl Pair {
 /// The role a bridge reports through `endpoint`, or `None` if it does not
 /// answer within `timeout`.
 pub fn role_at(endpoint: &str, timeout: Duration) -> Option<String> {
-    let reply = zbridge::lab::ask(endpoint, &[br#"{"action":"ping"}"#], timeout)?;
+    let reply = zbridge_lab::ask(endpoint, &[br#"{"action":"ping"}"#], timeout)?;
     let doc: Value = serde_json::from_slice(reply.last()?).ok()?;
     doc["role"].as_str().map(str::to_string)
 }

@@ -74,6 +74,32 @@ impl ClientConfig {
         ClientConfig::from_keys(&BridgeKeys::default()).expect("the defaults are valid")
     }
 
+    /// The settings of a command-line tool (`zbridge request`, `zbridge
+    /// bench`): the bridges at `endpoints` if any are given, else those of
+    /// the config `file`, else the local pair; `timeout`, if given, is the
+    /// seconds each bridge gets to answer (else the config's).
+    pub fn for_tool(
+        endpoints: &[String],
+        file: Option<&Path>,
+        timeout: Option<f64>,
+    ) -> Result<ClientConfig, ConfigError> {
+        let mut client = match file {
+            Some(path) => ClientConfig::from_file(path)?,
+            None => ClientConfig::local(),
+        };
+        if !endpoints.is_empty() {
+            client.endpoints = endpoints.to_vec();
+            if file.is_none() {
+                // Heartbeat ports of a guessed pair would be guesses too.
+                client.heartbeat_endpoints.clear();
+            }
+        }
+        if let Some(timeout) = timeout {
+            client.request_timeout = seconds("--timeout", timeout)?;
+        }
+        Ok(client)
+    }
+
     /// Read the bridge's config file (its `[client]` section, if any).
     pub fn from_file(path: impl AsRef<Path>) -> Result<ClientConfig, ConfigError> {
         let path = path.as_ref();

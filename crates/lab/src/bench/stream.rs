@@ -4,7 +4,7 @@
 //! zbridge-client. Measurements, not tests; every load is bounded.
 
 use super::Proxy;
-use crate::lab::{
+use crate::{
     follow_stream, free_port, lone_bridge_flags, loopback_endpoints, status, wait_until,
     BridgeProcess, LoopbackPair, Publisher, Seen, TempConfig, PAYLOAD,
 };

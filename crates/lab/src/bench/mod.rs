@@ -11,7 +11,7 @@
 mod python;
 mod stream;
 
-use crate::lab::{
+use crate::{
     lone_bridge_flags, BridgeProcess, ClientLoad, ClientLoadReport, EchoService, Failover, Fault,
     Load, LoadReport, LoopbackPair, Route,
 };
@@ -178,7 +178,8 @@ pub fn run(what: What) -> anyhow::Result<()> {
             if local_pair {
                 client_pair(&load)
             } else {
-                let settings = crate::tools::client_config(&endpoints, config.as_deref(), None)?;
+                let settings =
+                    zbridge_client::ClientConfig::for_tool(&endpoints, config.as_deref(), None)?;
                 client_load(&load, settings)
             }
         }
@@ -277,7 +278,7 @@ impl Scraper {
         let thread = std::thread::spawn(move || {
             let mut scrapes = 0;
             while !flag.load(Ordering::Relaxed) {
-                if crate::lab::http_get(&url, Duration::from_secs(2)).is_some() {
+                if crate::http_get(&url, Duration::from_secs(2)).is_some() {
                     scrapes += 1;
                 }
                 std::thread::sleep(every);
@@ -609,7 +610,7 @@ fn sustained(
 ) -> anyhow::Result<()> {
     let exe = std::env::current_exe()?;
     let duration = Duration::try_from_secs_f64(duration).context("--duration")?;
-    let pair = crate::lab::LoopbackPair::new(Duration::from_secs(1), Duration::from_secs(3))?;
+    let pair = crate::LoopbackPair::new(Duration::from_secs(1), Duration::from_secs(3))?;
     let bridges = ["active", "passive"].map(|mode| BridgeProcess::spawn(&exe, &pair.flags(mode)));
     let [primary, secondary] = bridges;
     let bridges = [primary?, secondary?];

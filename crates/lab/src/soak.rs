@@ -4,7 +4,7 @@
 //! bridges' RSS and open fds, counts moments with two actives that can hear
 //! each other, and ends with one JSON line.
 
-use crate::lab::{BridgeProcess, LoopbackPair, Retrying, RetryingReport};
+use crate::{BridgeProcess, LoopbackPair, Retrying, RetryingReport};
 use serde_json::{json, Value};
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -171,7 +171,7 @@ impl Soak {
         // As in life, the dead instance comes back after the survivor has
         // taken over (a restart at once could find the port free first).
         let survivor = instances[1 - node].as_ref();
-        crate::lab::wait_until(self.heartbeat_timeout * 20, || {
+        crate::wait_until(self.heartbeat_timeout * 20, || {
             role(survivor) == Some("active".into())
         });
         instances[node] = Some(BridgeProcess::spawn(exe, &pair.flags(MODES[node]))?);
@@ -187,7 +187,7 @@ fn role(instance: Option<&BridgeProcess>) -> Option<String> {
 
 fn status(instance: &BridgeProcess) -> Option<Value> {
     let monitor = instance.ready["monitor"].as_str()?;
-    let body = crate::lab::http_get(&format!("{monitor}/status"), Duration::from_millis(300))?;
+    let body = crate::http_get(&format!("{monitor}/status"), Duration::from_millis(300))?;
     serde_json::from_str(&body).ok()
 }
 

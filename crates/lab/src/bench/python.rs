@@ -4,13 +4,13 @@
 //! bench/python_client.py's, run by the given interpreter (one that has the
 //! package and pyzmq installed: scripts/test leaves one in target/venv).
 
-use crate::lab::{BridgeProcess, LoopbackPair};
+use crate::{BridgeProcess, LoopbackPair};
 use anyhow::Context as _;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-const SCRIPT: &str = include_str!("../../bench/python_client.py");
+const SCRIPT: &str = include_str!("../../../../bench/python_client.py");
 
 pub fn python(
     interpreter: &Path,

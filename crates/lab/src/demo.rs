@@ -6,7 +6,7 @@
 //! every process it started, exits 0 (1 if a request or a message was
 //! lost).
 
-use crate::lab::{
+use crate::{
     ask, follow_stream, free_port, loopback_endpoints, status, Failover, Fault, Publisher,
     RetryingReport, Seen, TempConfig,
 };
