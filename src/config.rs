@@ -9,11 +9,12 @@
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::fmt;
 use std::net::IpAddr;
 use std::path::Path;
 use std::time::Duration;
-use zbridge_client::rules::MAX_SECONDS;
+// A duration key: more than 0 and at most a week, as the client has it.
+use zbridge_client::rules::{defaults, seconds as positive_seconds, MAX_SECONDS};
+pub use zbridge_client::rules::{tcp_endpoint, ConfigError};
 use zbridge_protocol::heartbeat::Node;
 use zbridge_protocol::Limits;
 
@@ -36,41 +37,6 @@ impl Port {
 pub struct Rate {
     pub per_second: f64,
     pub burst: f64,
-}
-
-/// A configuration that cannot be used, and the key that is wrong.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError {
-    pub key: String,
-    pub message: String,
-}
-
-impl ConfigError {
-    pub fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
-        ConfigError {
-            key: key.into(),
-            message: message.into(),
-        }
-    }
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.key.is_empty() {
-            write!(f, "{}", self.message)
-        } else {
-            write!(f, "`{}`: {}", self.key, self.message)
-        }
-    }
-}
-
-impl std::error::Error for ConfigError {}
-
-/// The rules shared with the client name the bridge's own keys.
-impl From<zbridge_client::ConfigError> for ConfigError {
-    fn from(e: zbridge_client::ConfigError) -> Self {
-        ConfigError::new(e.key, e.message)
-    }
 }
 
 /// The role an instance starts in; its home role names the node.
@@ -162,24 +128,24 @@ macro_rules! keys {
 
 keys! {
     /// Frontend port of the active role (0: any free port, for tests).
-    primary_port: u16 = 5600;
+    primary_port: u16 = defaults::PRIMARY_PORT;
     /// Frontend port of the passive role (0: any free port, for tests).
-    secondary_port: u16 = 5601;
+    secondary_port: u16 = defaults::SECONDARY_PORT;
     /// Stream PUB port of the active role (0: any free port, for tests).
-    primary_pub_port: u16 = 5630;
+    primary_pub_port: u16 = defaults::PRIMARY_PUB_PORT;
     /// Stream PUB port of the passive role (0: any free port, for tests).
-    secondary_pub_port: u16 = 5631;
+    secondary_pub_port: u16 = defaults::SECONDARY_PUB_PORT;
     /// Messages queued for one stream subscriber before the bridge drops
     /// (and counts) what it cannot take.
     stream_hwm: i32 = 10_000;
     /// Seconds between heartbeats.
     heartbeat_interval: f64 = 1.0;
     /// Seconds without a heartbeat before the passive takes over.
-    heartbeat_timeout: f64 = 3.0;
+    heartbeat_timeout: f64 = defaults::HEARTBEAT_TIMEOUT;
     /// Client library: rounds over all endpoints before a request fails.
-    max_reconnect_attempts: u32 = 5;
+    max_reconnect_attempts: u32 = defaults::MAX_RECONNECT_ATTEMPTS;
     /// Client library: seconds between probes of a failed endpoint.
-    reconnect_delay: f64 = 5.0;
+    reconnect_delay: f64 = defaults::RECONNECT_DELAY;
     /// Endpoint of the `main_pc` target ("" for none).
     main_pc_addr: String = "tcp://127.0.0.1:5603".into();
     /// Endpoint of the `pc2` target ("" for none).
@@ -187,15 +153,15 @@ keys! {
     /// Address the frontend binds on.
     bind_host: String = "127.0.0.1".into();
     /// Host of the primary instance, as its peer and clients reach it.
-    primary_host: String = "127.0.0.1".into();
+    primary_host: String = defaults::HOST.into();
     /// Host of the secondary instance, as its peer and clients reach it.
-    secondary_host: String = "127.0.0.1".into();
+    secondary_host: String = defaults::HOST.into();
     /// Heartbeat PUB port of the primary instance (0: any free port, for tests).
-    primary_heartbeat_port: u16 = 5610;
+    primary_heartbeat_port: u16 = defaults::PRIMARY_HEARTBEAT_PORT;
     /// Heartbeat PUB port of the secondary instance (0: any free port, for tests).
-    secondary_heartbeat_port: u16 = 5611;
+    secondary_heartbeat_port: u16 = defaults::SECONDARY_HEARTBEAT_PORT;
     /// Seconds a heartbeat's timestamp may differ from this host's clock.
-    heartbeat_max_skew: f64 = 5.0;
+    heartbeat_max_skew: f64 = defaults::HEARTBEAT_MAX_SKEW;
     /// Shared secret that signs heartbeats ("": unsigned, or see auth_token_file
     /// and the ZBRIDGE_AUTH_TOKEN environment variable).
     auth_token: String = String::new();
@@ -210,7 +176,7 @@ keys! {
     /// Monitoring HTTP port of the secondary instance (0: any free port).
     secondary_monitor_port: u16 = 5621;
     /// Seconds a request may wait for its backend before a `timeout` reply.
-    request_timeout: f64 = 5.0;
+    request_timeout: f64 = defaults::REQUEST_TIMEOUT;
     /// Largest request body in bytes; larger ones get `too_large`.
     max_message_bytes: usize = 1 << 20;
     /// Most frames in a request body; more get `bad_frames`.
@@ -237,7 +203,7 @@ keys! {
     /// Consecutive failures of a target that open its circuit breaker.
     breaker_failure_threshold: u32 = 5;
     /// Seconds an open breaker fails fast before it lets one probe through.
-    breaker_open_wait: f64 = 2.0;
+    breaker_open_wait: f64 = defaults::BREAKER_OPEN_WAIT;
     /// Log line format: text or json.
     log_format: LogFormat = LogFormat::Text;
     /// Least severe level logged: error, warn, info, debug or trace.
@@ -492,19 +458,6 @@ impl Config {
             Port::Secondary => self.secondary_pub_port,
         };
         tcp_endpoint(&self.bind_host, number)
-    }
-}
-
-/// `tcp://host:port`, bracketing IPv6 addresses and using `*` for port 0.
-pub fn tcp_endpoint(host: &str, port: u16) -> String {
-    let host = match host.parse::<IpAddr>() {
-        Ok(IpAddr::V6(v6)) => format!("[{v6}]"),
-        _ => host.to_string(),
-    };
-    if port == 0 {
-        format!("tcp://{host}:*")
-    } else {
-        format!("tcp://{host}:{port}")
     }
 }
 
@@ -826,12 +779,6 @@ fn name_rule(key: &str, what: &str, name: &str) -> Result<(), ConfigError> {
         ));
     }
     Ok(())
-}
-
-/// A duration key: more than 0 and at most a week (the rule the client
-/// applies to the keys it shares with the bridge).
-fn positive_seconds(key: &str, value: f64) -> Result<Duration, ConfigError> {
-    Ok(zbridge_client::rules::seconds(key, value)?)
 }
 
 /// A duration key where 0 means "not at all".

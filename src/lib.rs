@@ -14,6 +14,7 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+mod error;
 pub mod ha;
 pub mod monitor;
 pub mod relay;
@@ -21,3 +22,5 @@ pub mod run;
 pub mod stop;
 pub mod streams;
 mod throttle;
+
+pub use error::Error;

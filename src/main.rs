@@ -4,7 +4,7 @@
 
 use clap::Parser;
 use std::process::ExitCode;
-use zbridge::{config, run};
+use zbridge::{run, Error};
 use zbridge_lab::{bench, demo};
 
 mod cli;
@@ -43,22 +43,14 @@ fn main() -> ExitCode {
             json,
         ),
         cli::Command::Status { endpoint, timeout } => tools::status(&endpoint, timeout),
-        cli::Command::Bench { what } => bench::run(what),
-        cli::Command::Demo { seconds } => demo::run(seconds),
+        cli::Command::Bench { what } => bench::run(what).map_err(Error::from),
+        cli::Command::Demo { seconds } => demo::run(seconds).map_err(Error::from),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            if let Some(config_error) = e.downcast_ref::<config::ConfigError>() {
-                eprintln!("zbridge: config error: {config_error}");
-                return ExitCode::from(2);
-            }
-            if let Some(config_error) = e.downcast_ref::<zbridge_client::ConfigError>() {
-                eprintln!("zbridge: config error: {config_error}");
-                return ExitCode::from(2);
-            }
-            eprintln!("zbridge: {e:#}");
-            ExitCode::FAILURE
+            eprintln!("zbridge: {e}");
+            ExitCode::from(e.exit_code())
         }
     }
 }

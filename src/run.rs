@@ -3,13 +3,14 @@
 use crate::config::{ConfigError, File, LogFormat, LogLevel, Mode, Overrides, Source};
 use crate::relay::Relay;
 use crate::stop::Stop;
+use crate::Error;
 use std::io::{IsTerminal, Write};
 use std::path::Path;
 use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::prelude::*;
 use tracing_subscriber::{fmt, reload, Registry};
 
-pub fn run(mode: Option<Mode>, path: Option<&Path>, overrides: &Overrides) -> anyhow::Result<()> {
+pub fn run(mode: Option<Mode>, path: Option<&Path>, overrides: &Overrides) -> Result<(), Error> {
     let source = Source {
         path: path.map(Path::to_path_buf),
         overrides: overrides.clone(),
@@ -34,10 +35,11 @@ pub fn run(mode: Option<Mode>, path: Option<&Path>, overrides: &Overrides) -> an
     relay.run(&mut stop, &mut |event| {
         let _ = writeln!(out, "{event}");
         let _ = out.flush();
-    })
+    })?;
+    Ok(())
 }
 
-pub fn check_config(path: &Path, overrides: &Overrides) -> anyhow::Result<()> {
+pub fn check_config(path: &Path, overrides: &Overrides) -> Result<(), Error> {
     let file = File::load(Some(path))?.with_overrides(overrides);
     let config = file.validate()?;
     print!("{}", file.to_toml());

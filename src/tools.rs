@@ -1,10 +1,11 @@
 //! `zbridge request`, `zbridge subscribe` and `zbridge status`: a bridge
 //! pair from a terminal.
 
-use anyhow::{bail, Context};
+use anyhow::{anyhow, bail, Context};
 use serde_json::json;
 use std::path::Path;
 use std::time::Duration;
+use zbridge::Error;
 use zbridge_client::rules::seconds;
 use zbridge_client::{Client, ClientConfig, Delivery, Subscriber};
 
@@ -34,25 +35,27 @@ pub fn request(
     target: &str,
     timeout: Option<f64>,
     payload: &str,
-) -> anyhow::Result<()> {
+) -> Result<(), Error> {
     let mut settings = ClientConfig::for_tool(endpoints, config, timeout)?;
     // One round over the bridges: a person is waiting.
     settings.max_reconnect_attempts = 1;
     let client = Client::connect(settings)?;
-    let reply = client.request(target, payload.as_bytes())?;
+    let reply = client
+        .request(target, payload.as_bytes())
+        .map_err(anyhow::Error::from)?;
     for frame in reply.frames {
         println!("{}", String::from_utf8_lossy(&frame));
     }
     Ok(())
 }
 
-pub fn status(endpoint: &str, timeout: f64) -> anyhow::Result<()> {
+pub fn status(endpoint: &str, timeout: f64) -> Result<(), Error> {
     let reply = call(endpoint, &[br#"{"action":"status"}"#], timeout)?;
     let doc: serde_json::Value = match reply.as_slice() {
         [only] => serde_json::from_slice(only).context("the status reply is not JSON")?,
-        _ => bail!("the status reply has {} frames, expected 1", reply.len()),
+        _ => return Err(anyhow!("the status reply has {} frames, expected 1", reply.len()).into()),
     };
-    println!("{}", serde_json::to_string_pretty(&doc)?);
+    println!("{doc:#}");
     Ok(())
 }
 
@@ -69,7 +72,7 @@ pub fn subscribe(
     topics: &[String],
     until: Until,
     json: bool,
-) -> anyhow::Result<()> {
+) -> Result<(), Error> {
     let mut settings = match config {
         Some(path) => ClientConfig::from_file(path)?,
         None => ClientConfig::local(),

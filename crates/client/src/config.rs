@@ -7,9 +7,8 @@
 //! auth token) and an
 //! optional `[client]` section overrides them.
 
-use crate::rules::{self, seconds};
+use crate::rules::{self, defaults, seconds, tcp_endpoint as tcp, ConfigError};
 use serde::{Deserialize, Serialize};
-use std::fmt;
 use std::path::Path;
 use std::time::Duration;
 
@@ -121,24 +120,45 @@ impl ClientConfig {
     fn from_keys(keys: &BridgeKeys) -> Result<ClientConfig, ConfigError> {
         let section = keys.client.clone().unwrap_or_default();
         section.check()?;
-        let host = |h: &Option<String>| h.clone().unwrap_or_else(|| "127.0.0.1".into());
+        let host = |h: &Option<String>| h.clone().unwrap_or_else(|| defaults::HOST.into());
         let (primary, secondary) = (host(&keys.primary_host), host(&keys.secondary_host));
         let endpoints = section.endpoints.clone().unwrap_or_else(|| {
             vec![
-                tcp(&primary, keys.primary_port.unwrap_or(5600)),
-                tcp(&secondary, keys.secondary_port.unwrap_or(5601)),
+                tcp(
+                    &primary,
+                    keys.primary_port.unwrap_or(defaults::PRIMARY_PORT),
+                ),
+                tcp(
+                    &secondary,
+                    keys.secondary_port.unwrap_or(defaults::SECONDARY_PORT),
+                ),
             ]
         });
         let heartbeat_endpoints = section.heartbeat_endpoints.clone().unwrap_or_else(|| {
             vec![
-                tcp(&primary, keys.primary_heartbeat_port.unwrap_or(5610)),
-                tcp(&secondary, keys.secondary_heartbeat_port.unwrap_or(5611)),
+                tcp(
+                    &primary,
+                    keys.primary_heartbeat_port
+                        .unwrap_or(defaults::PRIMARY_HEARTBEAT_PORT),
+                ),
+                tcp(
+                    &secondary,
+                    keys.secondary_heartbeat_port
+                        .unwrap_or(defaults::SECONDARY_HEARTBEAT_PORT),
+                ),
             ]
         });
         let pub_endpoints = section.pub_endpoints.clone().unwrap_or_else(|| {
             vec![
-                tcp(&primary, keys.primary_pub_port.unwrap_or(5630)),
-                tcp(&secondary, keys.secondary_pub_port.unwrap_or(5631)),
+                tcp(
+                    &primary,
+                    keys.primary_pub_port.unwrap_or(defaults::PRIMARY_PUB_PORT),
+                ),
+                tcp(
+                    &secondary,
+                    keys.secondary_pub_port
+                        .unwrap_or(defaults::SECONDARY_PUB_PORT),
+                ),
             ]
         });
         let breaker = BreakerConfig::default();
@@ -156,25 +176,33 @@ impl ClientConfig {
             // wait a second longer, so that silence means a bridge problem.
             request_timeout: match section.request_timeout {
                 Some(value) => seconds("request_timeout", value)?,
-                None => secs("request_timeout", keys.request_timeout, 5.0)?
-                    .saturating_add(Duration::from_secs(1)),
+                None => secs(
+                    "request_timeout",
+                    keys.request_timeout,
+                    defaults::REQUEST_TIMEOUT,
+                )?
+                .saturating_add(Duration::from_secs(1)),
             },
             max_reconnect_attempts: section
                 .max_reconnect_attempts
                 .or(keys.max_reconnect_attempts)
-                .unwrap_or(5),
+                .unwrap_or(defaults::MAX_RECONNECT_ATTEMPTS),
             reconnect_delay: secs(
                 "reconnect_delay",
                 section.reconnect_delay.or(keys.reconnect_delay),
-                5.0,
+                defaults::RECONNECT_DELAY,
             )?,
             hold_down: secs("hold_down", section.hold_down, 2.0)?,
             heartbeat_timeout: secs(
                 "heartbeat_timeout",
                 section.heartbeat_timeout.or(keys.heartbeat_timeout),
-                3.0,
+                defaults::HEARTBEAT_TIMEOUT,
             )?,
-            heartbeat_max_skew: secs("heartbeat_max_skew", keys.heartbeat_max_skew, 5.0)?,
+            heartbeat_max_skew: secs(
+                "heartbeat_max_skew",
+                keys.heartbeat_max_skew,
+                defaults::HEARTBEAT_MAX_SKEW,
+            )?,
             auth_token: token,
             breaker: BreakerConfig {
                 failure_rate: section.breaker_failure_rate.unwrap_or(breaker.failure_rate),
@@ -183,7 +211,7 @@ impl ClientConfig {
                 open_wait: secs(
                     "breaker_open_wait",
                     section.breaker_open_wait.or(keys.breaker_open_wait),
-                    2.0,
+                    defaults::BREAKER_OPEN_WAIT,
                 )?,
                 half_open_probes: section
                     .breaker_half_open_probes
@@ -302,42 +330,6 @@ struct BridgeKeys {
     auth_token_file: Option<String>,
     client: Option<Section>,
 }
-
-fn tcp(host: &str, port: u16) -> String {
-    if host.contains(':') {
-        format!("tcp://[{host}]:{port}")
-    } else {
-        format!("tcp://{host}:{port}")
-    }
-}
-
-/// A config value the client cannot use, and the key that holds it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError {
-    /// The key under `[client]` (or the bridge key) at fault; "" when none.
-    pub key: String,
-    pub message: String,
-}
-
-impl ConfigError {
-    pub(crate) fn new(key: &str, message: impl Into<String>) -> ConfigError {
-        ConfigError {
-            key: key.to_string(),
-            message: message.into(),
-        }
-    }
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.key.as_str() {
-            "" => f.write_str(&self.message),
-            key => write!(f, "client.{key}: {}", self.message),
-        }
-    }
-}
-
-impl std::error::Error for ConfigError {}
 
 #[cfg(test)]
 mod tests {

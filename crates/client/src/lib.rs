@@ -38,8 +38,9 @@ pub mod rules;
 mod subscriber;
 
 pub use breaker::BreakerState;
-pub use config::{BreakerConfig, ClientConfig, ConfigError, Section};
+pub use config::{BreakerConfig, ClientConfig, Section};
 pub use oneshot::Pending;
+pub use rules::ConfigError;
 pub use subscriber::{Delivery, StreamMessage, Subscriber};
 pub use zbridge_protocol::ErrorCode;
 

@@ -1,15 +1,85 @@
 //! The rules the bridge and its client apply alike to the keys they share:
-//! how long a duration may be, and where the shared secret comes from.
+//! the defaults of the keys both read, how an endpoint is spelled, how long
+//! a duration may be, where the shared secret comes from, and the error
+//! that names a bad key.
 //!
 //! One copy, used by both: the same file and the same environment must
 //! mean the same thing to the bridge (`zbridge` reads its config through
 //! these functions) and to the client, or a client rejects every heartbeat
 //! of a bridge it is configured for.
 
-use crate::ConfigError;
+use std::fmt;
 use std::io::Read;
+use std::net::IpAddr;
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::time::Duration;
+
+/// The defaults (DESIGN §6) of the keys that both the bridge and the client
+/// read: a pair on this host.
+pub mod defaults {
+    pub const HOST: &str = "127.0.0.1";
+    pub const PRIMARY_PORT: u16 = 5600;
+    pub const SECONDARY_PORT: u16 = 5601;
+    pub const PRIMARY_HEARTBEAT_PORT: u16 = 5610;
+    pub const SECONDARY_HEARTBEAT_PORT: u16 = 5611;
+    pub const PRIMARY_PUB_PORT: u16 = 5630;
+    pub const SECONDARY_PUB_PORT: u16 = 5631;
+    /// Seconds.
+    pub const HEARTBEAT_TIMEOUT: f64 = 3.0;
+    /// Seconds.
+    pub const HEARTBEAT_MAX_SKEW: f64 = 5.0;
+    /// Seconds.
+    pub const REQUEST_TIMEOUT: f64 = 5.0;
+    pub const MAX_RECONNECT_ATTEMPTS: u32 = 5;
+    /// Seconds.
+    pub const RECONNECT_DELAY: f64 = 5.0;
+    /// Seconds.
+    pub const BREAKER_OPEN_WAIT: f64 = 2.0;
+}
+
+/// A configuration value that cannot be used, and the key that holds it
+/// ("" when the file as a whole is at fault). The bridge and the client
+/// report their config errors with this one type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub key: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    pub fn new(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+        ConfigError {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.key.is_empty() {
+            write!(f, "{}", self.message)
+        } else {
+            write!(f, "`{}`: {}", self.key, self.message)
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// `tcp://HOST:PORT`, with an IPv6 host in brackets; port 0 is `*` (any
+/// free port, for a bind).
+pub fn tcp_endpoint(host: &str, port: u16) -> String {
+    let host = match host.parse::<IpAddr>() {
+        Ok(IpAddr::V6(v6)) => format!("[{v6}]"),
+        _ => host.to_string(),
+    };
+    if port == 0 {
+        format!("tcp://{host}:*")
+    } else {
+        format!("tcp://{host}:{port}")
+    }
+}
 
 /// The longest duration any key takes, in seconds: one week. Longer than
 /// any sensible timeout or delay, and far inside what the clock arithmetic
