@@ -407,6 +407,20 @@ fn a_closed_heartbeat_connection_on_one_host_tries_the_port_at_once() {
     assert_eq!(m.phase(), Phase::Passive);
 }
 
+/// A passive secondary at the default 3 s timeout, on one host or two,
+/// that has just heard a running active.
+fn watching_an_active(t0: Instant, same_host: bool) -> Machine {
+    let settings = Settings {
+        same_host,
+        heartbeat_timeout: Duration::from_secs(3),
+        ..settings(Node::Secondary, false)
+    };
+    let (mut m, _) = Machine::new(settings, t0);
+    m.step(t0, Event::Bound(Port::Secondary, true));
+    m.step(t0, peer(Role::Active, Node::Primary, 1, State::Running));
+    m
+}
+
 /// A killed process's sockets close one after another: its heartbeat
 /// connection can close while its frontend still listens. The proof is
 /// tried again, 10, 20, 40 ... 250 ms apart, until it holds (a takeover
@@ -414,15 +428,8 @@ fn a_closed_heartbeat_connection_on_one_host_tries_the_port_at_once() {
 #[test]
 fn a_failed_proof_of_death_is_tried_again_until_the_active_is_heard() {
     let t0 = Instant::now();
-    let timeout = Duration::from_secs(3);
-    let long = |node| Settings {
-        heartbeat_timeout: timeout,
-        ..settings(node, false)
-    };
     // One host: the port, still held, then free.
-    let (mut m, _) = Machine::new(long(Node::Secondary), t0);
-    m.step(t0, Event::Bound(Port::Secondary, true));
-    m.step(t0, peer(Role::Active, Node::Primary, 1, State::Running));
+    let mut m = watching_an_active(t0, true);
     assert_eq!(
         m.step(ms(t0, 5), Event::PeerDisconnected),
         [Effect::Bind(Port::Primary)]
@@ -450,15 +457,7 @@ fn a_failed_proof_of_death_is_tried_again_until_the_active_is_heard() {
     assert_eq!(m.next_deadline(), None);
 
     // Two hosts: a probe each time, and none once the active is heard.
-    let (mut m, _) = Machine::new(
-        Settings {
-            same_host: false,
-            ..long(Node::Secondary)
-        },
-        t0,
-    );
-    m.step(t0, Event::Bound(Port::Secondary, true));
-    m.step(t0, peer(Role::Active, Node::Primary, 1, State::Running));
+    let mut m = watching_an_active(t0, false);
     assert_eq!(
         m.step(ms(t0, 5), Event::PeerDisconnected),
         [Effect::ProbePeer]
@@ -474,15 +473,7 @@ fn a_failed_proof_of_death_is_tried_again_until_the_active_is_heard() {
 
     // The gap stops growing at 250 ms, and the looks stop with the
     // timeout (the silence takes over from there).
-    let (mut m, _) = Machine::new(
-        Settings {
-            same_host: false,
-            ..long(Node::Secondary)
-        },
-        t0,
-    );
-    m.step(t0, Event::Bound(Port::Secondary, true));
-    m.step(t0, peer(Role::Active, Node::Primary, 1, State::Running));
+    let mut m = watching_an_active(t0, false);
     m.step(t0, Event::PeerDisconnected);
     let mut gaps = Vec::new();
     let mut last = t0;
