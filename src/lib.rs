@@ -13,6 +13,7 @@
 pub mod bench;
 pub mod cli;
 pub mod config;
+pub mod curve;
 pub mod demo;
 pub mod ha;
 pub mod lab;

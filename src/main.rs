@@ -39,6 +39,7 @@ fn main() -> ExitCode {
             json,
         ),
         cli::Command::Status { endpoint, timeout } => tools::status(&endpoint, timeout),
+        cli::Command::Keygen { path } => zbridge::curve::keygen(&path),
         cli::Command::Bench { what } => bench::run(what),
         cli::Command::Demo { seconds } => demo::run(seconds),
     };

@@ -30,6 +30,7 @@
 
 mod breaker;
 mod config;
+pub mod curve;
 mod engine;
 mod merge;
 mod monitor;
