@@ -31,8 +31,6 @@ pub use zbridge_client::curve::{ClientKeys, KeyPair, PublicKey};
 
 /// Where libzmq asks a context's ZAP handler (RFC 27).
 const ZAP_ENDPOINT: &str = "inproc://zeromq.zap.01";
-/// The ZAP domain of the bridge's CURVE servers (logged by the handler).
-pub const DOMAIN: &str = "zbridge";
 /// Refused clients are logged at most this often (each line with the count).
 pub const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
 
@@ -50,10 +48,14 @@ pub fn available() -> bool {
 
 /// Make `socket` a CURVE server with the pair's key, its clients checked
 /// by the context's ZAP handler. Before `bind`.
+///
+/// No ZAP domain is set: libzmq asks the handler about every CURVE client
+/// whatever the domain (ZMQ_ZAP_ENFORCE_DOMAIN off), and a plain listener
+/// of the same socket ([`plain`]) then skips ZAP, as it must (libzmq
+/// cannot set the domain back to empty).
 pub fn server(socket: &zmq::Socket, pair: &KeyPair) -> zmq::Result<()> {
     socket.set_curve_server(true)?;
-    socket.set_curve_secretkey(pair.secret.bytes())?;
-    socket.set_zap_domain(DOMAIN)
+    socket.set_curve_secretkey(pair.secret.bytes())
 }
 
 /// Make the next `bind` of a CURVE server socket a plain one (no security,
@@ -61,8 +63,7 @@ pub fn server(socket: &zmq::Socket, pair: &KeyPair) -> zmq::Result<()> {
 /// bound, so one socket can listen with CURVE on one port and plain on
 /// another (`plain_primary_port`, `plain_secondary_port`).
 pub fn plain(socket: &zmq::Socket) -> zmq::Result<()> {
-    socket.set_curve_server(false)?;
-    socket.set_zap_domain("")
+    socket.set_curve_server(false)
 }
 
 /// Make `socket` a CURVE client of `server` with the pair's key. Before
@@ -103,6 +104,14 @@ impl Admission {
         }
     }
 
+    /// Count clients that failed the handshake before ZAP (no CURVE on a
+    /// CURVE frontend); logged like a refused key.
+    pub fn refuse_handshakes(&self, count: u64) {
+        for _ in 0..count {
+            self.refuse("(a client without CURVE)", &[]);
+        }
+    }
+
     /// Connections refused since start.
     pub fn refused(&self) -> u64 {
         self.refused.load(Ordering::Relaxed)
@@ -138,7 +147,7 @@ impl Admission {
                 address,
                 client_key = %key,
                 curve_refused_total = total,
-                "CURVE client refused: its public key is not in curve_clients (logged at most every 10 s)"
+                "CURVE client refused: no CURVE, or a public key not in curve_clients (logged at most every 10 s)"
             );
         } else {
             debug!(address, curve_refused_total = total, "CURVE client refused");
@@ -277,18 +286,10 @@ mod tests {
     use super::*;
 
     fn request(key: &[u8]) -> Vec<Vec<u8>> {
-        [
-            &b"1.0"[..],
-            b"7",
-            DOMAIN.as_bytes(),
-            b"127.0.0.1",
-            b"",
-            b"CURVE",
-            key,
-        ]
-        .iter()
-        .map(|f| f.to_vec())
-        .collect()
+        [&b"1.0"[..], b"7", b"", b"127.0.0.1", b"", b"CURVE", key]
+            .iter()
+            .map(|f| f.to_vec())
+            .collect()
     }
 
     #[test]

@@ -281,7 +281,10 @@ impl Relay {
             }
             for (ready, frontend) in ready.connections.iter().zip(&mut self.frontends) {
                 if let (true, Some(frontend)) = (ready, frontend) {
-                    count_connections(frontend);
+                    let failed = count_connections(frontend);
+                    if let Some(admission) = &self.admission {
+                        admission.refuse_handshakes(failed);
+                    }
                 }
             }
             // Before the requests of this round: a client asking for the
@@ -913,11 +916,12 @@ fn open_frontend(
     plain: Option<&str>,
 ) -> zmq::Result<Frontend> {
     let socket = context.socket(zmq::ROUTER)?;
-    let events = watch(
-        context,
-        &socket,
-        &[zmq::SocketEvent::ACCEPTED, zmq::SocketEvent::DISCONNECTED],
-    )?;
+    let mut kinds = vec![zmq::SocketEvent::ACCEPTED, zmq::SocketEvent::DISCONNECTED];
+    if config.curve.is_some() {
+        // A client without CURVE fails the handshake before ZAP: counted.
+        kinds.push(zmq::SocketEvent::HANDSHAKE_FAILED_PROTOCOL);
+    }
+    let events = watch(context, &socket, &kinds)?;
     socket.set_router_mandatory(true)?;
     socket.set_linger(1000)?;
     // Above max_message_bytes, so that an oversized request still gets its
@@ -960,9 +964,15 @@ fn open_frontend(
 
 /// Track accepted and closed client connections from the socket monitor
 /// (each event carries the connection's descriptor); a connection accepted
-/// while the port drains is corked like the others.
-fn count_connections(frontend: &mut Frontend) {
+/// while the port drains is corked like the others. Returns the handshakes
+/// that failed (watched with CURVE on: a client without CURVE).
+fn count_connections(frontend: &mut Frontend) -> u64 {
+    let mut failed = 0;
     while let Some((event, value)) = next_event(&frontend.events) {
+        if event == zmq::SocketEvent::HANDSHAKE_FAILED_PROTOCOL.to_raw() {
+            failed += 1;
+            continue;
+        }
         let fd = RawFd::try_from(value).unwrap_or(-1);
         if event == zmq::SocketEvent::ACCEPTED.to_raw() {
             frontend.connections.push(fd);
@@ -973,6 +983,7 @@ fn count_connections(frontend: &mut Frontend) {
             frontend.connections.retain(|&c| c != fd);
         }
     }
+    failed
 }
 
 /// Read one whole message without blocking; `false` when none is waiting.
