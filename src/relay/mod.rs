@@ -919,7 +919,9 @@ fn open_frontend(
     let mut kinds = vec![zmq::SocketEvent::ACCEPTED, zmq::SocketEvent::DISCONNECTED];
     if config.curve.is_some() {
         // A client without CURVE fails the handshake before ZAP: counted.
+        // (Which of the two libzmq reports depends on who closes first.)
         kinds.push(zmq::SocketEvent::HANDSHAKE_FAILED_PROTOCOL);
+        kinds.push(zmq::SocketEvent::HANDSHAKE_FAILED_NO_DETAIL);
     }
     let events = watch(context, &socket, &kinds)?;
     socket.set_router_mandatory(true)?;
@@ -969,7 +971,9 @@ fn open_frontend(
 fn count_connections(frontend: &mut Frontend) -> u64 {
     let mut failed = 0;
     while let Some((event, value)) = next_event(&frontend.events) {
-        if event == zmq::SocketEvent::HANDSHAKE_FAILED_PROTOCOL.to_raw() {
+        if event == zmq::SocketEvent::HANDSHAKE_FAILED_PROTOCOL.to_raw()
+            || event == zmq::SocketEvent::HANDSHAKE_FAILED_NO_DETAIL.to_raw()
+        {
             failed += 1;
             continue;
         }
