@@ -1,4 +1,4 @@
-//! The command line: `zbridge run | check-config | request | subscribe | status | bench | demo`.
+//! The command line: `zbridge run | check-config | keygen | request | subscribe | status | bench | demo`.
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -82,6 +82,9 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Write a CURVE key pair: PATH holds the secret key (Z85, mode 0600),
+    /// PATH.pub the public key (also printed). Never overwrites a file.
+    Keygen { path: PathBuf },
     /// Ask a bridge for its status document.
     Status {
         #[arg(long, default_value = "tcp://127.0.0.1:5600")]

@@ -7,11 +7,13 @@
 //! (durations, endpoints, a target list), or a [`ConfigError`] naming the key.
 //! Validation happens before any socket is bound.
 
+use crate::curve::{Clients, KeyPair, PublicKey};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::Path;
 use std::time::Duration;
+use zbridge_client::curve::read_clients;
 // A duration key: more than 0 and at most a week, as the client has it.
 use zbridge_client::rules::{defaults, seconds as positive_seconds, MAX_SECONDS};
 pub use zbridge_client::rules::{tcp_endpoint, ConfigError};
@@ -72,6 +74,10 @@ pub struct TargetFile {
     /// Overrides the top-level `request_timeout` for this target.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_timeout: Option<f64>,
+    /// The service's CURVE public key (Z85): the link is CURVE, the bridge
+    /// connecting with the pair's key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub curve_server_key: Option<String>,
 }
 
 /// `[streams.NAME]`: a remote PUB (or XPUB) the bridge republishes.
@@ -79,6 +85,9 @@ pub struct TargetFile {
 #[serde(deny_unknown_fields)]
 pub struct StreamFile {
     pub endpoint: String,
+    /// The publisher's CURVE public key (Z85), as for a target.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub curve_server_key: Option<String>,
 }
 
 macro_rules! keys {
@@ -204,6 +213,18 @@ keys! {
     breaker_failure_threshold: u32 = 5;
     /// Seconds an open breaker fails fast before it lets one probe through.
     breaker_open_wait: f64 = defaults::BREAKER_OPEN_WAIT;
+    /// The pair's CURVE secret key (Z85, mode 0600; PATH.pub beside it):
+    /// CURVE on the frontends, heartbeats and pub ports ("": off).
+    curve_secret_key_file: String = String::new();
+    /// Directory of the client public keys admitted (one Z85 key per
+    /// *.pub file), re-read on reload ("": any client that knows the
+    /// bridge's public key).
+    curve_clients: String = String::new();
+    /// With CURVE on: a plain (unencrypted) frontend port held beside
+    /// primary_port by the active, for clients not yet moved to CURVE (0: none).
+    plain_primary_port: u16 = 0;
+    /// With CURVE on: a plain frontend port beside secondary_port (0: none).
+    plain_secondary_port: u16 = 0;
     /// Log line format: text or json.
     log_format: LogFormat = LogFormat::Text;
     /// Least severe level logged: error, warn, info, debug or trace.
@@ -305,6 +326,7 @@ pub struct Target {
     pub name: String,
     pub endpoint: String,
     pub request_timeout: Duration,
+    pub curve_server_key: Option<PublicKey>,
 }
 
 /// A validated stream.
@@ -312,6 +334,7 @@ pub struct Target {
 pub struct Stream {
     pub name: String,
     pub endpoint: String,
+    pub curve_server_key: Option<PublicKey>,
 }
 
 /// A validated configuration, ready to run.
@@ -351,6 +374,12 @@ pub struct Config {
     pub breaker_open_wait: Duration,
     pub log_format: LogFormat,
     pub log_level: LogLevel,
+    /// The pair's CURVE keys (`curve_secret_key_file`); `None`: no CURVE.
+    pub curve: Option<KeyPair>,
+    /// `curve_clients`, read (re-read on reload).
+    pub curve_clients: Option<Clients>,
+    /// Plain frontend ports beside the CURVE ones, by [`Port`] (0: none).
+    pub plain_ports: [u16; 2],
 }
 
 /// The keys a running bridge cannot change (they name ports, hosts or its
@@ -392,6 +421,8 @@ restart_keys!(
     streams,
     stream_hwm,
     log_format,
+    curve,
+    plain_ports,
 );
 
 impl Config {
@@ -449,6 +480,14 @@ impl Config {
     /// The frontend endpoint to bind for a port (`*` port when 0).
     pub fn frontend_endpoint(&self, port: Port) -> String {
         tcp_endpoint(&self.bind_host, self.frontend_port(port))
+    }
+
+    /// The plain endpoint bound beside a CURVE frontend port, if any.
+    pub fn plain_endpoint(&self, port: Port) -> Option<String> {
+        match self.plain_ports[port.index()] {
+            0 => None,
+            number => Some(tcp_endpoint(&self.bind_host, number)),
+        }
     }
 
     /// The stream PUB endpoint that goes with a frontend port.
@@ -523,6 +562,8 @@ impl File {
             ("secondary_monitor_port", self.secondary_monitor_port),
             ("primary_pub_port", self.primary_pub_port),
             ("secondary_pub_port", self.secondary_pub_port),
+            ("plain_primary_port", self.plain_primary_port),
+            ("plain_secondary_port", self.plain_secondary_port),
         ];
         for (i, (key, port)) in ports.iter().enumerate() {
             if let Some((other, _)) = ports[..i].iter().find(|(_, p)| *p == *port && *port != 0) {
@@ -575,6 +616,7 @@ impl File {
         )?;
         let heartbeat_max_skew =
             positive_seconds("heartbeat_max_skew", self.heartbeat_max_skew)?.as_secs_f64();
+        let (curve, curve_clients) = self.curve()?;
         Ok(Config {
             mode: self.mode,
             primary_host: self.primary_host.clone(),
@@ -631,7 +673,69 @@ impl File {
             breaker_open_wait: positive_seconds("breaker_open_wait", self.breaker_open_wait)?,
             log_format: self.log_format,
             log_level: self.log_level,
+            curve,
+            curve_clients,
+            plain_ports: [self.plain_primary_port, self.plain_secondary_port],
         })
+    }
+
+    /// The pair's keys and the allowed clients; every CURVE key needs the
+    /// pair's key, and a build whose libzmq lacks CURVE is told so.
+    #[allow(clippy::type_complexity)]
+    fn curve(&self) -> Result<(Option<KeyPair>, Option<Clients>), ConfigError> {
+        let needs_pair = |key: &str, what: &str| {
+            ConfigError::new(
+                key,
+                format!("{what} needs curve_secret_key_file (the pair's key, from `zbridge keygen PATH`)"),
+            )
+        };
+        if self.curve_secret_key_file.is_empty() {
+            if !self.curve_clients.is_empty() {
+                return Err(needs_pair("curve_clients", "a list of allowed clients"));
+            }
+            for (key, port) in [
+                ("plain_primary_port", self.plain_primary_port),
+                ("plain_secondary_port", self.plain_secondary_port),
+            ] {
+                if port != 0 {
+                    return Err(needs_pair(key, "a plain port beside a CURVE one"));
+                }
+            }
+            let linked = self
+                .targets
+                .iter()
+                .map(|(name, t)| (format!("targets.{name}"), &t.curve_server_key))
+                .chain(
+                    self.streams
+                        .iter()
+                        .map(|(name, s)| (format!("streams.{name}"), &s.curve_server_key)),
+                );
+            for (key, server) in linked {
+                if server.is_some() {
+                    return Err(needs_pair(
+                        &format!("{key}.curve_server_key"),
+                        "a CURVE link (the bridge connects with the pair's key)",
+                    ));
+                }
+            }
+            return Ok((None, None));
+        }
+        let key = "curve_secret_key_file";
+        if !crate::curve::available() {
+            return Err(ConfigError::new(
+                key,
+                "this zbridge's libzmq was built without CURVE (zmq::has(\"curve\") is false): rebuild it as the README says",
+            ));
+        }
+        let pair = KeyPair::read(Path::new(&self.curve_secret_key_file), key)?;
+        let clients = match self.curve_clients.as_str() {
+            "" => None,
+            dir => Some(Clients {
+                dir: dir.into(),
+                keys: read_clients(Path::new(dir), "curve_clients")?,
+            }),
+        };
+        Ok((Some(pair), clients))
     }
 
     fn targets(&self, default_timeout: Duration) -> Result<Vec<Target>, ConfigError> {
@@ -652,6 +756,7 @@ impl File {
                     name: name.to_string(),
                     endpoint: endpoint(&key, addr)?,
                     request_timeout: default_timeout,
+                    curve_server_key: None,
                 });
             }
         }
@@ -666,6 +771,7 @@ impl File {
                 name: name.clone(),
                 endpoint: endpoint(&format!("{key}.endpoint"), &target.endpoint)?,
                 request_timeout,
+                curve_server_key: server_key(&key, &target.curve_server_key)?,
             });
         }
         // Requests name targets without regard to case.
@@ -695,6 +801,7 @@ impl File {
                 Ok(Stream {
                     name: name.clone(),
                     endpoint: endpoint(&format!("{key}.endpoint"), &stream.endpoint)?,
+                    curve_server_key: server_key(&key, &stream.curve_server_key)?,
                 })
             })
             .collect()
@@ -709,6 +816,16 @@ impl File {
         }
         toml::to_string(&shown).unwrap_or_else(|e| format!("# cannot print config: {e}\n"))
     }
+}
+
+/// A `[targets.NAME]` or `[streams.NAME]` table's `curve_server_key`.
+fn server_key(table: &str, key: &Option<String>) -> Result<Option<PublicKey>, ConfigError> {
+    key.as_deref()
+        .map(|text| {
+            PublicKey::from_z85(text)
+                .map_err(|why| ConfigError::new(format!("{table}.curve_server_key"), why))
+        })
+        .transpose()
 }
 
 /// File descriptors one target takes: its DEALER's mailbox, its connection
@@ -1065,6 +1182,7 @@ mod tests {
                     name: format!("t{i}"),
                     endpoint: "tcp://127.0.0.1:1".into(),
                     request_timeout: Duration::from_secs(1),
+                    curve_server_key: None,
                 })
                 .collect()
         };

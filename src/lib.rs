@@ -14,6 +14,7 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod curve;
 mod error;
 pub mod ha;
 pub mod monitor;

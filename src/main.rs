@@ -43,6 +43,7 @@ fn main() -> ExitCode {
             json,
         ),
         cli::Command::Status { endpoint, timeout } => tools::status(&endpoint, timeout),
+        cli::Command::Keygen { path } => zbridge::curve::keygen(&path).map_err(Error::from),
         cli::Command::Bench { what } => bench::run(what).map_err(Error::from),
         cli::Command::Demo { seconds } => demo::run(seconds).map_err(Error::from),
     };

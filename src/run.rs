@@ -46,11 +46,30 @@ pub fn check_config(path: &Path, overrides: &Overrides) -> Result<(), Error> {
     println!("# {}: valid; targets:", path.display());
     for t in &config.targets {
         println!(
-            "#   {} -> {} (request_timeout {} s)",
+            "#   {} -> {} (request_timeout {} s{})",
             t.name,
             t.endpoint,
-            t.request_timeout.as_secs_f64()
+            t.request_timeout.as_secs_f64(),
+            if t.curve_server_key.is_some() {
+                ", CURVE"
+            } else {
+                ""
+            }
         );
+    }
+    // Public keys and counts only: the secret is never printed.
+    if let Some(pair) = &config.curve {
+        println!("# CURVE on: the pair's public key is {}", pair.public);
+        match &config.curve_clients {
+            Some(clients) => println!(
+                "#   {} client key(s) admitted from {}",
+                clients.keys.len(),
+                clients.dir.display()
+            ),
+            None => {
+                println!("#   no curve_clients: any client that knows the public key is admitted")
+            }
+        }
     }
     if !config.streams.is_empty() {
         println!(

@@ -56,17 +56,27 @@ pub struct Streams {
     control: zmq::Socket,
     thread: Option<JoinHandle<()>>,
     status: Arc<Mutex<Map<String, Value>>>,
+    /// The ZAP handler of the streams' context (CURVE on); after the
+    /// thread in drop order.
+    _zap: Option<crate::curve::Zap>,
 }
 
 impl Streams {
     /// Connect to every configured stream; `None` when there are none (no
     /// pub port is bound then). The streams get their own libzmq context,
     /// so their traffic has its own I/O thread, apart from the requests'.
-    pub fn start(config: &Config) -> anyhow::Result<Option<Streams>> {
+    pub fn start(
+        config: &Config,
+        admission: Option<Arc<crate::curve::Admission>>,
+    ) -> anyhow::Result<Option<Streams>> {
         if config.streams.is_empty() {
             return Ok(None);
         }
         let context = &zmq::Context::new();
+        // CURVE pub ports: this context's own ZAP handler, the relay's rules.
+        let zap = admission
+            .map(|a| crate::curve::Zap::start(context, a))
+            .transpose()?;
         static CONTROLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let endpoint = format!(
             "inproc://streams-control-{}",
@@ -88,6 +98,7 @@ impl Streams {
             control,
             thread: Some(thread),
             status,
+            _zap: zap,
         }))
     }
 
@@ -189,6 +200,8 @@ struct Worker {
     endpoints: [String; 2],
     ipv6: bool,
     hwm: i32,
+    /// The pair's key: the pub ports are CURVE servers.
+    curve: Option<crate::curve::KeyPair>,
     next_retry: Option<Instant>,
     /// Since when each held pub port has failed to bind, and whether that
     /// was logged as a warning.
@@ -217,6 +230,9 @@ impl Worker {
             let ms = |d: Duration| i32::try_from(d.as_millis()).unwrap_or(i32::MAX);
             socket.set_heartbeat_ivl(ms(config.heartbeat_interval))?;
             socket.set_heartbeat_timeout(ms(config.heartbeat_timeout))?;
+            if let (Some(pair), Some(server)) = (&config.curve, &stream.curve_server_key) {
+                crate::curve::client(&socket, pair, server)?;
+            }
             let events = watch(
                 context,
                 &socket,
@@ -260,6 +276,7 @@ impl Worker {
             ],
             ipv6: config.bind_host.contains(':'),
             hwm: config.stream_hwm,
+            curve: config.curve.clone(),
             next_retry: None,
             bind_failing: [None; 2],
             status,
@@ -386,7 +403,13 @@ impl Worker {
                 continue;
             }
             let endpoint = &self.endpoints[port];
-            match open_pub(&self.context, endpoint, self.hwm, self.ipv6) {
+            match open_pub(
+                &self.context,
+                endpoint,
+                self.hwm,
+                self.ipv6,
+                self.curve.as_ref(),
+            ) {
                 Ok(bound) => {
                     info!(endpoint = %bound.endpoint, "stream pub port bound");
                     self.pubs[port] = Some(bound);
@@ -633,7 +656,13 @@ struct Ready {
     pub_events: [bool; 2],
 }
 
-fn open_pub(context: &zmq::Context, endpoint: &str, hwm: i32, ipv6: bool) -> zmq::Result<PubPort> {
+fn open_pub(
+    context: &zmq::Context,
+    endpoint: &str,
+    hwm: i32,
+    ipv6: bool,
+    curve: Option<&crate::curve::KeyPair>,
+) -> zmq::Result<PubPort> {
     let mut socket = context.socket(zmq::XPUB)?;
     let events = watch(
         context,
@@ -645,6 +674,9 @@ fn open_pub(context: &zmq::Context, endpoint: &str, hwm: i32, ipv6: bool) -> zmq
     socket.set_maxmsgsize(MAX_SUBSCRIPTION_BYTES)?;
     socket.set_ipv6(ipv6)?;
     set_xpub_nodrop(&mut socket, true)?;
+    if let Some(pair) = curve {
+        crate::curve::server(&socket, pair)?;
+    }
     socket.bind(endpoint)?;
     let endpoint = socket
         .get_last_endpoint()?
@@ -730,7 +762,7 @@ mod tests {
         )
         .and_then(|f| f.validate())
         .unwrap();
-        let streams = Streams::start(&config).unwrap().unwrap();
+        let streams = Streams::start(&config, None).unwrap().unwrap();
         assert!(streams.alive());
         streams.control.send(&b"s"[..], 0).unwrap();
         let deadline = Instant::now() + Duration::from_secs(5);

@@ -34,6 +34,7 @@ fn garbage_is_answered_and_other_clients_keep_being_served() {
         settle: Duration::from_secs(10),
         tagged: false,
         rate: None,
+        curve: None,
     };
     let good = std::thread::spawn(move || load.run().unwrap());
 

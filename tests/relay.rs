@@ -95,6 +95,7 @@ fn ten_thousand_requests_from_eight_dealers_are_each_answered_once_by_their_targ
             settle: Duration::from_secs(10),
             tagged: true,
             rate: None,
+            curve: None,
         }
         .run()
         .unwrap();

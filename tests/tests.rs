@@ -5,6 +5,7 @@ mod support;
 mod agents;
 mod cli;
 mod client;
+mod curve;
 mod drain;
 mod errors;
 mod garbage;

@@ -104,6 +104,10 @@ class Client:
     heartbeats 5610/5611, pub ports 5630/5631, ``request_timeout`` 6 s (the
     bridge's 5 s + 1), and so on (docs/CLIENT.md). ``auth_token`` (or the
     environment's ``ZBRIDGE_AUTH_TOKEN``) checks heartbeat signatures.
+    With CURVE on the bridges, ``curve_server_key`` is their public key (the
+    content of their ``key.pub``, Z85) and ``curve_secret_key_file`` this
+    client's own pair as ``zbridge keygen`` writes it (default: a new pair,
+    which bridges with ``curve_clients`` refuse); docs/SECURITY.md.
 
     ``Client.from_config(path)`` reads the bridges' own config file: their
     endpoints, heartbeat ports, token and ``[client]`` section.
@@ -130,6 +134,8 @@ class Client:
         breaker_min_calls: Optional[int] = None,
         breaker_open_wait: Optional[float] = None,
         breaker_half_open_probes: Optional[int] = None,
+        curve_server_key: Optional[str] = None,
+        curve_secret_key_file: Optional[str] = None,
     ) -> None:
         settings = {
             key: value
@@ -147,6 +153,8 @@ class Client:
                 ("breaker_min_calls", breaker_min_calls),
                 ("breaker_open_wait", breaker_open_wait),
                 ("breaker_half_open_probes", breaker_half_open_probes),
+                ("curve_server_key", curve_server_key),
+                ("curve_secret_key_file", curve_secret_key_file),
             )
             if value is not None
         }

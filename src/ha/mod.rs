@@ -58,6 +58,12 @@ impl Heartbeats {
         let publisher = context.socket(zmq::PUB)?;
         publisher.set_linger(500)?;
         publisher.set_ipv6(config.bind_host.contains(':'))?;
+        // CURVE: only holders of the pair's key (the peer) and of an
+        // allowed client key hear this instance; it hears only a publisher
+        // that proves it holds the pair's secret.
+        if let Some(pair) = &config.curve {
+            crate::curve::server(&publisher, pair)?;
+        }
         let bind = tcp_endpoint(&config.bind_host, own_port);
         publisher
             .bind(&bind)
@@ -70,6 +76,9 @@ impl Heartbeats {
         // A peer that is gone must not be waited for: reconnect quickly.
         subscriber.set_reconnect_ivl(100)?;
         subscriber.set_reconnect_ivl_max(1000)?;
+        if let Some(pair) = &config.curve {
+            crate::curve::client(&subscriber, pair, &pair.public)?;
+        }
         let links = zbridge_socket::watch(context, &subscriber, &[zmq::SocketEvent::DISCONNECTED])?;
         let peer_endpoint = tcp_endpoint(config.peer_host(), peer_port);
         subscriber.connect(&peer_endpoint).with_context(|| {

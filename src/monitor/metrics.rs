@@ -242,6 +242,12 @@ fn openmetrics(status: &Value, durations: Vec<Durations>) -> String {
         "reason",
         &status["heartbeats_rejected_total"],
     );
+    counter(
+        &mut registry,
+        "zbridge_curve_refused",
+        "CURVE connections refused by the ZAP handler (key not in curve_clients)",
+        &status["curve_refused_total"],
+    );
     gauge(
         &mut registry,
         "zbridge_role",

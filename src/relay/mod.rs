@@ -27,6 +27,7 @@ mod stats;
 mod watch;
 
 use crate::config::{tcp_endpoint, Config, LogLevel, Source, Target};
+use crate::curve;
 use crate::ha::machine::{Effect, Event, Machine, Peer, Phase, Port, Settings};
 use crate::ha::{Beat, Heartbeats, Probe};
 use crate::monitor;
@@ -64,6 +65,8 @@ pub(crate) struct Frontend {
     socket: zmq::Socket,
     /// The endpoint as bound, with the real port.
     endpoint: String,
+    /// The plain endpoint bound beside a CURVE one (`plain_*_port`).
+    plain: Option<String>,
     port: u16,
     /// Set while draining: closed once its clients are quiet (nothing in
     /// flight on it, no request waiting to be read), or at this deadline.
@@ -116,6 +119,9 @@ pub struct Relay {
     streams_stopped: bool,
     /// When the attempt to take the primary port was last logged.
     take_log: LogThrottle,
+    /// Who the ZAP handlers admit (CURVE on), and this context's handler.
+    admission: Option<std::sync::Arc<curve::Admission>>,
+    _zap: Option<curve::Zap>,
 }
 
 impl Relay {
@@ -129,6 +135,14 @@ impl Relay {
     ) -> anyhow::Result<Relay> {
         let now = Instant::now();
         let context = zmq::Context::new();
+        let admission = config
+            .curve
+            .as_ref()
+            .map(|pair| curve::Admission::new(pair, config.curve_clients.as_ref()));
+        let zap = admission
+            .as_ref()
+            .map(|a| curve::Zap::start(&context, std::sync::Arc::clone(a)))
+            .transpose()?;
         let dealers = config
             .targets
             .iter()
@@ -136,7 +150,7 @@ impl Relay {
             .collect::<anyhow::Result<Vec<_>>>()?;
         wait_connected(&dealers, CONNECT_GRACE)?;
         let heartbeats = Heartbeats::new(&context, &config, now)?;
-        let streams = Streams::start(&config)?;
+        let streams = Streams::start(&config, admission.clone())?;
         let (machine, first_effects) = Machine::new(settings(&config), now);
         let state = State::new(config, now);
         let monitor = std::sync::Arc::new(std::sync::Mutex::new(monitor::Snapshot {
@@ -182,6 +196,8 @@ impl Relay {
             set_level,
             streams_stopped: false,
             take_log: LogThrottle::default(),
+            admission,
+            _zap: zap,
         })
     }
 
@@ -278,7 +294,10 @@ impl Relay {
             }
             for (ready, frontend) in ready.connections.iter().zip(&mut self.frontends) {
                 if let (true, Some(frontend)) = (ready, frontend) {
-                    count_connections(frontend);
+                    let failed = count_connections(frontend);
+                    if let Some(admission) = &self.admission {
+                        admission.refuse_handshakes(failed);
+                    }
                 }
             }
             // Before the requests of this round: a client asking for the
@@ -532,14 +551,15 @@ impl Relay {
     fn bind(&mut self, port: Port, events: Events) -> bool {
         let config = &self.state.config;
         let endpoint = config.frontend_endpoint(port);
-        match open_frontend(&self.context, config, &endpoint) {
+        let plain = config.plain_endpoint(port);
+        match open_frontend(&self.context, config, &endpoint, plain.as_deref()) {
             Ok(frontend) => {
-                info!(?port, endpoint = %frontend.endpoint, "frontend bound");
+                info!(?port, endpoint = %frontend.endpoint, plain = ?frontend.plain, curve = config.curve.is_some(), "frontend bound");
                 if let Some(streams) = &self.streams {
                     streams.hold(port);
                 }
                 events(
-                    json!({"event": "bound", "port": port_name(port), "endpoint": frontend.endpoint}),
+                    json!({"event": "bound", "port": port_name(port), "endpoint": frontend.endpoint, "plain": frontend.plain}),
                 );
                 self.frontends[port.index()] = Some(frontend);
                 true
@@ -580,6 +600,9 @@ impl Relay {
             }
             if let Some(frontend) = self.frontends[i].take() {
                 let _ = frontend.socket.unbind(&frontend.endpoint);
+                if let Some(plain) = &frontend.plain {
+                    let _ = frontend.socket.unbind(plain);
+                }
                 info!(?port, endpoint = %frontend.endpoint, "frontend released");
                 events(
                     json!({"event": "released", "port": port_name(port), "endpoint": frontend.endpoint}),
@@ -650,8 +673,14 @@ impl Relay {
         let mut added = Vec::new();
         let mut retired = Vec::new();
         for target in &new.targets {
+            // A changed CURVE key re-points the target, as a changed endpoint.
+            let same_key = old
+                .targets
+                .iter()
+                .find(|t| t.name == target.name)
+                .is_some_and(|t| t.curve_server_key == target.curve_server_key);
             match self.state.target_index(&target.name) {
-                Some(i) if self.state.backends[i].endpoint == target.endpoint => {}
+                Some(i) if self.state.backends[i].endpoint == target.endpoint && same_key => {}
                 Some(i) => {
                     retired.push(i);
                     added.push(target.clone());
@@ -684,6 +713,9 @@ impl Relay {
             }
         }
         (self.set_level)(new.log_level);
+        if let Some(admission) = &self.admission {
+            admission.set_allowed(new.curve_clients.as_ref());
+        }
         self.heartbeats.set_interval(new.heartbeat_interval);
         self.machine.set_settings(settings(&new));
         for i in retired {
@@ -738,6 +770,11 @@ impl Relay {
                 problems.push(STREAMS_STOPPED.to_string());
             }
         }
+        // With the stream thread's part: CURVE refusals (ZAP handlers).
+        let refused = self.admission.as_ref().map_or(0, |a| a.refused());
+        self.state
+            .streams
+            .insert("curve_refused_total".into(), refused.into());
         self.sync_view(now);
         let snapshot = monitor::Snapshot {
             status: self.state.status(),
@@ -851,13 +888,21 @@ struct Readiness {
     dealers: Vec<(bool, bool)>,
 }
 
-fn open_frontend(context: &zmq::Context, config: &Config, endpoint: &str) -> zmq::Result<Frontend> {
+fn open_frontend(
+    context: &zmq::Context,
+    config: &Config,
+    endpoint: &str,
+    plain: Option<&str>,
+) -> zmq::Result<Frontend> {
     let socket = context.socket(zmq::ROUTER)?;
-    let events = watch(
-        context,
-        &socket,
-        &[zmq::SocketEvent::ACCEPTED, zmq::SocketEvent::DISCONNECTED],
-    )?;
+    let mut kinds = vec![zmq::SocketEvent::ACCEPTED, zmq::SocketEvent::DISCONNECTED];
+    if config.curve.is_some() {
+        // A client without CURVE fails the handshake before ZAP: counted.
+        // (Which of the two libzmq reports depends on who closes first.)
+        kinds.push(zmq::SocketEvent::HANDSHAKE_FAILED_PROTOCOL);
+        kinds.push(zmq::SocketEvent::HANDSHAKE_FAILED_NO_DETAIL);
+    }
+    let events = watch(context, &socket, &kinds)?;
     socket.set_router_mandatory(true)?;
     socket.set_linger(1000)?;
     // Above max_message_bytes, so that an oversized request still gets its
@@ -865,10 +910,22 @@ fn open_frontend(context: &zmq::Context, config: &Config, endpoint: &str) -> zmq
     // before it reaches memory.
     socket.set_maxmsgsize(i64::try_from(config.max_transport_bytes).unwrap_or(i64::MAX))?;
     socket.set_ipv6(config.bind_host.contains(':'))?;
+    if let Some(pair) = &config.curve {
+        curve::server(&socket, pair)?;
+    }
     socket.bind(endpoint)?;
     let bound = socket
         .get_last_endpoint()?
         .unwrap_or_else(|_| endpoint.to_string());
+    // The plain port after the CURVE one: the CURVE port is the lock.
+    let plain = match plain {
+        Some(plain) if config.curve.is_some() => {
+            curve::plain(&socket)?;
+            socket.bind(plain)?;
+            Some(plain.to_string())
+        }
+        _ => None,
+    };
     let port = bound
         .rsplit(':')
         .next()
@@ -877,6 +934,7 @@ fn open_frontend(context: &zmq::Context, config: &Config, endpoint: &str) -> zmq
     Ok(Frontend {
         socket,
         endpoint: bound,
+        plain,
         port,
         draining_until: None,
         relay_until: Instant::now(),
@@ -887,9 +945,17 @@ fn open_frontend(context: &zmq::Context, config: &Config, endpoint: &str) -> zmq
 
 /// Track accepted and closed client connections from the socket monitor
 /// (each event carries the connection's descriptor); a connection accepted
-/// while the port drains is corked like the others.
-fn count_connections(frontend: &mut Frontend) {
+/// while the port drains is corked like the others. Returns the handshakes
+/// that failed (watched with CURVE on: a client without CURVE).
+fn count_connections(frontend: &mut Frontend) -> u64 {
+    let mut failed = 0;
     while let Some((event, value)) = next_event(&frontend.events) {
+        if event == zmq::SocketEvent::HANDSHAKE_FAILED_PROTOCOL.to_raw()
+            || event == zmq::SocketEvent::HANDSHAKE_FAILED_NO_DETAIL.to_raw()
+        {
+            failed += 1;
+            continue;
+        }
         let fd = RawFd::try_from(value).unwrap_or(-1);
         if event == zmq::SocketEvent::ACCEPTED.to_raw() {
             frontend.connections.push(fd);
@@ -900,6 +966,7 @@ fn count_connections(frontend: &mut Frontend) {
             frontend.connections.retain(|&c| c != fd);
         }
     }
+    failed
 }
 
 /// Send `[key, "", payload...]` to a backend; fails at once with EAGAIN when
@@ -974,6 +1041,9 @@ fn open_dealer(
     let hwm = i32::try_from(config.max_in_flight.saturating_mul(2)).unwrap_or(i32::MAX);
     dealer.set_sndhwm(hwm)?;
     dealer.set_rcvhwm(hwm)?;
+    if let (Some(pair), Some(server)) = (&config.curve, &target.curve_server_key) {
+        curve::client(&dealer, pair, server)?;
+    }
     dealer.connect(&target.endpoint).with_context(|| {
         format!(
             "cannot connect target {} to {}",

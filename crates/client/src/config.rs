@@ -4,9 +4,10 @@
 //! the bridge's own TOML file: the top-level bridge keys give the defaults
 //! (`primary_host`:`primary_port`, then `secondary_host`:`secondary_port`;
 //! the two heartbeat ports; the two pub ports; `heartbeat_timeout`; the
-//! auth token) and an
-//! optional `[client]` section overrides them.
+//! auth token; the bridges' CURVE public key, `curve_secret_key_file` +
+//! `.pub`) and an optional `[client]` section overrides them.
 
+use crate::curve::{self, ClientKeys, KeyPair, PublicKey};
 use crate::rules::{self, defaults, seconds, tcp_endpoint as tcp, ConfigError};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -37,6 +38,8 @@ pub struct ClientConfig {
     pub heartbeat_max_skew: Duration,
     /// The bridges' shared secret, to check heartbeat signatures.
     pub auth_token: Option<Vec<u8>>,
+    /// CURVE on every socket to the bridges, when they have a key.
+    pub curve: Option<ClientKeys>,
     pub breaker: BreakerConfig,
 }
 
@@ -166,6 +169,7 @@ impl ClientConfig {
             keys.auth_token.as_deref().unwrap_or(""),
             keys.auth_token_file.as_deref().unwrap_or(""),
         )?;
+        let curve = client_keys(keys, &section)?;
         let secs =
             |key: &str, value: Option<f64>, default: f64| seconds(key, value.unwrap_or(default));
         Ok(ClientConfig {
@@ -204,6 +208,7 @@ impl ClientConfig {
                 defaults::HEARTBEAT_MAX_SKEW,
             )?,
             auth_token: token,
+            curve,
             breaker: BreakerConfig {
                 failure_rate: section.breaker_failure_rate.unwrap_or(breaker.failure_rate),
                 window: section.breaker_window.unwrap_or(breaker.window),
@@ -253,6 +258,13 @@ pub struct Section {
     pub breaker_open_wait: Option<f64>,
     /// Requests let through while half-open.
     pub breaker_half_open_probes: Option<u32>,
+    /// The bridges' CURVE public key, Z85 (default: the content of the
+    /// bridge's `curve_secret_key_file` + `.pub`, when that key is set).
+    pub curve_server_key: Option<String>,
+    /// This client's own key pair (PATH, mode 0600, and PATH.pub, as
+    /// `zbridge keygen` writes them); default: a new pair each start,
+    /// which a bridge with `curve_clients` refuses.
+    pub curve_secret_key_file: Option<String>,
 }
 
 impl Section {
@@ -295,6 +307,9 @@ impl Section {
                 ));
             }
         }
+        if let Some(key) = &self.curve_server_key {
+            PublicKey::from_z85(key).map_err(|why| ConfigError::new("curve_server_key", why))?;
+        }
         for (key, value) in [
             ("max_reconnect_attempts", self.max_reconnect_attempts),
             ("breaker_window", self.breaker_window),
@@ -328,7 +343,51 @@ struct BridgeKeys {
     breaker_open_wait: Option<f64>,
     auth_token: Option<String>,
     auth_token_file: Option<String>,
+    curve_secret_key_file: Option<String>,
     client: Option<Section>,
+}
+
+/// The CURVE keys of a client: the server's from `[client]
+/// curve_server_key`, else from the bridge's `curve_secret_key_file` +
+/// `.pub` (never its secret); the client's own pair from `[client]
+/// curve_secret_key_file`, else a new one. `None` when the bridges have no
+/// key.
+fn client_keys(keys: &BridgeKeys, section: &Section) -> Result<Option<ClientKeys>, ConfigError> {
+    let server = match (&section.curve_server_key, &keys.curve_secret_key_file) {
+        (Some(key), _) => Some(
+            PublicKey::from_z85(key).map_err(|why| ConfigError::new("curve_server_key", why))?,
+        ),
+        (None, Some(file)) if !file.is_empty() => {
+            let public = curve::public_path(Path::new(file));
+            Some(
+                curve::read_public(&public, "curve_secret_key_file").map_err(|e| ConfigError {
+                    key: String::new(),
+                    message: format!("curve_secret_key_file: {}", e.message),
+                })?,
+            )
+        }
+        _ => None,
+    };
+    let own = section
+        .curve_secret_key_file
+        .as_deref()
+        .filter(|f| !f.is_empty());
+    let Some(server) = server else {
+        if own.is_some() {
+            return Err(ConfigError::new(
+                "curve_secret_key_file",
+                "a client key pair but no server key: set curve_server_key (the content of the bridges' key.pub) or the bridge's curve_secret_key_file",
+            ));
+        }
+        return Ok(None);
+    };
+    let pair = match own {
+        Some(file) => KeyPair::read(Path::new(file), "curve_secret_key_file")?,
+        None => {
+            KeyPair::generate().map_err(|why| ConfigError::new("curve_secret_key_file", why))?
+        }
+    };
+    Ok(Some(ClientKeys { server, pair }))
 }
 
 #[cfg(test)]

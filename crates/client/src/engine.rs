@@ -125,7 +125,7 @@ impl Engine {
         let sources = config
             .heartbeat_endpoints
             .iter()
-            .map(|url| open_source(&context, url))
+            .map(|url| open_source(&context, url, &config))
             .collect::<zmq::Result<Vec<_>>>()?;
         let seed = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
@@ -832,6 +832,9 @@ fn open_endpoint(
     socket.set_rcvhwm(100_000)?;
     // A bridge that takes over a port is found within 25 ms: no backoff.
     socket.set_reconnect_ivl(25)?;
+    if let Some(keys) = &config.curve {
+        keys.apply(&socket)?;
+    }
     let events = watch(
         context,
         &socket,
@@ -858,8 +861,11 @@ fn open_endpoint(
     })
 }
 
-fn open_source(context: &zmq::Context, url: &str) -> zmq::Result<Source> {
+fn open_source(context: &zmq::Context, url: &str, config: &ClientConfig) -> zmq::Result<Source> {
     let socket = context.socket(zmq::SUB)?;
+    if let Some(keys) = &config.curve {
+        keys.apply(&socket)?;
+    }
     socket.set_linger(0)?;
     socket.set_ipv6(true)?;
     socket.set_reconnect_ivl(100)?;

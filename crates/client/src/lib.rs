@@ -31,6 +31,7 @@
 
 mod breaker;
 mod config;
+pub mod curve;
 mod engine;
 mod merge;
 mod oneshot;

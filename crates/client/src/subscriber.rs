@@ -70,6 +70,9 @@ impl Subscriber {
                 // No backoff: a port taken over on the same host is found
                 // within 25 ms.
                 socket.set_reconnect_ivl(25)?;
+                if let Some(keys) = &config.curve {
+                    keys.apply(&socket)?;
+                }
                 socket.set_heartbeat_ivl(ms(config.heartbeat_timeout / 3))?;
                 socket.set_heartbeat_timeout(ms(config.heartbeat_timeout))?;
                 let events = watch(

@@ -43,6 +43,8 @@ pub struct Load {
     /// Requests per second over all clients; `None`: as fast as the
     /// in-flight window allows.
     pub rate: Option<f64>,
+    /// CURVE keys of the clients (a CURVE frontend); `None`: plain.
+    pub curve: Option<zbridge_client::curve::ClientKeys>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -107,6 +109,9 @@ impl Load {
                 let socket = context.socket(zmq::DEALER)?;
                 socket.set_linger(0)?;
                 socket.set_ipv6(true)?;
+                if let Some(keys) = &self.curve {
+                    keys.apply(&socket)?;
+                }
                 for endpoint in self.endpoint.split(',') {
                     socket.connect(endpoint)?;
                 }

@@ -8,6 +8,7 @@
 //! XSUB/XPUB proxy. `bench python` ([`python`]) measures the Python
 //! package against a raw pyzmq DEALER.
 
+mod curve;
 mod python;
 mod stream;
 
@@ -36,6 +37,10 @@ pub enum What {
         /// Rounds over all contenders, interleaved; figures are medians.
         #[arg(long, default_value_t = 3)]
         rounds: usize,
+        /// Also libzmq's proxy and the bridge with CURVE on their
+        /// frontends (each CURVE figure is compared with the CURVE proxy).
+        #[arg(long)]
+        curve: bool,
     },
     /// Failover of a live pair: kill -9, SIGSTOP+SIGCONT and SIGTERM of the
     /// active, with default and with fast heartbeat timings.
@@ -147,7 +152,14 @@ pub fn run(what: What) -> anyhow::Result<()> {
             latency_requests,
             memory_requests,
             rounds,
-        } => relay(seconds, latency_requests, memory_requests, rounds.max(1)),
+            curve,
+        } => relay(
+            seconds,
+            latency_requests,
+            memory_requests,
+            rounds.max(1),
+            curve,
+        ),
         What::Failover { rate } => failover(rate),
         What::Load {
             rate,
@@ -231,11 +243,25 @@ impl Proxy {
         back: zmq::SocketType,
         upstream: &str,
     ) -> anyhow::Result<Proxy> {
+        Proxy::start_with(front, back, upstream, None)
+    }
+
+    /// The proxy with its frontend a CURVE server with `curve`'s key (no
+    /// ZAP handler: any client that knows the public key).
+    fn start_with(
+        front: zmq::SocketType,
+        back: zmq::SocketType,
+        upstream: &str,
+        curve: Option<&zbridge_client::curve::KeyPair>,
+    ) -> anyhow::Result<Proxy> {
         let context = zmq::Context::new();
         let front = context.socket(front)?;
         let back = context.socket(back)?;
         for s in [&front, &back] {
             s.set_linger(0)?;
+        }
+        if let Some(pair) = curve {
+            pair.serve(&front)?;
         }
         front.bind("tcp://127.0.0.1:*")?;
         back.connect(upstream)?;
@@ -299,6 +325,10 @@ struct Contender {
     name: &'static str,
     endpoint: String,
     route: Route,
+    /// The contender its ratios are taken against: libzmq's proxy, with
+    /// CURVE for a CURVE contender.
+    baseline: usize,
+    curve: Option<zbridge_client::curve::ClientKeys>,
 }
 
 /// The median of each contender's figures over `rounds` interleaved rounds,
@@ -335,6 +365,7 @@ fn relay(
     latency_requests: u64,
     memory_requests: u64,
     rounds: usize,
+    with_curve: bool,
 ) -> anyhow::Result<()> {
     let duration = Duration::try_from_secs_f64(seconds).context("--seconds")?;
     let echo = EchoService::start(None)?;
@@ -348,28 +379,45 @@ fn relay(
         "--max-in-flight=100000".into(),
     ]);
     let bridge = BridgeProcess::spawn(&exe, &flags)?;
-    let contenders = [
+    let mut contenders = vec![
         Contender {
             name: "direct",
             endpoint: echo.endpoint.clone(),
             route: Route::Direct,
+            baseline: 1,
+            curve: None,
         },
         Contender {
             name: "libzmq proxy",
             endpoint: proxy.endpoint.clone(),
             route: Route::Direct,
+            baseline: 1,
+            curve: None,
         },
         Contender {
             name: "zbridge multipart",
             endpoint: bridge.frontend.clone(),
             route: Route::Multipart,
+            baseline: 1,
+            curve: None,
         },
         Contender {
             name: "zbridge json",
             endpoint: bridge.frontend.clone(),
             route: Route::Json,
+            baseline: 1,
+            curve: None,
         },
     ];
+    // With --curve: the same proxy and bridge with CURVE frontends (the
+    // pair's key in a temporary directory), clients with a key of their own.
+    let curve_parts = if with_curve {
+        let parts = curve::Parts::start(&exe, &flags, &echo.endpoint)?;
+        contenders.extend(parts.contenders(contenders.len()));
+        Some(parts)
+    } else {
+        None
+    };
     let load = |c: &Contender, clients, in_flight, requests, duration, bytes| Load {
         endpoint: c.endpoint.clone(),
         targets: vec!["pc2".into()],
@@ -382,6 +430,7 @@ fn relay(
         settle: Duration::from_secs(5),
         tagged: false,
         rate: None,
+        curve: c.curve.clone(),
     };
     println!(
         "zbridge bench relay: loopback, one echo service, all figures from this run, medians of {rounds} interleaved rounds"
@@ -404,11 +453,11 @@ fn relay(
         Ok(vec![r.quantile_ms(0.5) * 1e3, r.quantile_ms(0.99) * 1e3])
     })?;
     let direct_p50 = latency[0][0];
-    let proxy_added = latency[1][0] - direct_p50;
     let mut latency_json = serde_json::Map::new();
     for (c, figures) in contenders.iter().zip(&latency) {
         let (p50, p99) = (figures[0], figures[1]);
         let added = p50 - direct_p50;
+        let proxy_added = latency[c.baseline][0] - direct_p50;
         let ratio = if c.name == "direct" {
             String::new()
         } else {
@@ -444,15 +493,16 @@ fn relay(
         .collect();
         let mut per_size = serde_json::Map::new();
         for (c, rate) in contenders.iter().zip(&rates) {
+            let proxy = rates[c.baseline];
             println!(
                 "{:<20} {rate:>12.0} {:>9.2}x {:>9.2}x",
                 c.name,
-                rate / rates[1],
+                rate / proxy,
                 rate / rates[0]
             );
             per_size.insert(
                 c.name.into(),
-                json!({"rps": rate, "vs_proxy": rate / rates[1], "vs_direct": rate / rates[0]}),
+                json!({"rps": rate, "vs_proxy": rate / proxy, "vs_direct": rate / rates[0]}),
             );
         }
         throughput_json.insert(format!("{bytes}B"), per_size.into());
@@ -508,6 +558,7 @@ fn relay(
         "{}",
         json!({"bench": "relay", "latency": latency_json, "throughput": throughput_json, "scraped": scrape_json, "memory": memory_json})
     );
+    drop(curve_parts);
     Ok(())
 }
 
@@ -642,6 +693,7 @@ fn sustained(
         settle: Duration::from_secs(5),
         tagged: false,
         rate: Some(rate),
+        curve: None,
     }
     .run()?;
     let rss_end = rss();
@@ -740,6 +792,7 @@ fn client_throughput(load: &ClientLoad) -> anyhow::Result<f64> {
             settle: Duration::from_secs(5),
             tagged: false,
             rate: None,
+            curve: None,
         }
         .run()?;
         let lib = ClientLoad {

@@ -1,0 +1,630 @@
+//! CURVE (issue 16): real bridges with keys from `zbridge keygen`, pyzmq
+//! agents, services, subscribers and a forger with and without keys, a
+//! capture on a namespace veth, failovers under the client library.
+
+use crate::support::netns::Namespaces;
+use crate::support::*;
+use serde_json::Value;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+use zbridge_client::curve::{read_public, ClientKeys, KeyPair};
+use zbridge_client::{Client, ClientConfig};
+use zbridge_lab::{http_get, ClientLoad};
+
+/// Key files made by `zbridge keygen` in a directory of their own: the
+/// pair's, an allowed client's (its .pub in `clients/`), a stranger's.
+struct Keys {
+    dir: PathBuf,
+}
+
+impl Keys {
+    fn new() -> Keys {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "zbridge-keys-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("clients")).unwrap();
+        let keys = Keys { dir };
+        for name in ["bridge.key", "agent.key", "stranger.key"] {
+            keygen(&keys.dir.join(name));
+        }
+        std::fs::copy(
+            keys.dir.join("agent.key.pub"),
+            keys.dir.join("clients/agent.pub"),
+        )
+        .unwrap();
+        keys
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    fn s(&self, name: &str) -> String {
+        self.path(name).display().to_string()
+    }
+
+    /// The bridge flags that turn CURVE on, with the allowed clients.
+    fn flags(&self) -> Vec<String> {
+        vec![
+            format!("--curve-secret-key-file={}", self.s("bridge.key")),
+            format!("--curve-clients={}", self.s("clients")),
+        ]
+    }
+
+    /// A CURVE client's keys (`name`: its secret file) for the bridge.
+    fn client(&self, name: &str) -> ClientKeys {
+        ClientKeys {
+            server: read_public(&self.path("bridge.key.pub"), "test").unwrap(),
+            pair: KeyPair::read(&self.path(name), "test").unwrap(),
+        }
+    }
+}
+
+impl Drop for Keys {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn keygen(path: &Path) -> String {
+    let out = Command::new(exe())
+        .arg("keygen")
+        .arg(path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+fn peer_command(mode: &str) -> Command {
+    let mut command = Command::new("python3");
+    command
+        .arg(root().join("tests/peers/curve_peer.py"))
+        .arg(mode);
+    command
+}
+
+/// One request `[pc2, payload]` by a pyzmq DEALER: with the bridge's
+/// public key and the secret key file `key` (a fresh pair if `None`), or
+/// without CURVE when `server` is `None`. The reply frames, or `None`.
+fn py_request(
+    endpoint: &str,
+    server: Option<&Path>,
+    key: Option<&Path>,
+    payload: &str,
+    timeout: f64,
+) -> Option<Vec<String>> {
+    let mut command = peer_command("request");
+    command.arg(format!("--endpoint={endpoint}"));
+    command.arg(format!("--timeout={timeout}"));
+    if let Some(server) = server {
+        command.arg(format!("--server-key-file={}", server.display()));
+    }
+    if let Some(key) = key {
+        command.arg(format!("--key-file={}", key.display()));
+    }
+    let out = command.args(["pc2", payload]).output().unwrap();
+    let line: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    line["reply"].as_array().map(|frames| {
+        frames
+            .iter()
+            .map(|f| f.as_str().unwrap_or_default().to_string())
+            .collect()
+    })
+}
+
+/// A pyzmq REP service (a CURVE server with `key` when given) as target
+/// `pc2`, run by `python`; returns it with its port.
+fn py_curve_service(mut python: Command, key: Option<&Path>, extra: &[String]) -> (Process, u16) {
+    python
+        .arg(root().join("tests/peers/curve_peer.py"))
+        .arg("serve")
+        .args(extra);
+    if let Some(key) = key {
+        python.arg(format!("--key-file={}", key.display()));
+    }
+    let (process, line) =
+        Process::spawn(python, |l| l.starts_with("ready ")).expect("service starts");
+    (process, line["ready ".len()..].trim().parse().unwrap())
+}
+
+/// A bridge's status document from its monitoring server (plain HTTP on
+/// loopback: it needs no key).
+fn monitor(bridge: &BridgeProcess, path: &str) -> Option<String> {
+    let base = bridge.ready["monitor"].as_str()?;
+    http_get(&format!("{base}/{path}"), Duration::from_secs(2))
+}
+
+fn monitor_status(bridge: &BridgeProcess) -> Value {
+    monitor(bridge, "status")
+        .and_then(|s| serde_json::from_str(&s).ok())
+        .unwrap_or(Value::Null)
+}
+
+fn refused(bridge: &BridgeProcess) -> u64 {
+    monitor_status(bridge)["curve_refused_total"]
+        .as_u64()
+        .unwrap_or(0)
+}
+
+#[test]
+fn the_build_has_curve() {
+    // The same libzmq as the bridge's (one build of zmq-sys): without
+    // libsodium, CURVE would be missing and this would say so.
+    assert_eq!(
+        zmq::has("curve"),
+        Some(true),
+        "libzmq was built without CURVE: crates/zeromq-src-curve and the [patch] in Cargo.toml must be in force"
+    );
+    let keys = Keys::new();
+    let config = TempConfig::new(&format!(
+        "curve_secret_key_file = \"{}\"\ncurve_clients = \"{}\"\n",
+        keys.s("bridge.key"),
+        keys.s("clients")
+    ));
+    let out = Command::new(exe())
+        .arg("check-config")
+        .arg(&config.0)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(text.contains("1 client key(s) admitted"), "{text}");
+}
+
+#[test]
+fn keygen_writes_a_private_secret_and_check_config_refuses_a_readable_one() {
+    let keys = Keys::new();
+    let secret = keys.path("bridge.key");
+    let text = std::fs::read_to_string(&secret).unwrap();
+    assert_eq!(text.trim().len(), 40);
+    assert_eq!(text.lines().count(), 1);
+    let mode = std::fs::metadata(&secret).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let public = std::fs::read_to_string(keys.path("bridge.key.pub")).unwrap();
+    assert_eq!(public.trim().len(), 40);
+    // Never over a key in use.
+    let again = Command::new(exe())
+        .arg("keygen")
+        .arg(&secret)
+        .output()
+        .unwrap();
+    assert_eq!(again.status.code(), Some(1), "{again:?}");
+    assert_eq!(std::fs::read_to_string(&secret).unwrap(), text);
+    // A secret others may read: exit 2, the file and the fix named, the
+    // secret nowhere.
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = Command::new(exe())
+        .arg("check-config")
+        .arg("/dev/null")
+        .arg(format!("--curve-secret-key-file={}", secret.display()))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("chmod 600") && err.contains("bridge.key"),
+        "{err}"
+    );
+    assert!(!err.contains(text.trim()), "{err}");
+    // A bad server key of a target: exit 2, the key named.
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let config = TempConfig::new(&format!(
+        "curve_secret_key_file = \"{}\"\n[targets.svc]\nendpoint = \"tcp://127.0.0.1:1\"\ncurve_server_key = \"short\"\n",
+        keys.s("bridge.key")
+    ));
+    let out = Command::new(exe())
+        .arg("check-config")
+        .arg(&config.0)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("targets.svc.curve_server_key"), "{err}");
+}
+
+#[test]
+fn only_allowed_clients_are_served_the_rest_are_refused_counted_and_get_nothing() {
+    let keys = Keys::new();
+    let (_service, port) = py_curve_service(Command::new("python3"), None, &[]);
+    let mut flags = keys.flags();
+    flags.push(format!("--pc2-addr=tcp://127.0.0.1:{port}"));
+    let bridge = bridge(&flags);
+    let server = keys.path("bridge.key.pub");
+    let frontend = bridge.frontend.clone();
+
+    let reply = py_request(
+        &frontend,
+        Some(&server),
+        Some(&keys.path("agent.key")),
+        "hello",
+        5.0,
+    );
+    assert_eq!(
+        reply,
+        Some(vec!["curve".into(), "hello".into()]),
+        "the allowed agent is served"
+    );
+    let stranger = py_request(
+        &frontend,
+        Some(&server),
+        Some(&keys.path("stranger.key")),
+        "x",
+        1.0,
+    );
+    assert_eq!(stranger, None, "a key not in curve_clients gets nothing");
+    // Counted per connection attempt (libzmq reconnects a refused client).
+    assert!(
+        wait_until(Duration::from_secs(2), || refused(&bridge) >= 1),
+        "the stranger is counted: {}",
+        monitor_status(&bridge)
+    );
+    let before = refused(&bridge);
+    let plain = py_request(&frontend, None, None, "x", 1.0);
+    assert_eq!(plain, None, "a client without CURVE gets nothing");
+    assert!(
+        wait_until(Duration::from_secs(2), || refused(&bridge) > before),
+        "the plain client is counted: {}",
+        monitor_status(&bridge)
+    );
+    let metrics = monitor(&bridge, "metrics").unwrap();
+    assert!(
+        metrics.contains(&format!("zbridge_curve_refused_total {}", refused(&bridge)))
+            || metrics.contains("zbridge_curve_refused_total "),
+        "{metrics}"
+    );
+    // Nothing of theirs went through: one request relayed, the agent's.
+    assert_eq!(monitor_status(&bridge)["requests_total"], 1);
+    let log = bridge.log().join("\n");
+    assert!(log.contains("CURVE client refused"), "{log}");
+    let secret = std::fs::read_to_string(keys.path("bridge.key")).unwrap();
+    assert!(!log.contains(secret.trim()), "the secret is never logged");
+}
+
+#[test]
+fn a_plain_port_beside_the_curve_port_serves_clients_not_yet_moved() {
+    let keys = Keys::new();
+    let (_service, port) = py_curve_service(Command::new("python3"), None, &[]);
+    let plain_port = free_port();
+    let mut flags = keys.flags();
+    flags.push(format!("--pc2-addr=tcp://127.0.0.1:{port}"));
+    flags.push(format!("--plain-primary-port={plain_port}"));
+    let bridge = bridge(&flags);
+    let plain = format!("tcp://127.0.0.1:{plain_port}");
+    assert_eq!(
+        py_request(&plain, None, None, "old", 5.0).map(|r| r[1].clone()),
+        Some("old".into()),
+        "a plain agent on the plain port"
+    );
+    assert_eq!(
+        py_request(
+            &bridge.frontend,
+            Some(&keys.path("bridge.key.pub")),
+            Some(&keys.path("agent.key")),
+            "new",
+            5.0
+        )
+        .map(|r| r[1].clone()),
+        Some("new".into()),
+        "a CURVE agent on the CURVE port"
+    );
+    assert_eq!(py_request(&bridge.frontend, None, None, "x", 1.0), None);
+}
+
+#[test]
+fn a_reload_admits_a_key_added_to_curve_clients_and_drops_a_removed_one() {
+    let keys = Keys::new();
+    let (_service, port) = py_curve_service(Command::new("python3"), None, &[]);
+    let config = TempConfig::new(&format!(
+        "curve_secret_key_file = \"{}\"\ncurve_clients = \"{}\"\npc2_addr = \"tcp://127.0.0.1:{port}\"\n",
+        keys.s("bridge.key"),
+        keys.s("clients")
+    ));
+    let bridge = bridge(&[config.flag()]);
+    let server = keys.path("bridge.key.pub");
+    let ask = |key: &str| {
+        py_request(
+            &bridge.frontend,
+            Some(&server),
+            Some(&keys.path(key)),
+            "k",
+            1.0,
+        )
+    };
+    assert!(ask("stranger.key").is_none());
+    // Rotation: the new key joins, both are allowed, then the old goes.
+    std::fs::copy(keys.path("stranger.key.pub"), keys.path("clients/new.pub")).unwrap();
+    bridge.signal("HUP").unwrap();
+    assert!(bridge
+        .wait_for_event(Duration::from_secs(5), |e| e["event"] == "reloaded")
+        .is_some());
+    assert!(ask("stranger.key").is_some(), "the new key is admitted");
+    assert!(ask("agent.key").is_some(), "the old key still is");
+    std::fs::remove_file(keys.path("clients/agent.pub")).unwrap();
+    bridge.signal("HUP").unwrap();
+    assert!(bridge
+        .wait_for_event(Duration::from_secs(5), |e| {
+            e["event"] == "reloaded" && e["generation"] == 2
+        })
+        .is_some());
+    assert!(ask("agent.key").is_none(), "the removed key is refused");
+    assert!(ask("stranger.key").is_some());
+}
+
+#[test]
+fn a_forged_heartbeat_without_the_pair_key_has_no_effect() {
+    let keys = Keys::new();
+    // The forger's own pair: a CURVE server that cannot prove the pair's key.
+    keygen(&keys.path("forger.key"));
+    let port = free_port();
+    let mut forger = peer_command("forge");
+    forger.args([
+        format!("--port={port}"),
+        format!("--key-file={}", keys.s("forger.key")),
+    ]);
+    let (_forger, _) = Process::spawn(forger, |l| l == "ready").unwrap();
+    let peer = format!("--secondary-heartbeat-port={port}");
+    // The bridge with the real pair's key, listening to the forger first.
+    let mut flags = keys.flags();
+    flags.push(peer.clone());
+    let guarded = bridge(&flags);
+    assert!(wait_until(Duration::from_secs(5), || monitor_status(
+        &guarded
+    )["role"]
+        == "active"));
+    // The control: a bridge that takes the forger's key for the pair's
+    // hears it, and steps down before an active of a higher epoch.
+    let mut fooled_flags = vec![format!("--curve-secret-key-file={}", keys.s("forger.key"))];
+    fooled_flags.push(peer);
+    let fooled = bridge(&fooled_flags);
+    assert!(
+        fooled
+            .wait_for_event(Duration::from_secs(5), |e| {
+                e["event"] == "role" && e["to"] == "passive"
+            })
+            .is_some(),
+        "the control bridge hears the forger: {}",
+        fooled.log().join("\n")
+    );
+    // By then the guarded bridge has been offered as many forged
+    // heartbeats, and heard none.
+    let doc = monitor_status(&guarded);
+    assert_eq!(doc["role"], "active", "{doc}");
+    assert_eq!(doc["peer"]["alive"], false, "{doc}");
+    assert!(
+        !guarded
+            .events()
+            .iter()
+            .any(|e| e["event"] == "role" && e["to"] == "passive"),
+        "{:?}",
+        guarded.events()
+    );
+    let rejected = doc["heartbeats_rejected_total"].as_object().unwrap();
+    assert!(
+        rejected.values().all(|v| v == 0),
+        "nothing even reached the verifier: {doc}"
+    );
+}
+
+#[test]
+fn a_stream_subscriber_without_a_key_gets_nothing() {
+    let keys = Keys::new();
+    let mut publisher = Command::new("python3");
+    publisher
+        .arg(root().join("tests/peers/publisher.py"))
+        .args(["--port=0", "--rate=50", "--topics=dream."]);
+    let (_publisher, line) = Process::spawn(publisher, |l| l.starts_with("ready ")).unwrap();
+    let upstream: u16 = line["ready ".len()..].trim().parse().unwrap();
+    let config = TempConfig::new(&format!(
+        "[streams.dream]\nendpoint = \"tcp://127.0.0.1:{upstream}\"\n"
+    ));
+    let pub_port = free_port();
+    let mut flags = keys.flags();
+    flags.extend([
+        config.flag(),
+        format!("--primary-pub-port={pub_port}"),
+        format!("--secondary-pub-port={}", free_port()),
+    ]);
+    let _bridge = bridge(&flags);
+    let endpoint = format!("--endpoint=tcp://127.0.0.1:{pub_port}");
+    let server = format!("--server-key-file={}", keys.s("bridge.key.pub"));
+    let subscriber = |extra: &[String]| {
+        let mut command = peer_command("subscribe");
+        command.arg(&endpoint).arg("--seconds=20").args(extra);
+        Process::spawn(command, |l| l == "ready").unwrap().0
+    };
+    let plain = subscriber(&[]);
+    let stranger = subscriber(&[
+        server.clone(),
+        format!("--key-file={}", keys.s("stranger.key")),
+    ]);
+    let agent = subscriber(&[
+        server.clone(),
+        format!("--key-file={}", keys.s("agent.key")),
+    ]);
+    assert!(
+        wait_until(Duration::from_secs(10), || agent.output().len() >= 20),
+        "the allowed subscriber receives the stream"
+    );
+    let received = |p: &Process| p.output().iter().filter(|l| *l != "ready").count();
+    assert_eq!(received(&plain), 0, "{:?}", plain.output());
+    assert_eq!(received(&stranger), 0, "{:?}", stranger.output());
+}
+
+/// Whether `needle` is in what a raw socket saw on `eth0` of namespace `i`
+/// while `during` ran (tests/peers/sniff.py), and how many bytes it saw.
+fn sniffed(ns: &Namespaces, i: usize, needle: &str, during: impl FnOnce()) -> (bool, u64) {
+    let mut command = ns.command(i, Path::new("python3"));
+    command
+        .arg(root().join("tests/peers/sniff.py"))
+        .arg("--iface=eth0")
+        .arg(format!("--needle={needle}"));
+    let (sniffer, _) = Process::spawn(command, |l| l == "ready").unwrap();
+    during();
+    sniffer.signal("TERM").unwrap();
+    assert!(wait_until(Duration::from_secs(5), || !sniffer
+        .output()
+        .iter()
+        .all(|l| l == "ready")));
+    let line = sniffer.output().last().cloned().unwrap_or_default();
+    let doc: Value = serde_json::from_str(&line).unwrap();
+    (doc["found"] == true, doc["bytes"].as_u64().unwrap_or(0))
+}
+
+#[test]
+fn the_target_link_is_encrypted_end_to_end() {
+    let keys = Keys::new();
+    keygen(&keys.path("service.key"));
+    // Host 0 runs the bridge, host 1 the service; a veth between them.
+    let ns = Namespaces::new(&["bridge", "service"]);
+    ns.veth((0, 1), ["eth0", "eth0"]);
+    for (i, address) in [(0, "10.231.16.1/24"), (1, "10.231.16.2/24")] {
+        ns.ip(i, &["addr", "add", address, "dev", "eth0"]);
+        ns.ip(i, &["link", "set", "eth0", "up"]);
+    }
+    let service_args = ["--host=10.231.16.2".to_string()];
+    let (_keyed, keyed_port) = py_curve_service(
+        ns.command(1, Path::new("python3")),
+        Some(&keys.path("service.key")),
+        &service_args,
+    );
+    let (_plain, plain_port) =
+        py_curve_service(ns.command(1, Path::new("python3")), None, &service_args);
+    let service_key = std::fs::read_to_string(keys.path("service.key.pub")).unwrap();
+    let config = TempConfig::new(&format!(
+        "curve_secret_key_file = \"{}\"\n\
+         [targets.sealed]\nendpoint = \"tcp://10.231.16.2:{keyed_port}\"\ncurve_server_key = \"{}\"\n\
+         [targets.open]\nendpoint = \"tcp://10.231.16.2:{plain_port}\"\n",
+        keys.s("bridge.key"),
+        service_key.trim()
+    ));
+    let mut command = ns.command(0, exe());
+    command.arg("run").args(lone_bridge_flags()).args([
+        "--main-pc-addr=".to_string(),
+        "--pc2-addr=".to_string(),
+        config.flag(),
+    ]);
+    let bridge = BridgeProcess::start(command).unwrap();
+    assert_eq!(
+        bridge.ready["targets"]["sealed"]["connected"], true,
+        "{}",
+        bridge.ready
+    );
+    let ask = |target: &str, payload: &str| {
+        let mut command = ns.command(0, Path::new("python3"));
+        command
+            .arg(root().join("tests/peers/curve_peer.py"))
+            .arg("request")
+            .arg(format!("--endpoint={}", bridge.frontend))
+            .arg(format!("--server-key-file={}", keys.s("bridge.key.pub")))
+            .arg(format!("--key-file={}", keys.s("agent.key")))
+            .args([target, payload]);
+        let out = command.output().unwrap();
+        let line: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        line["reply"].clone()
+    };
+    // The control: the capture sees a plain link's payload.
+    let needle_open = "PLAINTEXT-CANARY-4711";
+    let (seen, _) = sniffed(&ns, 1, needle_open, || {
+        assert_eq!(ask("open", needle_open)[1], needle_open);
+    });
+    assert!(seen, "the capture works: a plain link shows its payload");
+    // The CURVE link: answered, and nothing of the payload on the wire.
+    let needle = "SECRET-PAYLOAD-CANARY-0815";
+    let (seen, bytes) = sniffed(&ns, 1, needle, || {
+        assert_eq!(ask("sealed", needle)[1], needle);
+    });
+    assert!(bytes > 0, "the capture saw the exchange");
+    assert!(!seen, "the payload crossed the veth in clear text");
+}
+
+/// Library client settings for a CURVE pair: short timings, the agent's key.
+fn curve_client(pair: &Pair, keys: &Keys) -> ClientConfig {
+    let mut c = ClientConfig::local();
+    c.endpoints = vec![pair.primary_endpoint(), pair.secondary_endpoint()];
+    c.heartbeat_endpoints = vec![
+        pair.heartbeat_endpoint(true),
+        pair.heartbeat_endpoint(false),
+    ];
+    c.request_timeout = Duration::from_secs(1);
+    c.reconnect_delay = Duration::from_millis(100);
+    c.hold_down = Duration::from_millis(800);
+    c.heartbeat_timeout = TIMEOUT;
+    c.curve = Some(keys.client("agent.key"));
+    c
+}
+
+/// Both bridges of a CURVE pair up, each hearing the other (asked through
+/// the monitoring server: the frontends want a key).
+fn start_curve_pair(pair: &Pair) -> (BridgeProcess, BridgeProcess) {
+    let primary = pair.start("active");
+    let secondary = pair.start("passive");
+    for bridge in [&primary, &secondary] {
+        assert!(
+            wait_until(Duration::from_secs(5), || monitor_status(bridge)["peer"]
+                ["alive"]
+                == true),
+            "the pair hears itself over CURVE: {}",
+            bridge.log().join("\n")
+        );
+    }
+    (primary, secondary)
+}
+
+fn curve_load() -> ClientLoad {
+    ClientLoad {
+        target: "pc2".into(),
+        rate: Some(500.0),
+        duration: Duration::from_secs(3),
+        in_flight: 64,
+        payload_bytes: 100,
+        settle: Duration::from_secs(10),
+    }
+}
+
+#[test]
+fn kill_9_and_sigterm_with_curve_on_lose_nothing_for_library_clients() {
+    let keys = Keys::new();
+    let flags = keys.flags();
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    for signal in ["KILL", "TERM"] {
+        let pair = Pair::new(&flags);
+        let (primary, secondary) = start_curve_pair(&pair);
+        let client = Client::connect(curve_client(&pair, &keys)).unwrap();
+        let runner = std::thread::spawn(move || curve_load().run(&client));
+        // Calls are answered over CURVE before the fault.
+        assert!(wait_until(Duration::from_secs(5), || {
+            monitor_status(&primary)["replies_total"]
+                .as_u64()
+                .unwrap_or(0)
+                >= 200
+        }));
+        primary.signal(signal).unwrap();
+        assert!(
+            secondary
+                .wait_for_event(Duration::from_secs(5), |e| e["event"] == "role"
+                    && e["to"] == "active")
+                .is_some(),
+            "{signal}: the passive takes over: {}",
+            secondary.log().join("\n")
+        );
+        let report = runner.join().unwrap();
+        let r = &report.load;
+        assert!(r.sent >= 1000, "{signal}: the load ran: {r:?}");
+        assert_eq!(
+            (r.ok, r.lost, r.mismatched),
+            (r.sent, 0, 0),
+            "{signal}: {:?}",
+            r.errors
+        );
+        assert_eq!(refused(&secondary), 0, "the agent's key is always admitted");
+        drop(primary);
+    }
+}

@@ -1,0 +1,132 @@
+"""pyzmq peers with CURVE, as an agent or a service would set it up
+(docs/SECURITY.md): `curve_serverkey` is the content of the bridge's
+key.pub, `curve_publickey`/`curve_secretkey` the peer's own pair.
+
+  request  --endpoint E [--server-key-file F] [--key-file K] [--timeout S] TARGET PAYLOAD
+           a DEALER sends [TARGET, PAYLOAD]; prints one JSON line:
+           {"reply": [frames...]} or {"timeout": true}
+  subscribe --endpoint E [--server-key-file F] [--key-file K] [--seconds S]
+           a SUB to everything; prints `ready`, then one JSON line per
+           message {"frames": n} until S seconds pass
+  serve    --port P [--host H] [--key-file K] [--tag T]
+           a REP service, a CURVE server with K when given; prints `ready PORT`
+           and echoes [T] + frames
+  forge    --port P [--key-file K] --node N --epoch E
+           a PUB (a CURVE server with K when given) that publishes unsigned
+           heartbeats claiming a running active every 20 ms; prints `ready`
+
+K is a secret key file as `zbridge keygen` writes it (K.pub beside it);
+without K a requesting or subscribing peer uses a fresh pair
+(zmq.curve_keypair()), and F absent means no CURVE at all.
+"""
+import argparse
+import json
+import os
+import sys
+import time
+
+import zmq
+
+
+def read(path):
+    with open(path) as f:
+        return f.readline().strip().encode()
+
+
+def client_keys(sock, args):
+    if not args.server_key_file:
+        return
+    sock.curve_serverkey = read(args.server_key_file)
+    if args.key_file:
+        sock.curve_publickey = read(args.key_file + ".pub")
+        sock.curve_secretkey = read(args.key_file)
+    else:
+        public, secret = zmq.curve_keypair()
+        sock.curve_publickey = public
+        sock.curve_secretkey = secret
+
+
+def server_keys(sock, args):
+    if args.key_file:
+        sock.curve_server = True
+        sock.curve_secretkey = read(args.key_file)
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("mode", choices=["request", "subscribe", "serve", "forge"])
+    parser.add_argument("rest", nargs="*")
+    parser.add_argument("--endpoint")
+    parser.add_argument("--server-key-file")
+    parser.add_argument("--key-file")
+    parser.add_argument("--timeout", type=float, default=2.0)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--tag", default="curve")
+    parser.add_argument("--node", default="secondary")
+    parser.add_argument("--epoch", type=int, default=99)
+    args = parser.parse_intermixed_args()
+    ctx = zmq.Context()
+
+    if args.mode == "request":
+        sock = ctx.socket(zmq.DEALER)
+        sock.linger = 0
+        client_keys(sock, args)
+        sock.connect(args.endpoint)
+        target, payload = args.rest
+        sock.send_multipart([target.encode(), payload.encode()])
+        if sock.poll(int(args.timeout * 1000)):
+            print(json.dumps({"reply": [f.decode(errors="replace") for f in sock.recv_multipart()]}), flush=True)
+        else:
+            print(json.dumps({"timeout": True}), flush=True)
+        return
+
+    if args.mode == "subscribe":
+        sock = ctx.socket(zmq.SUB)
+        sock.linger = 0
+        client_keys(sock, args)
+        sock.setsockopt(zmq.SUBSCRIBE, b"")
+        sock.connect(args.endpoint)
+        print("ready", flush=True)
+        deadline = time.monotonic() + args.seconds
+        while time.monotonic() < deadline:
+            if sock.poll(50):
+                print(json.dumps({"frames": len(sock.recv_multipart())}), flush=True)
+        return
+
+    if args.mode == "serve":
+        sock = ctx.socket(zmq.REP)
+        sock.linger = 0
+        server_keys(sock, args)
+        if args.port:
+            sock.bind(f"tcp://{args.host}:{args.port}")
+            port = args.port
+        else:
+            port = sock.bind_to_random_port(f"tcp://{args.host}")
+        print(f"ready {port}", flush=True)
+        while True:
+            frames = sock.recv_multipart()
+            sock.send_multipart([args.tag.encode()] + frames)
+
+    if args.mode == "forge":
+        sock = ctx.socket(zmq.PUB)
+        sock.linger = 0
+        server_keys(sock, args)
+        sock.bind(f"tcp://127.0.0.1:{args.port}")
+        print("ready", flush=True)
+        seq = 0
+        boot = "forger%d" % os.getpid()
+        while True:
+            seq += 1
+            beat = {
+                "type": "heartbeat", "timestamp": time.time(), "instance": "active",
+                "port": 1, "uptime": 100, "load": 0.0, "node": args.node,
+                "boot": boot, "seq": seq, "epoch": args.epoch, "state": "running",
+            }
+            sock.send(json.dumps(beat).encode())
+            time.sleep(0.02)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
