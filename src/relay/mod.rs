@@ -22,8 +22,10 @@ mod breaker;
 mod cork;
 mod inflight;
 mod limit;
+mod reload;
 mod state;
 mod stats;
+mod target;
 mod watch;
 
 use crate::config::{tcp_endpoint, Config, LogLevel, Source, Target};
@@ -35,7 +37,7 @@ use crate::streams::Streams;
 use crate::throttle::LogThrottle;
 use inflight::Key;
 use serde_json::{json, Value};
-use state::{Return, State};
+use state::{Action, Event as PathEvent, Return, State};
 use std::os::fd::RawFd;
 use std::time::{Duration, Instant};
 use tracing::{debug, error, info, warn};
@@ -68,11 +70,6 @@ pub(crate) struct Frontend {
     /// Set while draining: closed once its clients are quiet (nothing in
     /// flight on it, no request waiting to be read), or at this deadline.
     draining_until: Option<Instant>,
-    /// While draining, new requests are relayed as usual until this
-    /// instant, so that a plain lockstep client is served until the port
-    /// closes right behind a reply; after it (a port that never goes quiet)
-    /// they get `draining`.
-    relay_until: Instant,
     /// libzmq's socket monitor: accepted and closed client connections.
     events: zmq::Socket,
     /// The client connections' descriptors (libzmq's), for [`cork`].
@@ -89,8 +86,6 @@ pub type Events<'a> = &'a mut dyn FnMut(Value);
 pub struct Relay {
     context: zmq::Context,
     frontends: Frontends,
-    /// One per target, by index; `None` once a retired target is drained.
-    dealers: Vec<Option<zmq::Socket>>,
     heartbeats: Heartbeats,
     /// Whether the peer's frontend still listens (two hosts).
     probe: Probe,
@@ -99,7 +94,11 @@ pub struct Relay {
     streams: Option<Streams>,
     machine: Machine,
     first_effects: Vec<Effect>,
-    state: State,
+    /// The request path, with the targets and their DEALERs.
+    state: State<zmq::Socket>,
+    /// What the request path decided and the loop is to carry out (kept to
+    /// reuse its memory).
+    actions: Vec<Action>,
     ready: bool,
     exit: bool,
     /// Time spent working (not waiting in poll) since the last heartbeat.
@@ -132,15 +131,15 @@ impl Relay {
         let dealers = config
             .targets
             .iter()
-            .map(|target| open_dealer(&context, &config, target).map(Some))
+            .map(|target| open_dealer(&context, &config, target))
             .collect::<anyhow::Result<Vec<_>>>()?;
         wait_connected(&dealers, CONNECT_GRACE)?;
         let heartbeats = Heartbeats::new(&context, &config, now)?;
         let streams = Streams::start(&config)?;
         let (machine, first_effects) = Machine::new(settings(&config), now);
-        let state = State::new(config, now);
+        let state = State::new(config, dealers, now);
         let monitor = std::sync::Arc::new(std::sync::Mutex::new(monitor::Snapshot {
-            status: state.status(),
+            status: state.status(now),
             durations: state.durations(),
             serving: false,
             problems: Vec::new(),
@@ -163,13 +162,13 @@ impl Relay {
         Ok(Relay {
             context,
             frontends: [None, None],
-            dealers,
             heartbeats,
             probe: Probe::new()?,
             streams,
             machine,
             first_effects,
             state,
+            actions: Vec::new(),
             ready: false,
             exit: false,
             busy: Duration::ZERO,
@@ -202,7 +201,9 @@ impl Relay {
         let mut ready = Readiness::default();
         loop {
             let now = Instant::now();
-            self.state.expire(&self.frontends, now);
+            let actions = &mut self.actions;
+            self.state.step(now, PathEvent::Tick, actions);
+            carry_out(&mut self.state, &self.frontends, actions, now, &mut frames);
             self.finish_drains(now, events);
             self.handle(now, Event::Tick, events);
             if now >= self.heartbeats.next_publish() {
@@ -293,32 +294,42 @@ impl Relay {
                 if !ready.frontends[port.index()] {
                     continue;
                 }
-                let Some(frontend) = &self.frontends[port.index()] else {
-                    continue;
-                };
                 for _ in 0..BATCH {
+                    let Some(frontend) = &self.frontends[port.index()] else {
+                        break;
+                    };
                     if !recv_frames(&frontend.socket, &mut frames)? {
                         break;
                     }
+                    let now = Instant::now();
+                    let actions = &mut self.actions;
                     self.state
-                        .on_request(&self.frontends, port, &self.dealers, &mut frames);
+                        .step(now, PathEvent::Request(port, &mut frames), actions);
+                    carry_out(&mut self.state, &self.frontends, actions, now, &mut frames);
                 }
             }
-            for (target, dealer) in self.dealers.iter().enumerate() {
-                let Some(dealer) = dealer else { continue };
-                // A reload may have added dealers since the poll.
+            for target in 0..self.state.targets.len() {
+                // A reload may have added targets since the poll.
                 let (readable, writable) = ready.dealers.get(target).copied().unwrap_or_default();
                 if writable {
-                    self.state.flush_waiting(dealer, target);
+                    let actions = &mut self.actions;
+                    send_waiting(&mut self.state, &self.frontends, actions, woke, target);
                 }
                 if !readable {
                     continue;
                 }
                 for _ in 0..BATCH {
+                    let Some(dealer) = &self.state.targets[target].dealer else {
+                        break;
+                    };
                     if !recv_frames(dealer, &mut frames)? {
                         break;
                     }
-                    self.state.on_reply(&self.frontends, target, &mut frames);
+                    let now = Instant::now();
+                    let actions = &mut self.actions;
+                    self.state
+                        .step(now, PathEvent::Reply(target, &mut frames), actions);
+                    carry_out(&mut self.state, &self.frontends, actions, now, &mut frames);
                 }
             }
             self.busy += woke.elapsed();
@@ -329,7 +340,7 @@ impl Relay {
 
     /// Wait for any socket or the stop descriptor, up to `timeout_ms`.
     fn poll(&self, stop: &Stop, timeout_ms: i64, ready: &mut Readiness) -> anyhow::Result<()> {
-        let mut items = Vec::with_capacity(self.dealers.len() + 9);
+        let mut items = Vec::with_capacity(self.state.targets.len() + 9);
         items.push(zmq::PollItem::from_fd(stop.fd(), zmq::POLLIN));
         items.push(zmq::PollItem::from_fd(stop.hangup_fd(), zmq::POLLIN));
         items.push(self.heartbeats.subscriber().as_poll_item(zmq::POLLIN));
@@ -344,9 +355,11 @@ impl Relay {
             }
         }
         let first_dealer = items.len();
-        for (dealer, backend) in self.dealers.iter().zip(&self.state.backends) {
-            let Some(dealer) = dealer else { continue };
-            let events = if backend.waiting.is_empty() {
+        for target in &self.state.targets {
+            let Some(dealer) = &target.dealer else {
+                continue;
+            };
+            let events = if target.waiting.is_empty() {
                 zmq::POLLIN
             } else {
                 zmq::POLLIN | zmq::POLLOUT
@@ -367,9 +380,11 @@ impl Relay {
             ready.connections[i] = index.is_some_and(|j| items[j + 1].is_readable());
         }
         ready.dealers.clear();
-        ready.dealers.resize(self.dealers.len(), (false, false));
+        ready
+            .dealers
+            .resize(self.state.targets.len(), (false, false));
         // The items follow the dealers that are open, in order.
-        let open = self.dealers.iter().enumerate().filter(|(_, d)| d.is_some());
+        let open = (self.state.targets.iter().enumerate()).filter(|(_, t)| t.dealer.is_some());
         for ((target, _), item) in open.zip(&items[first_dealer..]) {
             ready.dealers[target] = (item.is_readable(), item.is_writable());
         }
@@ -465,7 +480,13 @@ impl Relay {
                         let drain = self.state.config.drain_timeout;
                         frontend.draining_until = Some(later(now, drain));
                         cork::hold(&frontend.connections);
-                        frontend.relay_until = later(now, (drain / 2).min(RELAY_WHILE_DRAINING));
+                        // New requests are relayed as usual for a while, so
+                        // that a plain lockstep client is served until the
+                        // port closes right behind a reply; after it (a port
+                        // that never goes quiet) they get `draining`.
+                        let relay_until = later(now, (drain / 2).min(RELAY_WHILE_DRAINING));
+                        let draining = PathEvent::Draining { port, relay_until };
+                        self.state.step(now, draining, &mut self.actions);
                     }
                     None => self.handle(now, Event::Released(port), events),
                 },
@@ -557,7 +578,7 @@ impl Relay {
     fn finish_drains(&mut self, now: Instant, events: Events) {
         for port in [Port::Primary, Port::Secondary] {
             let i = port.index();
-            let idle = self.state.front_in_flight[i] == 0;
+            let idle = self.state.in_flight_on(port) == 0;
             // Quiet: nothing in flight and no request waiting to be read.
             // This runs right after the replies of the last round were
             // sent, so a lockstep client's port closes right behind its
@@ -574,7 +595,16 @@ impl Relay {
                 cork::flush(&frontend.connections);
                 continue;
             }
-            self.state.answer_left(&self.frontends, port);
+            // Answered on the frontend before it closes.
+            let actions = &mut self.actions;
+            self.state.step(now, PathEvent::Closed(port), actions);
+            carry_out(
+                &mut self.state,
+                &self.frontends,
+                actions,
+                now,
+                &mut Vec::new(),
+            );
             if let Some(streams) = &self.streams {
                 streams.release(port);
             }
@@ -647,25 +677,9 @@ impl Relay {
         // Targets: kept, re-pointed (a new dealer; the old one stays until
         // its requests are answered), added, removed. Nothing changes until
         // every new dealer is open: a refused reload leaves all as it was.
-        let mut added = Vec::new();
-        let mut retired = Vec::new();
-        for target in &new.targets {
-            match self.state.target_index(&target.name) {
-                Some(i) if self.state.backends[i].endpoint == target.endpoint => {}
-                Some(i) => {
-                    retired.push(i);
-                    added.push(target.clone());
-                }
-                None => added.push(target.clone()),
-            }
-        }
-        for (i, backend) in self.state.backends.iter().enumerate() {
-            if !backend.retired && !new.targets.iter().any(|t| t.name == backend.name) {
-                retired.push(i);
-            }
-        }
+        let reload::Plan { retired, added } = reload::plan(&self.state, &new.targets);
         let mut opened = Vec::new();
-        for target in &added {
+        for target in added {
             match open_dealer(&self.context, &new, target) {
                 Ok(dealer) => opened.push((target, dealer)),
                 Err(e) => {
@@ -692,12 +706,11 @@ impl Relay {
         self.state.set_config(new.clone(), now);
         for target in &new.targets {
             if let Some(i) = self.state.target_index(&target.name) {
-                self.state.update_backend(i, target);
+                self.state.update_target(i, target);
             }
         }
         for (target, dealer) in opened {
-            self.state.add_backend(target);
-            self.dealers.push(Some(dealer));
+            self.state.add_target(target, dealer);
         }
         let generation = self.state.generation;
         info!(
@@ -713,9 +726,9 @@ impl Relay {
 
     /// Close the dealers of retired targets once nothing is in flight to them.
     fn close_drained_targets(&mut self) {
-        for (dealer, backend) in self.dealers.iter_mut().zip(&self.state.backends) {
-            if backend.retired && backend.in_flight == 0 && dealer.take().is_some() {
-                info!(target_name = %backend.name, endpoint = %backend.endpoint, "retired target closed");
+        for target in &mut self.state.targets {
+            if target.drained() && target.dealer.take().is_some() {
+                info!(target_name = %target.name, endpoint = %target.endpoint, "retired target closed");
             }
         }
     }
@@ -740,7 +753,7 @@ impl Relay {
         }
         self.sync_view(now);
         let snapshot = monitor::Snapshot {
-            status: self.state.status(),
+            status: self.state.status(now),
             durations: self.state.durations(),
             serving: self.machine.phase() != Phase::Stopping
                 && self.frontends.iter().any(Option::is_some),
@@ -773,12 +786,12 @@ impl Relay {
             .as_ref()
             .map(|f| f.endpoint.clone());
         let mut targets = serde_json::Map::new();
-        for (backend, dealer) in self.state.backends.iter().zip(&self.dealers) {
-            let connected = dealer.as_ref().is_some_and(writable);
-            info!(target_name = %backend.name, endpoint = %backend.endpoint, connected, "target");
+        for target in &self.state.targets {
+            let connected = target.dealer.as_ref().is_some_and(writable);
+            info!(target_name = %target.name, endpoint = %target.endpoint, connected, "target");
             targets.insert(
-                backend.name.clone(),
-                json!({"endpoint": backend.endpoint, "connected": connected}),
+                target.name.clone(),
+                json!({"endpoint": target.endpoint, "connected": connected}),
             );
         }
         info!(
@@ -851,6 +864,83 @@ struct Readiness {
     dealers: Vec<(bool, bool)>,
 }
 
+/// Carry out the request path's actions, in order, and tell it what could
+/// not be sent. `input` is the message of the event that led to them (whose
+/// frames [`state::Body::Input`] moves out). Returns whether a send to a
+/// backend would have blocked.
+fn carry_out(
+    state: &mut State<zmq::Socket>,
+    frontends: &Frontends,
+    actions: &mut Vec<Action>,
+    now: Instant,
+    input: &mut Vec<zmq::Message>,
+) -> bool {
+    let mut blocked = false;
+    for action in actions.drain(..) {
+        let failed = match action {
+            Action::Reply {
+                port,
+                client,
+                back,
+                body,
+            } => {
+                let sent = match &frontends[port.index()] {
+                    Some(frontend) => {
+                        send_routed(&frontend.socket, client, back, body.frames(input))
+                    }
+                    None => Err(zmq::Error::ENOTSOCK),
+                };
+                sent.err().map(PathEvent::Dropped)
+            }
+            Action::Forward { target, key, body } => match &state.targets[target].dealer {
+                Some(dealer) => {
+                    let mut frames = body.frames(input);
+                    match send_envelope(dealer, key, &mut frames) {
+                        Ok(()) => None,
+                        Err(zmq::Error::EAGAIN) => {
+                            blocked = true;
+                            let frames = frames.collect();
+                            Some(PathEvent::Blocked {
+                                target,
+                                key,
+                                frames,
+                            })
+                        }
+                        Err(error) => Some(PathEvent::Failed { target, key, error }),
+                    }
+                }
+                None => Some(PathEvent::Failed {
+                    target,
+                    key,
+                    error: zmq::Error::ENOTSOCK,
+                }),
+            },
+        };
+        if let Some(event) = failed {
+            // Feedback pushes no action.
+            state.step(now, event, &mut Vec::new());
+        }
+    }
+    blocked
+}
+
+/// Send the requests that waited for `target`'s backend, in the order they
+/// came, until none is left or one would block again.
+fn send_waiting(
+    state: &mut State<zmq::Socket>,
+    frontends: &Frontends,
+    actions: &mut Vec<Action>,
+    now: Instant,
+    target: usize,
+) {
+    loop {
+        state.step(now, PathEvent::Writable(target), actions);
+        if actions.is_empty() || carry_out(state, frontends, actions, now, &mut Vec::new()) {
+            return;
+        }
+    }
+}
+
 fn open_frontend(context: &zmq::Context, config: &Config, endpoint: &str) -> zmq::Result<Frontend> {
     let socket = context.socket(zmq::ROUTER)?;
     let events = watch(
@@ -879,7 +969,6 @@ fn open_frontend(context: &zmq::Context, config: &Config, endpoint: &str) -> zmq
         endpoint: bound,
         port,
         draining_until: None,
-        relay_until: Instant::now(),
         events,
         connections: Vec::new(),
     })
@@ -984,12 +1073,11 @@ fn open_dealer(
 }
 
 /// Wait until every dealer has a connected backend, or `grace` passes.
-fn wait_connected(dealers: &[Option<zmq::Socket>], grace: Duration) -> zmq::Result<()> {
+fn wait_connected(dealers: &[zmq::Socket], grace: Duration) -> zmq::Result<()> {
     let deadline = Instant::now() + grace;
     loop {
         let mut items: Vec<_> = dealers
             .iter()
-            .flatten()
             .filter(|d| !writable(d))
             .map(|d| d.as_poll_item(zmq::POLLOUT))
             .collect();
