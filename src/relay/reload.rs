@@ -2,11 +2,95 @@
 //! target is kept (same name, without regard to case, and same endpoint;
 //! its timeout and breaker settings follow the new config), re-pointed (a
 //! new DEALER; the old one is retired and stays until its requests are
-//! answered), added, or removed (retired). The loop opens the new DEALERs
-//! first, so that a reload whose socket cannot open changes nothing.
+//! answered), added, or removed (retired). [`Relay::reload`] re-reads the
+//! config and applies the diff: it opens the new DEALERs first, so that a
+//! reload whose socket cannot open changes nothing.
 
+use super::roles::settings;
 use super::state::State;
+use super::{open_dealer, Events, Relay};
 use crate::config;
+use serde_json::json;
+use std::time::Instant;
+use tracing::{error, info, warn};
+
+impl Relay {
+    /// Re-read the config and apply what can change while running.
+    pub(super) fn reload(&mut self, now: Instant, why: &str, events: Events) {
+        // What is read now need not be read again by the file watcher.
+        self.watch.read(self.source.stamp());
+        let new = match self.source.reload(&self.state.config) {
+            Ok(config) => config,
+            Err(e) => {
+                error!(
+                    key = %e.key,
+                    error = %e,
+                    trigger = why,
+                    "config reload rejected: the running config stays"
+                );
+                events(json!({"event": "reload_rejected", "key": e.key, "message": e.message}));
+                return;
+            }
+        };
+        let old = &self.state.config;
+        let restart = old.restart_keys_changed(&new);
+        for key in &restart {
+            warn!(
+                key,
+                "changed in the config, but takes effect only after a restart"
+            );
+        }
+        let new = old.with_restart_keys_of(new);
+        // Targets: kept, re-pointed (a new dealer; the old one stays until
+        // its requests are answered), added, removed. Nothing changes until
+        // every new dealer is open: a refused reload leaves all as it was.
+        let Plan { retired, added } = plan(&self.state, &new.targets);
+        let mut opened = Vec::new();
+        for target in added {
+            match open_dealer(&self.context, &new, target) {
+                Ok(dealer) => opened.push((target, dealer)),
+                Err(e) => {
+                    let key = format!("targets.{}", target.name);
+                    error!(
+                        key = %key,
+                        error = %e,
+                        trigger = why,
+                        "config reload rejected: the running config stays"
+                    );
+                    events(
+                        json!({"event": "reload_rejected", "key": key, "message": e.to_string()}),
+                    );
+                    return;
+                }
+            }
+        }
+        (self.set_level)(new.log_level);
+        self.heartbeats.set_interval(new.heartbeat_interval);
+        self.machine.set_settings(settings(&new));
+        for i in retired {
+            self.state.retire(i);
+        }
+        self.state.set_config(new.clone(), now);
+        for target in &new.targets {
+            if let Some(i) = self.state.target_index(&target.name) {
+                self.state.update_target(i, target);
+            }
+        }
+        for (target, dealer) in opened {
+            self.state.add_target(target, dealer);
+        }
+        let generation = self.state.generation;
+        info!(
+            generation,
+            trigger = why,
+            targets = ?new.targets.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(),
+            restart_needed = ?restart,
+            "config reloaded"
+        );
+        events(json!({"event": "reloaded", "generation": generation, "restart_needed": restart}));
+        self.next_snapshot = now;
+    }
+}
 
 #[derive(Debug, PartialEq)]
 pub(super) struct Plan<'a> {
