@@ -123,13 +123,8 @@ fn send_routed(
     // ROUTER_MANDATORY: an unreachable client fails here, before any frame
     // of the message is queued.
     frontend.send(client, zmq::SNDMORE | zmq::DONTWAIT)?;
-    match back {
-        Return::Bare => {}
-        Return::Delimiter => frontend.send(&b""[..], zmq::SNDMORE)?,
-        Return::RequestId(id) => {
-            frontend.send(id, zmq::SNDMORE)?;
-            frontend.send(&b""[..], zmq::SNDMORE)?;
-        }
+    for frame in back.frames() {
+        frontend.send(frame, zmq::SNDMORE)?;
     }
     let mut body = body.into_iter().peekable();
     while let Some(frame) = body.next() {

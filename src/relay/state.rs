@@ -142,6 +142,19 @@ pub(super) enum Return {
     RequestId(zmq::Message),
 }
 
+impl Return {
+    /// The frames that go back between the client's routing id and the
+    /// reply's body.
+    pub fn frames(self) -> impl Iterator<Item = zmq::Message> {
+        let (id, delimiter) = match self {
+            Return::Bare => (None, false),
+            Return::Delimiter => (None, true),
+            Return::RequestId(id) => (Some(id), true),
+        };
+        id.into_iter().chain(delimiter.then(zmq::Message::new))
+    }
+}
+
 /// A request sent to a backend (or waiting for one) and not yet answered.
 struct Pending {
     client: zmq::Message,

@@ -133,14 +133,9 @@ impl Bridge {
                     back,
                     body,
                 } => {
-                    let mut frames = vec![client.to_vec()];
-                    match back {
-                        Return::Bare => {}
-                        Return::Delimiter => frames.push(vec![]),
-                        Return::RequestId(id) => frames.extend([id.to_vec(), vec![]]),
-                    }
-                    frames.extend(body.frames(input).map(|f| f.to_vec()));
-                    sent.push(Sent::Client(port, frames));
+                    let envelope = back.frames().chain(body.frames(input));
+                    let frames = std::iter::once(client).chain(envelope);
+                    sent.push(Sent::Client(port, frames.map(|f| f.to_vec()).collect()));
                 }
                 Action::Forward { target, key, body } => {
                     let frames: Vec<zmq::Message> = body.frames(input).collect();
