@@ -4,7 +4,7 @@
 //! [`PathEvent::Failed`], [`PathEvent::Dropped`]).
 
 use super::inflight::Key;
-use super::state::{Action, Event as PathEvent, Return, State};
+use super::state::{Action, Client, Event as PathEvent, State};
 use super::Frontends;
 use std::time::Instant;
 
@@ -22,16 +22,9 @@ pub(super) fn carry_out(
     let mut blocked = false;
     for action in actions.drain(..) {
         let failed = match action {
-            Action::Reply {
-                port,
-                client,
-                back,
-                body,
-            } => {
-                let sent = match &frontends[port.index()] {
-                    Some(frontend) => {
-                        send_routed(&frontend.socket, client, back, body.frames(input))
-                    }
+            Action::Reply { to, body } => {
+                let sent = match &frontends[to.port.index()] {
+                    Some(frontend) => send_routed(&frontend.socket, to, body.frames(input)),
                     None => Err(zmq::Error::ENOTSOCK),
                 };
                 sent.err().map(PathEvent::Dropped)
@@ -116,14 +109,13 @@ fn send_envelope<I: Iterator<Item = zmq::Message>>(
 /// Send a reply to a client through a ROUTER, mirroring its envelope.
 fn send_routed(
     frontend: &zmq::Socket,
-    client: zmq::Message,
-    back: Return,
+    to: Client,
     body: impl IntoIterator<Item = zmq::Message>,
 ) -> zmq::Result<()> {
     // ROUTER_MANDATORY: an unreachable client fails here, before any frame
     // of the message is queued.
-    frontend.send(client, zmq::SNDMORE | zmq::DONTWAIT)?;
-    for frame in back.frames() {
+    frontend.send(to.id, zmq::SNDMORE | zmq::DONTWAIT)?;
+    for frame in to.back.frames() {
         frontend.send(frame, zmq::SNDMORE)?;
     }
     let mut body = body.into_iter().peekable();

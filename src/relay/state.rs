@@ -82,13 +82,8 @@ pub(super) enum Event<'a> {
 /// [`Event::Failed`], [`Event::Dropped`]) push no action.
 #[derive(Debug)]
 pub(super) enum Action {
-    /// Send `[client, envelope..., body...]` on frontend `port`.
-    Reply {
-        port: Port,
-        client: zmq::Message,
-        back: Return,
-        body: Body,
-    },
+    /// Send `[client id, envelope..., body...]` on the client's frontend.
+    Reply { to: Client, body: Body },
     /// Send `[key, "", body...]` to `target`'s backend.
     Forward { target: usize, key: Key, body: Body },
 }
@@ -155,12 +150,20 @@ impl Return {
     }
 }
 
+/// Where a reply goes.
+#[derive(Debug)]
+pub(super) struct Client {
+    /// The frontend the request came in on, and its reply goes out on.
+    pub port: Port,
+    /// The client's routing id.
+    pub id: zmq::Message,
+    /// The envelope to put back before the reply.
+    pub back: Return,
+}
+
 /// A request sent to a backend (or waiting for one) and not yet answered.
 struct Pending {
-    client: zmq::Message,
-    back: Return,
-    /// The frontend the request came in on, and its reply goes out on.
-    frontend: Port,
+    client: Client,
     target: usize,
     sent: Instant,
     /// Not sent yet: no backend was connected.
@@ -187,10 +190,6 @@ enum Next {
         payload: usize,
     },
 }
-
-/// Where a reply goes: the frontend, the client's routing id, and the
-/// envelope to put back before the reply.
-type Client = (Port, zmq::Message, Return);
 
 pub(super) struct State<D> {
     pub config: Config,
@@ -382,7 +381,7 @@ impl<D> State<D> {
             }
             (None, request) => self.next(request, draining),
         };
-        let client = take_frame(&mut frames[0]);
+        let id = take_frame(&mut frames[0]);
         let back = match envelope {
             Envelope::Bare => Return::Bare,
             Envelope::Delimiter => Return::Delimiter,
@@ -393,18 +392,12 @@ impl<D> State<D> {
                     .unwrap_or_else(zmq::Message::new),
             ),
         };
-        let to = (port, client, back);
+        let to = Client { port, id, back };
         match next {
             Next::Reject(code, message) => self.reject(to, code, &message, actions),
             Next::Answer(ask) => {
-                let body = zmq::Message::from(self.answer(now, ask));
-                let (port, client, back) = to;
-                actions.push(Action::Reply {
-                    port,
-                    client,
-                    back,
-                    body: Body::One(body),
-                });
+                let body = Body::One(zmq::Message::from(self.answer(now, ask)));
+                actions.push(Action::Reply { to, body });
             }
             // The parser's index counts from after the routing id.
             Next::Forward { target, payload } => match self.targets[target].dealer {
@@ -505,17 +498,14 @@ impl<D> State<D> {
             }
             Admission::Allowed(transition) => log_transition(to_target, transition),
         }
-        let (frontend, client, back) = to;
         let waiting = !to_target.waiting.is_empty();
+        self.fronts[to.port.index()].in_flight += 1;
         let key = self.table.insert(Pending {
-            client,
-            back,
-            frontend,
+            client: to,
             target,
             sent: now,
             waiting,
         });
-        self.fronts[frontend.index()].in_flight += 1;
         to_target.in_flight += 1;
         to_target
             .deadlines
@@ -558,7 +548,7 @@ impl<D> State<D> {
     fn take(&mut self, key: Key) -> Option<Pending> {
         let pending = self.table.remove(key)?;
         self.targets[pending.target].in_flight -= 1;
-        self.fronts[pending.frontend.index()].in_flight -= 1;
+        self.fronts[pending.client.port.index()].in_flight -= 1;
         Some(pending)
     }
 
@@ -591,9 +581,7 @@ impl<D> State<D> {
         log_transition(from, transition);
         self.stats.replies_total += 1;
         actions.push(Action::Reply {
-            port: pending.frontend,
-            client: pending.client,
-            back: pending.back,
+            to: pending.client,
             body: Body::Input(2),
         });
     }
@@ -626,8 +614,7 @@ impl<D> State<D> {
                         ),
                     )
                 };
-                let to = (pending.frontend, pending.client, pending.back);
-                self.reject(to, code, &message, actions);
+                self.reject(pending.client, code, &message, actions);
             }
             // Requests that expired while waiting give back their frames:
             // a target that never connects holds only what is in flight.
@@ -645,7 +632,7 @@ impl<D> State<D> {
     /// At the end of a frontend's drain, answer what is still in flight on it.
     fn answer_left(&mut self, port: Port, actions: &mut Vec<Action>) {
         self.fronts[port.index()].relay_until = None;
-        let left = self.table.remove_where(|p| p.frontend == port);
+        let left = self.table.remove_where(|p| p.client.port == port);
         if !left.is_empty() {
             warn!(
                 unanswered = left.len(),
@@ -660,8 +647,7 @@ impl<D> State<D> {
                 "the bridge stopped before target {} answered: retry on the other bridge",
                 self.targets[pending.target].name
             );
-            let to = (pending.frontend, pending.client, pending.back);
-            self.reject(to, ErrorCode::Draining, &message, actions);
+            self.reject(pending.client, ErrorCode::Draining, &message, actions);
         }
     }
 
@@ -674,21 +660,11 @@ impl<D> State<D> {
         );
     }
 
-    fn reject(
-        &mut self,
-        (port, client, back): Client,
-        code: ErrorCode,
-        message: &str,
-        actions: &mut Vec<Action>,
-    ) {
+    fn reject(&mut self, to: Client, code: ErrorCode, message: &str, actions: &mut Vec<Action>) {
         self.stats.errors_total[code.index()] += 1;
         debug!(error = %code, message, "request refused");
-        actions.push(Action::Reply {
-            port,
-            client,
-            back,
-            body: Body::One(zmq::Message::from(error_reply(code, message))),
-        });
+        let body = Body::One(zmq::Message::from(error_reply(code, message)));
+        actions.push(Action::Reply { to, body });
     }
 }
 

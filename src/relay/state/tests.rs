@@ -127,15 +127,10 @@ impl Bridge {
         let mut sent = Vec::new();
         for action in actions {
             match action {
-                Action::Reply {
-                    port,
-                    client,
-                    back,
-                    body,
-                } => {
-                    let envelope = back.frames().chain(body.frames(input));
-                    let frames = std::iter::once(client).chain(envelope);
-                    sent.push(Sent::Client(port, frames.map(|f| f.to_vec()).collect()));
+                Action::Reply { to, body } => {
+                    let envelope = to.back.frames().chain(body.frames(input));
+                    let frames = std::iter::once(to.id).chain(envelope);
+                    sent.push(Sent::Client(to.port, frames.map(|f| f.to_vec()).collect()));
                 }
                 Action::Forward { target, key, body } => {
                     let frames: Vec<zmq::Message> = body.frames(input).collect();
@@ -175,6 +170,15 @@ fn forwarded(sent: Vec<Sent>) -> (usize, Key, Vec<Vec<u8>>) {
         Ok([Sent::Backend(target, key, body)]) => (target, key, body),
         other => panic!("expected one forward, got {other:?}"),
     }
+}
+
+/// The bodies of messages that all went to `target`, in order.
+fn bodies(target: usize, sent: Vec<Sent>) -> Vec<Vec<Vec<u8>>> {
+    let body = |s| match s {
+        Sent::Backend(t, _, body) if t == target => body,
+        other => panic!("expected a forward to {target}, got {other:?}"),
+    };
+    sent.into_iter().map(body).collect()
 }
 
 /// The one message sent to a client: port and frames.
@@ -657,15 +661,10 @@ fn requests_wait_for_a_backend_and_go_in_the_order_they_came() {
         "none sent yet"
     );
     b.connected[ALPHA] = true;
-    let sent: Vec<Vec<Vec<u8>>> = b
-        .writable(10, ALPHA)
-        .into_iter()
-        .map(|s| match s {
-            Sent::Backend(ALPHA, _, body) => body,
-            other => panic!("{other:?}"),
-        })
-        .collect();
-    assert_eq!(sent, [bytes(&[b"1"]), bytes(&[b"2"]), bytes(&[b"3"])]);
+    assert_eq!(
+        bodies(ALPHA, b.writable(10, ALPHA)),
+        [bytes(&[b"1"]), bytes(&[b"2"]), bytes(&[b"3"])]
+    );
     let status = b.status(10);
     assert_eq!(status["targets"]["alpha"]["waiting_for_backend"], 0);
     assert_eq!(status["targets"]["alpha"]["requests_total"], 3);
@@ -679,15 +678,10 @@ fn a_request_behind_waiting_ones_waits_even_if_it_could_go() {
     assert_eq!(b.request(0, P, &[b"alpha", b"first"]), []);
     b.connected[ALPHA] = true;
     assert_eq!(b.request(1, P, &[b"alpha", b"second"]), [], "queued behind");
-    let order: Vec<_> = b
-        .writable(2, ALPHA)
-        .into_iter()
-        .map(|s| match s {
-            Sent::Backend(_, _, body) => body,
-            other => panic!("{other:?}"),
-        })
-        .collect();
-    assert_eq!(order, [bytes(&[b"first"]), bytes(&[b"second"])]);
+    assert_eq!(
+        bodies(ALPHA, b.writable(2, ALPHA)),
+        [bytes(&[b"first"]), bytes(&[b"second"])]
+    );
 }
 
 #[test]
@@ -700,11 +694,10 @@ fn a_send_that_blocks_again_keeps_its_place() {
     assert_eq!(b.status(1)["targets"]["alpha"]["waiting_for_backend"], 2);
     assert_eq!(b.status(1)["targets"]["alpha"]["requests_total"], 0);
     b.connected[ALPHA] = true;
-    let first = b.writable(2, ALPHA).into_iter().next().map(|s| match s {
-        Sent::Backend(_, _, body) => body,
-        other => panic!("{other:?}"),
-    });
-    assert_eq!(first, Some(bytes(&[b"1"])));
+    assert_eq!(
+        bodies(ALPHA, b.writable(2, ALPHA)),
+        [bytes(&[b"1"]), bytes(&[b"2"])]
+    );
 }
 
 #[test]
