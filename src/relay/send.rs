@@ -10,7 +10,7 @@ use std::time::Instant;
 
 /// Carry out the request path's actions, in order, and tell it what could
 /// not be sent. `input` is the message of the event that led to them (whose
-/// frames [`state::Body::Input`] moves out). Returns whether a send to a
+/// frames [`super::state::Body::Input`] moves out). Returns whether a send to a
 /// backend would have blocked.
 pub(super) fn carry_out(
     state: &mut State<zmq::Socket>,
