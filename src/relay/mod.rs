@@ -1,19 +1,29 @@
-//! The relay: the only code that touches the frontend, backend and
-//! heartbeat sockets.
+//! The relay: the poll loop over the frontend ROUTERs and the targets'
+//! DEALERs, and the pure request path it carries out.
 //!
 //! One thread runs a poll loop over the stop descriptor, the heartbeat
-//! subscriber, up to two frontend ROUTERs (the primary port while active,
-//! the secondary port while passive, both for a moment during a takeover)
-//! and one DEALER per target. A request is parsed (pure code in
-//! `zbridge-protocol`), checked against the target's breaker and in-flight
-//! cap, and sent to the target's DEALER behind an 8-byte envelope: an
-//! in-flight [`inflight::Key`]. REP and ROUTER backends echo the envelope
-//! before their reply, which finds its client, and the frontend it came in
-//! on, through the key. Targets never wait for each other.
+//! sockets (through [`crate::ha`]), up to two frontend ROUTERs (the primary
+//! port while active, the secondary port while passive, both for a moment
+//! during a takeover) and one DEALER per target. The loop only reads
+//! sockets and carries out decisions; two pure machines make them:
 //!
-//! The role machine ([`crate::ha::machine`]) decides; this loop carries out
-//! its effects: binding a frontend port, draining one (new requests there get
-//! `draining`, those in flight are answered, then it is closed), publishing.
+//! | file | what it owns |
+//! | --- | --- |
+//! | `mod.rs` | the loop: poll, read, hand events to the machines; sockets it opens |
+//! | [`state`] | the request path, pure: `step(now, event) -> actions` for a request, a reply, a deadline, a blocked send, a drain; the status document (`state/status.rs`); tables in `state/tests.rs` |
+//! | [`target`] | one target: its DEALER and its breaker, deadlines, waiting queue, counters |
+//! | [`send`] | carries out the request path's actions: the only code that sends on frontends and DEALERs |
+//! | [`roles`] | steps the role machine ([`crate::ha::machine`]) and carries out its effects: bind, drain, publish, notify |
+//! | [`reload`] | the target diff of a reloaded config (pure, tested) and applying it |
+//! | [`snapshot`] | what `/status`, `/metrics` and the ready line show |
+//! | `breaker`, `inflight`, `limit`, `stats`, `watch`, `cork` | small parts: circuit breaker, in-flight table and keys, rate limits, counters, config file watch, TCP_CORK |
+//!
+//! A request is parsed (pure code in `zbridge-protocol`), checked against
+//! the rate limits, the target's in-flight cap and breaker, and sent to the
+//! target's DEALER behind an 8-byte envelope: an in-flight
+//! [`inflight::Key`]. REP and ROUTER backends echo the envelope before their
+//! reply, which finds its client, and the frontend it came in on, through
+//! the key. Targets never wait for each other.
 //!
 //! Invariant: every request read from a frontend gets exactly one reply
 //! (the backend's or an error document), unless the client is gone.
@@ -22,24 +32,30 @@ mod breaker;
 mod cork;
 mod inflight;
 mod limit;
+mod reload;
+mod roles;
+mod send;
+mod snapshot;
 mod state;
 mod stats;
+mod target;
 mod watch;
 
-use crate::config::{tcp_endpoint, Config, LogLevel, Source, Target};
+use crate::config::{Config, LogLevel, Source, Target};
 use crate::curve;
-use crate::ha::machine::{Effect, Event, Machine, Peer, Phase, Port, Settings};
-use crate::ha::{Beat, Heartbeats, Probe};
+use crate::ha::machine::{Effect, Event, Machine, Peer, Phase, Port};
+use crate::ha::{Heartbeats, Probe};
 use crate::monitor;
 use crate::stop::Stop;
 use crate::streams::Streams;
 use crate::throttle::LogThrottle;
-use inflight::Key;
-use serde_json::{json, Value};
-use state::{Return, State};
+use roles::settings;
+use send::{carry_out, send_waiting};
+use serde_json::Value;
+use state::{Action, Event as PathEvent, State};
 use std::os::fd::RawFd;
 use std::time::{Duration, Instant};
-use tracing::{debug, error, info, warn};
+use tracing::{debug, info};
 use zbridge_protocol::heartbeat::{Message, Role, State as PeerState};
 use zbridge_protocol::time::later;
 use zbridge_socket::{next_event, readable, recv_frames, watch, writable};
@@ -71,11 +87,6 @@ pub(crate) struct Frontend {
     /// Set while draining: closed once its clients are quiet (nothing in
     /// flight on it, no request waiting to be read), or at this deadline.
     draining_until: Option<Instant>,
-    /// While draining, new requests are relayed as usual until this
-    /// instant, so that a plain lockstep client is served until the port
-    /// closes right behind a reply; after it (a port that never goes quiet)
-    /// they get `draining`.
-    relay_until: Instant,
     /// libzmq's socket monitor: accepted and closed client connections.
     events: zmq::Socket,
     /// The client connections' descriptors (libzmq's), for [`cork`].
@@ -92,8 +103,6 @@ pub type Events<'a> = &'a mut dyn FnMut(Value);
 pub struct Relay {
     context: zmq::Context,
     frontends: Frontends,
-    /// One per target, by index; `None` once a retired target is drained.
-    dealers: Vec<Option<zmq::Socket>>,
     heartbeats: Heartbeats,
     /// Whether the peer's frontend still listens (two hosts).
     probe: Probe,
@@ -102,7 +111,11 @@ pub struct Relay {
     streams: Option<Streams>,
     machine: Machine,
     first_effects: Vec<Effect>,
-    state: State,
+    /// The request path, with the targets and their DEALERs.
+    state: State<zmq::Socket>,
+    /// What the request path decided and the loop is to carry out (kept to
+    /// reuse its memory).
+    actions: Vec<Action>,
     ready: bool,
     exit: bool,
     /// Time spent working (not waiting in poll) since the last heartbeat.
@@ -146,15 +159,15 @@ impl Relay {
         let dealers = config
             .targets
             .iter()
-            .map(|target| open_dealer(&context, &config, target).map(Some))
+            .map(|target| open_dealer(&context, &config, target))
             .collect::<anyhow::Result<Vec<_>>>()?;
         wait_connected(&dealers, CONNECT_GRACE)?;
         let heartbeats = Heartbeats::new(&context, &config, now)?;
         let streams = Streams::start(&config, admission.clone())?;
         let (machine, first_effects) = Machine::new(settings(&config), now);
-        let state = State::new(config, now);
+        let state = State::new(config, dealers, now);
         let monitor = std::sync::Arc::new(std::sync::Mutex::new(monitor::Snapshot {
-            status: state.status(),
+            status: state.status(now),
             durations: state.durations(),
             serving: false,
             problems: Vec::new(),
@@ -177,13 +190,13 @@ impl Relay {
         Ok(Relay {
             context,
             frontends: [None, None],
-            dealers,
             heartbeats,
             probe: Probe::new()?,
             streams,
             machine,
             first_effects,
             state,
+            actions: Vec::new(),
             ready: false,
             exit: false,
             busy: Duration::ZERO,
@@ -218,7 +231,9 @@ impl Relay {
         let mut ready = Readiness::default();
         loop {
             let now = Instant::now();
-            self.state.expire(&self.frontends, now);
+            let actions = &mut self.actions;
+            self.state.step(now, PathEvent::Tick, actions);
+            carry_out(&mut self.state, &self.frontends, actions, now, &mut frames);
             self.finish_drains(now, events);
             self.handle(now, Event::Tick, events);
             if now >= self.heartbeats.next_publish() {
@@ -312,32 +327,42 @@ impl Relay {
                 if !ready.frontends[port.index()] {
                     continue;
                 }
-                let Some(frontend) = &self.frontends[port.index()] else {
-                    continue;
-                };
                 for _ in 0..BATCH {
+                    let Some(frontend) = &self.frontends[port.index()] else {
+                        break;
+                    };
                     if !recv_frames(&frontend.socket, &mut frames)? {
                         break;
                     }
+                    let now = Instant::now();
+                    let actions = &mut self.actions;
                     self.state
-                        .on_request(&self.frontends, port, &self.dealers, &mut frames);
+                        .step(now, PathEvent::Request(port, &mut frames), actions);
+                    carry_out(&mut self.state, &self.frontends, actions, now, &mut frames);
                 }
             }
-            for (target, dealer) in self.dealers.iter().enumerate() {
-                let Some(dealer) = dealer else { continue };
-                // A reload may have added dealers since the poll.
+            for target in 0..self.state.targets.len() {
+                // A reload may have added targets since the poll.
                 let (readable, writable) = ready.dealers.get(target).copied().unwrap_or_default();
                 if writable {
-                    self.state.flush_waiting(dealer, target);
+                    let actions = &mut self.actions;
+                    send_waiting(&mut self.state, &self.frontends, actions, woke, target);
                 }
                 if !readable {
                     continue;
                 }
                 for _ in 0..BATCH {
+                    let Some(dealer) = &self.state.targets[target].dealer else {
+                        break;
+                    };
                     if !recv_frames(dealer, &mut frames)? {
                         break;
                     }
-                    self.state.on_reply(&self.frontends, target, &mut frames);
+                    let now = Instant::now();
+                    let actions = &mut self.actions;
+                    self.state
+                        .step(now, PathEvent::Reply(target, &mut frames), actions);
+                    carry_out(&mut self.state, &self.frontends, actions, now, &mut frames);
                 }
             }
             self.busy += woke.elapsed();
@@ -348,7 +373,7 @@ impl Relay {
 
     /// Wait for any socket or the stop descriptor, up to `timeout_ms`.
     fn poll(&self, stop: &Stop, timeout_ms: i64, ready: &mut Readiness) -> anyhow::Result<()> {
-        let mut items = Vec::with_capacity(self.dealers.len() + 9);
+        let mut items = Vec::with_capacity(self.state.targets.len() + 9);
         items.push(zmq::PollItem::from_fd(stop.fd(), zmq::POLLIN));
         items.push(zmq::PollItem::from_fd(stop.hangup_fd(), zmq::POLLIN));
         items.push(self.heartbeats.subscriber().as_poll_item(zmq::POLLIN));
@@ -363,9 +388,11 @@ impl Relay {
             }
         }
         let first_dealer = items.len();
-        for (dealer, backend) in self.dealers.iter().zip(&self.state.backends) {
-            let Some(dealer) = dealer else { continue };
-            let events = if backend.waiting.is_empty() {
+        for target in &self.state.targets {
+            let Some(dealer) = &target.dealer else {
+                continue;
+            };
+            let events = if target.waiting.is_empty() {
                 zmq::POLLIN
             } else {
                 zmq::POLLIN | zmq::POLLOUT
@@ -386,9 +413,11 @@ impl Relay {
             ready.connections[i] = index.is_some_and(|j| items[j + 1].is_readable());
         }
         ready.dealers.clear();
-        ready.dealers.resize(self.dealers.len(), (false, false));
+        ready
+            .dealers
+            .resize(self.state.targets.len(), (false, false));
         // The items follow the dealers that are open, in order.
-        let open = self.dealers.iter().enumerate().filter(|(_, d)| d.is_some());
+        let open = (self.state.targets.iter().enumerate()).filter(|(_, t)| t.dealer.is_some());
         for ((target, _), item) in open.zip(&items[first_dealer..]) {
             ready.dealers[target] = (item.is_readable(), item.is_writable());
         }
@@ -428,447 +457,13 @@ impl Relay {
         }
     }
 
-    fn on_stop(&mut self, now: Instant, events: Events) {
-        if self.machine.phase() == Phase::Stopping {
-            warn!("second stop request: answering what is in flight with `draining` now");
-            for frontend in self.frontends.iter_mut().flatten() {
-                frontend.draining_until = Some(now);
-            }
-            return;
-        }
-        info!(
-            drain_timeout_s = self.state.config.drain_timeout.as_secs_f64(),
-            "stop requested: telling the peer, refusing new requests, draining those in flight"
-        );
-        self.handle(now, Event::Stop, events);
-    }
-
-    /// Step the machine and carry out what it decides.
-    fn handle(&mut self, now: Instant, event: Event, events: Events) {
-        let effects = self.machine.step(now, event);
-        if !effects.is_empty() {
-            self.apply(now, effects, events);
-        }
-    }
-
-    fn apply(&mut self, now: Instant, effects: Vec<Effect>, events: Events) {
-        for effect in effects {
-            match effect {
-                Effect::Bind(port) => {
-                    // A leaving peer's port is retried every few ms: said once.
-                    if port == Port::Primary
-                        && self.machine.phase() == Phase::Passive
-                        && self.take_log.due(now, self.state.config.heartbeat_timeout)
-                    {
-                        info!(
-                            peer = %self.heartbeats.peer_endpoint,
-                            "no running active peer: trying to take the primary port"
-                        );
-                    }
-                    let bound = self.bind(port, events);
-                    self.handle(now, Event::Bound(port, bound), events);
-                    if bound && !self.ready {
-                        self.ready = true;
-                        self.report_ready(port, events);
-                    }
-                }
-                Effect::Drain(port) => match &mut self.frontends[port.index()] {
-                    Some(frontend) => {
-                        // The primary pub port goes at once, so that the
-                        // peer can bind it; the secondary one stays until
-                        // the frontend goes, so that subscribers there
-                        // keep receiving until they have found the primary.
-                        if let (Some(streams), Port::Primary) = (&self.streams, port) {
-                            streams.release(port);
-                        }
-                        let drain = self.state.config.drain_timeout;
-                        frontend.draining_until = Some(later(now, drain));
-                        cork::hold(&frontend.connections);
-                        frontend.relay_until = later(now, (drain / 2).min(RELAY_WHILE_DRAINING));
-                    }
-                    None => self.handle(now, Event::Released(port), events),
-                },
-                Effect::PublishNow => self.publish(now),
-                Effect::ProbePeer => {
-                    let config = &self.state.config;
-                    debug!(
-                        peer = %self.heartbeats.peer_endpoint,
-                        "checking whether the active peer's process is gone"
-                    );
-                    let timeout = config.heartbeat_timeout.min(Duration::from_secs(2));
-                    self.probe
-                        .start(config.peer_host(), config.primary_port, timeout);
-                }
-                Effect::Notify => {
-                    let port = self.frontends[Port::Primary.index()]
-                        .as_ref()
-                        .map_or(self.state.config.primary_port, |f| f.port);
-                    let endpoint = tcp_endpoint(self.state.config.own_host(), port);
-                    self.heartbeats.notify(port, endpoint, self.machine.epoch());
-                }
-                Effect::Exit => self.exit = true,
-                Effect::Changed {
-                    from,
-                    to,
-                    reason,
-                    epoch,
-                } => {
-                    info!(
-                        from = from.as_str(),
-                        to = to.as_str(),
-                        reason = reason.as_str(),
-                        epoch,
-                        failovers_total = self.machine.failovers(),
-                        "role changed"
-                    );
-                    events(json!({
-                        "event": "role", "from": from.as_str(), "to": to.as_str(),
-                        "reason": reason.as_str(), "epoch": epoch,
-                    }));
-                    self.next_snapshot = now;
-                }
-                Effect::BindFailed {
-                    port: Port::Primary,
-                    silent_for,
-                } => {
-                    warn!(
-                        silent_for_s = silent_for.as_secs_f64(),
-                        bind_failures_total = self.machine.bind_failures(),
-                        "cannot bind the primary port: another process holds it (the active may be hung); staying passive, retrying"
-                    );
-                    events(json!({"event": "bind_failed", "port": "primary"}));
-                }
-                Effect::BindFailed {
-                    port: Port::Secondary,
-                    ..
-                } => info!("the secondary port is still held (the peer is draining it); retrying"),
-            }
-        }
-        self.sync_view(now);
-    }
-
-    /// Bind a frontend port; `false` when the address is in use.
-    fn bind(&mut self, port: Port, events: Events) -> bool {
-        let config = &self.state.config;
-        let endpoint = config.frontend_endpoint(port);
-        let plain = config.plain_endpoint(port);
-        match open_frontend(&self.context, config, &endpoint, plain.as_deref()) {
-            Ok(frontend) => {
-                info!(?port, endpoint = %frontend.endpoint, plain = ?frontend.plain, curve = config.curve.is_some(), "frontend bound");
-                if let Some(streams) = &self.streams {
-                    streams.hold(port);
-                }
-                events(
-                    json!({"event": "bound", "port": port_name(port), "endpoint": frontend.endpoint, "plain": frontend.plain}),
-                );
-                self.frontends[port.index()] = Some(frontend);
-                true
-            }
-            Err(zmq::Error::EADDRINUSE) => false,
-            Err(e) => {
-                error!(?port, %endpoint, error = %e, "cannot bind the frontend");
-                false
-            }
-        }
-    }
-
-    /// Close each draining frontend once nothing is in flight on it, or its
-    /// drain deadline has passed.
-    fn finish_drains(&mut self, now: Instant, events: Events) {
-        for port in [Port::Primary, Port::Secondary] {
-            let i = port.index();
-            let idle = self.state.front_in_flight[i] == 0;
-            // Quiet: nothing in flight and no request waiting to be read.
-            // This runs right after the replies of the last round were
-            // sent, so a lockstep client's port closes right behind its
-            // reply, before it can send the next request into it.
-            let Some(frontend) = &self.frontends[i] else {
-                continue;
-            };
-            let Some(until) = frontend.draining_until else {
-                continue;
-            };
-            let quiet = idle && !readable(&frontend.socket);
-            if now < until && !quiet {
-                // Staying open: send this round's replies (see `cork`).
-                cork::flush(&frontend.connections);
-                continue;
-            }
-            self.state.answer_left(&self.frontends, port);
-            if let Some(streams) = &self.streams {
-                streams.release(port);
-            }
-            if let Some(frontend) = self.frontends[i].take() {
-                let _ = frontend.socket.unbind(&frontend.endpoint);
-                if let Some(plain) = &frontend.plain {
-                    let _ = frontend.socket.unbind(plain);
-                }
-                info!(?port, endpoint = %frontend.endpoint, "frontend released");
-                events(
-                    json!({"event": "released", "port": port_name(port), "endpoint": frontend.endpoint}),
-                );
-            }
-            self.handle(now, Event::Released(port), events);
-        }
-    }
-
-    fn publish(&mut self, now: Instant) {
-        let elapsed = now.saturating_duration_since(self.last_beat);
-        let load = if elapsed.is_zero() {
-            0.0
-        } else {
-            (self.busy.as_secs_f64() / elapsed.as_secs_f64()).clamp(0.0, 1.0)
-        };
-        self.busy = Duration::ZERO;
-        self.last_beat = now;
-        let role = self.machine.role();
-        let port = match role {
-            Role::Active => Port::Primary,
-            Role::Passive => Port::Secondary,
-        };
-        let port = self.frontends[port.index()]
-            .as_ref()
-            .map_or(self.state.config.frontend_port(port), |f| f.port);
-        self.heartbeats.publish(
-            now,
-            Beat {
-                role,
-                port,
-                load,
-                epoch: self.machine.epoch(),
-                state: self.machine.state(),
-            },
-        );
-    }
-
-    /// Re-read the config and apply what can change while running.
-    fn reload(&mut self, now: Instant, why: &str, events: Events) {
-        // What is read now need not be read again by the file watcher.
-        self.watch.read(self.source.stamp());
-        let new = match self.source.reload(&self.state.config) {
-            Ok(config) => config,
-            Err(e) => {
-                error!(
-                    key = %e.key,
-                    error = %e,
-                    trigger = why,
-                    "config reload rejected: the running config stays"
-                );
-                events(json!({"event": "reload_rejected", "key": e.key, "message": e.message}));
-                return;
-            }
-        };
-        let old = &self.state.config;
-        let restart = old.restart_keys_changed(&new);
-        for key in &restart {
-            warn!(
-                key,
-                "changed in the config, but takes effect only after a restart"
-            );
-        }
-        let new = old.with_restart_keys_of(new);
-        // Targets: kept, re-pointed (a new dealer; the old one stays until
-        // its requests are answered), added, removed. Nothing changes until
-        // every new dealer is open: a refused reload leaves all as it was.
-        let mut added = Vec::new();
-        let mut retired = Vec::new();
-        for target in &new.targets {
-            // A changed CURVE key re-points the target, as a changed endpoint.
-            let same_key = old
-                .targets
-                .iter()
-                .find(|t| t.name == target.name)
-                .is_some_and(|t| t.curve_server_key == target.curve_server_key);
-            match self.state.target_index(&target.name) {
-                Some(i) if self.state.backends[i].endpoint == target.endpoint && same_key => {}
-                Some(i) => {
-                    retired.push(i);
-                    added.push(target.clone());
-                }
-                None => added.push(target.clone()),
-            }
-        }
-        for (i, backend) in self.state.backends.iter().enumerate() {
-            if !backend.retired && !new.targets.iter().any(|t| t.name == backend.name) {
-                retired.push(i);
-            }
-        }
-        let mut opened = Vec::new();
-        for target in &added {
-            match open_dealer(&self.context, &new, target) {
-                Ok(dealer) => opened.push((target, dealer)),
-                Err(e) => {
-                    let key = format!("targets.{}", target.name);
-                    error!(
-                        key = %key,
-                        error = %e,
-                        trigger = why,
-                        "config reload rejected: the running config stays"
-                    );
-                    events(
-                        json!({"event": "reload_rejected", "key": key, "message": e.to_string()}),
-                    );
-                    return;
-                }
-            }
-        }
-        (self.set_level)(new.log_level);
-        if let Some(admission) = &self.admission {
-            admission.set_allowed(new.curve_clients.as_ref());
-        }
-        self.heartbeats.set_interval(new.heartbeat_interval);
-        self.machine.set_settings(settings(&new));
-        for i in retired {
-            self.state.retire(i);
-        }
-        self.state.set_config(new.clone(), now);
-        for target in &new.targets {
-            if let Some(i) = self.state.target_index(&target.name) {
-                self.state.update_backend(i, target);
-            }
-        }
-        for (target, dealer) in opened {
-            self.state.add_backend(target);
-            self.dealers.push(Some(dealer));
-        }
-        let generation = self.state.generation;
-        info!(
-            generation,
-            trigger = why,
-            targets = ?new.targets.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(),
-            restart_needed = ?restart,
-            "config reloaded"
-        );
-        events(json!({"event": "reloaded", "generation": generation, "restart_needed": restart}));
-        self.next_snapshot = now;
-    }
-
     /// Close the dealers of retired targets once nothing is in flight to them.
     fn close_drained_targets(&mut self) {
-        for (dealer, backend) in self.dealers.iter_mut().zip(&self.state.backends) {
-            if backend.retired && backend.in_flight == 0 && dealer.take().is_some() {
-                info!(target_name = %backend.name, endpoint = %backend.endpoint, "retired target closed");
+        for target in &mut self.state.targets {
+            if target.drained() && target.dealer.take().is_some() {
+                info!(target_name = %target.name, endpoint = %target.endpoint, "retired target closed");
             }
         }
-    }
-
-    /// Refresh what the monitoring server shows.
-    fn snapshot(&mut self, now: Instant) {
-        self.state.sample(now);
-        // The stream thread refreshes its part every 100 ms too.
-        let mut problems = Vec::new();
-        if let Some(streams) = &self.streams {
-            self.state.streams = streams.status();
-            if !streams.alive() {
-                if !self.streams_stopped {
-                    self.streams_stopped = true;
-                    error!("the stream thread has stopped: streams are no longer republished (requests are still relayed); restart the bridge");
-                }
-                self.state
-                    .streams
-                    .insert("stream_thread".into(), "stopped".into());
-                problems.push(STREAMS_STOPPED.to_string());
-            }
-        }
-        // With the stream thread's part: CURVE refusals (ZAP handlers).
-        let refused = self.admission.as_ref().map_or(0, |a| a.refused());
-        self.state
-            .streams
-            .insert("curve_refused_total".into(), refused.into());
-        self.sync_view(now);
-        let snapshot = monitor::Snapshot {
-            status: self.state.status(),
-            durations: self.state.durations(),
-            serving: self.machine.phase() != Phase::Stopping
-                && self.frontends.iter().any(Option::is_some),
-            problems,
-            taken: now,
-        };
-        if let Ok(mut shared) = self.monitor.lock() {
-            *shared = snapshot;
-        }
-        self.next_snapshot = now + SNAPSHOT_EVERY;
-    }
-
-    /// Copy what the status document shows of the HA side.
-    fn sync_view(&mut self, now: Instant) {
-        let view = &mut self.state.ha;
-        view.role = role_name(self.machine.phase());
-        view.node = Some(self.machine.node());
-        view.epoch = self.machine.epoch();
-        view.peer = self.machine.peer();
-        view.peer_alive = self.machine.peer_alive(now);
-        view.failovers = self.machine.failovers();
-        view.bind_failures = self.machine.bind_failures();
-        view.step_downs = self.machine.step_downs();
-        view.rejected = self.heartbeats.rejected;
-        view.frontend_ports = self.frontends.iter().flatten().map(|f| f.port).collect();
-    }
-
-    fn report_ready(&self, port: Port, events: Events) {
-        let frontend = self.frontends[port.index()]
-            .as_ref()
-            .map(|f| f.endpoint.clone());
-        let mut targets = serde_json::Map::new();
-        for (backend, dealer) in self.state.backends.iter().zip(&self.dealers) {
-            let connected = dealer.as_ref().is_some_and(writable);
-            info!(target_name = %backend.name, endpoint = %backend.endpoint, connected, "target");
-            targets.insert(
-                backend.name.clone(),
-                json!({"endpoint": backend.endpoint, "connected": connected}),
-            );
-        }
-        info!(
-            version = env!("CARGO_PKG_VERSION"),
-            role = role_name(self.machine.phase()),
-            frontend = frontend.as_deref().unwrap_or(""),
-            pid = std::process::id(),
-            "zbridge ready"
-        );
-        events(json!({
-            "event": "ready",
-            "version": env!("CARGO_PKG_VERSION"),
-            "pid": std::process::id(),
-            "node": self.machine.node(),
-            "role": role_name(self.machine.phase()),
-            "frontend": frontend,
-            "heartbeat": self.heartbeats.endpoint,
-            "monitor": self.monitor_endpoint,
-            "boot": self.heartbeats.boot(),
-            "targets": targets,
-        }));
-    }
-}
-
-/// The role machine's settings from a config.
-fn settings(config: &Config) -> Settings {
-    Settings {
-        node: config.node(),
-        preempt: config.preempt,
-        same_host: config.primary_host == config.secondary_host,
-        heartbeat_timeout: config.heartbeat_timeout,
-        fast_retry: (config.heartbeat_interval / 10)
-            .clamp(Duration::from_millis(5), Duration::from_millis(50)),
-        leave_window: config
-            .drain_timeout
-            .saturating_add(config.heartbeat_timeout.saturating_mul(2)),
-    }
-}
-
-/// The role as the status document and the events name it.
-fn role_name(phase: Phase) -> &'static str {
-    match phase {
-        Phase::Active => "active",
-        Phase::Passive => "passive",
-        Phase::Listening => "starting",
-        Phase::Stopping => "stopping",
-    }
-}
-
-fn port_name(port: Port) -> &'static str {
-    match port {
-        Port::Primary => "primary",
-        Port::Secondary => "secondary",
     }
 }
 
@@ -937,7 +532,6 @@ fn open_frontend(
         plain,
         port,
         draining_until: None,
-        relay_until: Instant::now(),
         events,
         connections: Vec::new(),
     })
@@ -969,64 +563,6 @@ fn count_connections(frontend: &mut Frontend) -> u64 {
     failed
 }
 
-/// Send `[key, "", payload...]` to a backend; fails at once with EAGAIN when
-/// no backend is connected (ZMQ_IMMEDIATE) or its queue is full.
-///
-/// On EAGAIN nothing of `payload` has been taken, so the caller can keep it.
-fn send_envelope<I: Iterator<Item = zmq::Message>>(
-    dealer: &zmq::Socket,
-    key: Key,
-    payload: &mut I,
-) -> zmq::Result<()> {
-    dealer.send(&key.to_bytes()[..], zmq::SNDMORE | zmq::DONTWAIT)?;
-    let mut payload = payload.peekable();
-    let mut flags = if payload.peek().is_some() {
-        zmq::SNDMORE
-    } else {
-        0
-    };
-    dealer.send(&b""[..], flags)?;
-    while let Some(frame) = payload.next() {
-        flags = if payload.peek().is_some() {
-            zmq::SNDMORE
-        } else {
-            0
-        };
-        dealer.send(frame, flags)?;
-    }
-    Ok(())
-}
-
-/// Send a reply to a client through a ROUTER, mirroring its envelope.
-fn send_routed(
-    frontend: &zmq::Socket,
-    client: zmq::Message,
-    back: Return,
-    body: impl IntoIterator<Item = zmq::Message>,
-) -> zmq::Result<()> {
-    // ROUTER_MANDATORY: an unreachable client fails here, before any frame
-    // of the message is queued.
-    frontend.send(client, zmq::SNDMORE | zmq::DONTWAIT)?;
-    match back {
-        Return::Bare => {}
-        Return::Delimiter => frontend.send(&b""[..], zmq::SNDMORE)?,
-        Return::RequestId(id) => {
-            frontend.send(id, zmq::SNDMORE)?;
-            frontend.send(&b""[..], zmq::SNDMORE)?;
-        }
-    }
-    let mut body = body.into_iter().peekable();
-    while let Some(frame) = body.next() {
-        let flags = if body.peek().is_some() {
-            zmq::SNDMORE
-        } else {
-            0
-        };
-        frontend.send(frame, flags)?;
-    }
-    Ok(())
-}
-
 /// A DEALER to a target's backend.
 fn open_dealer(
     context: &zmq::Context,
@@ -1054,12 +590,11 @@ fn open_dealer(
 }
 
 /// Wait until every dealer has a connected backend, or `grace` passes.
-fn wait_connected(dealers: &[Option<zmq::Socket>], grace: Duration) -> zmq::Result<()> {
+fn wait_connected(dealers: &[zmq::Socket], grace: Duration) -> zmq::Result<()> {
     let deadline = Instant::now() + grace;
     loop {
         let mut items: Vec<_> = dealers
             .iter()
-            .flatten()
             .filter(|d| !writable(d))
             .map(|d| d.as_poll_item(zmq::POLLOUT))
             .collect();

@@ -1,92 +1,204 @@
-//! What the relay loop knows besides its sockets: targets, the in-flight
-//! table, counters; and what it does with a request, a reply or a deadline.
-//! Sockets are lent to it by the loop for each call.
+//! The request path, as pure code: what happens to a request, a reply, a
+//! deadline, a send that would block, a frontend that drains.
+//!
+//! [`State::step`] takes an [`Event`] at `now` and pushes the [`Action`]s the
+//! poll loop must carry out (send a reply to a client, send a request to a
+//! target); it never reads a clock or touches a socket. Frames travel as
+//! opaque `zmq::Message`s, moved and never copied: an action's [`Body`] can
+//! name the event's own frames by index ([`Body::Input`]), which the loop
+//! moves onto the wire right after the step.
+//!
+//! It owns the targets ([`Target`]: each one's DEALER, a type parameter it
+//! cannot use, and its breaker, deadlines and waiting queue), the in-flight
+//! table, the rate limiter and the counters, and builds the status document
+//! from them ([`status`]).
+//!
+//! Invariants: every request event gets exactly one reply action, now or
+//! later (the backend's reply, an answer, or an error document), unless the
+//! loop reports the reply dropped; a request is in the in-flight table from
+//! the moment it is forwarded or parked until its reply, its deadline or
+//! the end of its frontend's drain, and counted in its target's and its
+//! frontend's `in_flight` exactly that long.
+
+mod status;
+#[cfg(test)]
+mod tests;
+
+pub(super) use status::HaView;
 
 use super::breaker::{Admission, Breaker, Transition};
-use super::inflight::{Deadlines, Key, Table};
+use super::inflight::{Key, Table};
 use super::limit::{Limit, Limiter};
-use super::stats::{Histogram, Stats};
-use super::{send_envelope, send_routed, Frontends};
-use crate::config::{Config, Target};
-use crate::ha::machine::{Peer, Port};
-use serde_json::{json, Value};
+use super::stats::Stats;
+use super::target::Target;
+use crate::config::{self, Config};
+use crate::ha::machine::Port;
+use serde_json::Value;
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
-use zbridge_protocol::heartbeat::{Node, Rejected};
 use zbridge_protocol::time::later;
 use zbridge_protocol::{
-    error_reply, parse_request, Action, Envelope, ErrorCode, Rejection, Request,
+    error_reply, parse_request, Action as Ask, Envelope, ErrorCode, Rejection, Request,
 };
 
-pub(super) struct Backend {
-    pub name: String,
-    pub endpoint: String,
-    request_timeout: Duration,
-    breaker: Breaker,
-    deadlines: Deadlines,
-    /// Requests in flight, including those waiting for a connection.
-    pub in_flight: usize,
-    /// Removed or re-pointed by a reload: takes no new requests; its
-    /// dealer is closed once what is in flight is answered.
-    pub retired: bool,
-    /// Requests held until a backend is connected, oldest first. An entry
-    /// whose key has left the table (expired) is skipped.
-    pub waiting: VecDeque<(Key, Vec<zmq::Message>)>,
-    requests_total: u64,
-    replies_total: u64,
-    latency: Histogram,
+/// What happened, as the loop tells the request path.
+pub(super) enum Event<'a> {
+    /// A message read from frontend `port`: the client's routing id, then
+    /// what it sent. Actions may name these frames ([`Body::Input`]).
+    Request(Port, &'a mut Vec<zmq::Message>),
+    /// A message read from target `usize`'s DEALER.
+    Reply(usize, &'a mut Vec<zmq::Message>),
+    /// The target's DEALER can take a message: its oldest waiting request is
+    /// sent (at most one action; the loop steps again until none is left or
+    /// a send is [`Event::Blocked`]).
+    Writable(usize),
+    /// A [`Action::Forward`] could not be sent without blocking (no backend
+    /// connected, or its queue is full); `frames` are its body, untouched.
+    Blocked {
+        target: usize,
+        key: Key,
+        frames: Vec<zmq::Message>,
+    },
+    /// A [`Action::Forward`] failed otherwise: its deadline will answer it.
+    Failed {
+        target: usize,
+        key: Key,
+        error: zmq::Error,
+    },
+    /// A [`Action::Reply`] could not be delivered (the client is gone).
+    Dropped(zmq::Error),
+    /// Time passed: answer the requests whose deadline is past.
+    Tick,
+    /// Frontend `port` drains: new requests on it are still relayed until
+    /// `relay_until`, and get `draining` after it.
+    Draining { port: Port, relay_until: Instant },
+    /// Frontend `port` closes at the end of its drain: what is still in
+    /// flight on it is answered with `draining`.
+    Closed(Port),
 }
 
-/// A request sent to a backend and not yet answered.
-pub(super) struct Pending {
-    client: zmq::Message,
-    back: Return,
+/// What the loop must do. Feedback events ([`Event::Blocked`],
+/// [`Event::Failed`], [`Event::Dropped`]) push no action.
+#[derive(Debug)]
+pub(super) enum Action {
+    /// Send `[client id, envelope..., body...]` on the client's frontend.
+    Reply { to: Client, body: Body },
+    /// Send `[key, "", body...]` to `target`'s backend.
+    Forward { target: usize, key: Key, body: Body },
+}
+
+/// The frames an action sends after its envelope.
+#[derive(Debug)]
+pub(super) enum Body {
+    /// The event's frames from this index on.
+    Input(usize),
+    /// One frame the bridge wrote: an error document or an answer.
+    One(zmq::Message),
+    /// Frames held while the request waited for a backend.
+    Held(Vec<zmq::Message>),
+}
+
+impl Body {
+    /// The frames to send; `input` is the event's message.
+    pub fn frames(self, input: &mut Vec<zmq::Message>) -> Frames<'_> {
+        match self {
+            Body::Input(from) => Frames::Input(input.drain(from.min(input.len())..)),
+            Body::One(frame) => Frames::One(Some(frame)),
+            Body::Held(frames) => Frames::Held(frames.into_iter()),
+        }
+    }
+}
+
+/// The frames of a [`Body`], moved out one by one.
+pub(super) enum Frames<'a> {
+    Input(std::vec::Drain<'a, zmq::Message>),
+    One(Option<zmq::Message>),
+    Held(std::vec::IntoIter<zmq::Message>),
+}
+
+impl Iterator for Frames<'_> {
+    type Item = zmq::Message;
+
+    fn next(&mut self) -> Option<zmq::Message> {
+        match self {
+            Frames::Input(frames) => frames.next(),
+            Frames::One(frame) => frame.take(),
+            Frames::Held(frames) => frames.next(),
+        }
+    }
+}
+
+/// What a client put before its request and gets back before the reply.
+#[derive(Debug)]
+pub(super) enum Return {
+    Bare,
+    Delimiter,
+    RequestId(zmq::Message),
+}
+
+impl Return {
+    /// The frames that go back between the client's routing id and the
+    /// reply's body.
+    pub fn frames(self) -> impl Iterator<Item = zmq::Message> {
+        let (id, delimiter) = match self {
+            Return::Bare => (None, false),
+            Return::Delimiter => (None, true),
+            Return::RequestId(id) => (Some(id), true),
+        };
+        id.into_iter().chain(delimiter.then(zmq::Message::new))
+    }
+}
+
+/// Where a reply goes.
+#[derive(Debug)]
+pub(super) struct Client {
     /// The frontend the request came in on, and its reply goes out on.
-    frontend: Port,
+    pub port: Port,
+    /// The client's routing id.
+    pub id: zmq::Message,
+    /// The envelope to put back before the reply.
+    pub back: Return,
+}
+
+/// A request sent to a backend (or waiting for one) and not yet answered.
+struct Pending {
+    client: Client,
     target: usize,
     sent: Instant,
     /// Not sent yet: no backend was connected.
     waiting: bool,
 }
 
+/// A frontend port, as the request path sees it.
+#[derive(Debug, Default, Clone, Copy)]
+struct Front {
+    /// Requests in flight that came in on it.
+    in_flight: usize,
+    /// Set while it drains: from then on new requests get `draining`.
+    relay_until: Option<Instant>,
+}
+
 /// What to do with a request, once read.
 enum Next {
     Reject(ErrorCode, String),
-    Answer(Action),
-    /// Forward body frames from `payload` on to backend `target`.
+    Answer(Ask),
+    /// Forward body frames from `payload` (an index into the event's
+    /// frames) on to target `target`.
     Forward {
         target: usize,
         payload: usize,
     },
 }
 
-/// The high-availability side of the status document, kept up to date by
-/// the loop.
-#[derive(Debug, Clone, Default)]
-pub(super) struct HaView {
-    pub role: &'static str,
-    pub node: Option<Node>,
-    pub epoch: u64,
-    pub peer: Option<(Instant, Peer)>,
-    pub peer_alive: bool,
-    pub failovers: u64,
-    pub bind_failures: u64,
-    pub step_downs: u64,
-    pub rejected: [u64; Rejected::ALL.len()],
-    pub frontend_ports: Vec<u16>,
-    pub clients_connected: u64,
-}
-
-pub(super) struct State {
+pub(super) struct State<D> {
     pub config: Config,
     started: Instant,
-    pub backends: Vec<Backend>,
+    pub targets: Vec<Target<D>>,
     by_name: HashMap<String, usize>,
     table: Table<Pending>,
     stats: Stats,
-    /// Requests in flight by the frontend they came in on.
-    pub front_in_flight: [usize; 2],
+    fronts: [Front; 2],
     pub ha: HaView,
     /// The stream thread's part of the status document.
     pub streams: serde_json::Map<String, Value>,
@@ -97,49 +209,41 @@ pub(super) struct State {
     window: VecDeque<(Instant, u64, u64)>,
 }
 
-impl State {
-    pub fn new(config: Config, now: Instant) -> State {
-        let limiter = limiter(&config, now);
+impl<D> State<D> {
+    /// The request path of `config`, whose targets' DEALERs are `dealers`,
+    /// in the same order.
+    pub fn new(config: Config, dealers: Vec<D>, now: Instant) -> State<D> {
+        debug_assert_eq!(config.targets.len(), dealers.len());
         let mut state = State {
-            limiter,
+            limiter: limiter(&config, now),
             config,
             started: now,
-            backends: Vec::new(),
+            targets: Vec::new(),
             by_name: HashMap::new(),
             generation: 0,
             window: VecDeque::new(),
             table: Table::default(),
             stats: Stats::default(),
-            front_in_flight: [0; 2],
+            fronts: [Front::default(); 2],
             ha: HaView::default(),
             streams: serde_json::Map::new(),
         };
-        for target in state.config.targets.clone() {
-            state.add_backend(&target);
+        let targets = state.config.targets.clone();
+        for (target, dealer) in targets.iter().zip(dealers) {
+            state.add_target(target, dealer);
         }
         state
     }
 
-    /// A new target; its index is the next dealer's.
-    pub fn add_backend(&mut self, target: &Target) {
+    /// A new target, with its DEALER; its index is the next one.
+    pub fn add_target(&mut self, target: &config::Target, dealer: D) {
         self.by_name
-            .insert(target.name.to_ascii_lowercase(), self.backends.len());
-        self.backends.push(Backend {
-            name: target.name.clone(),
-            endpoint: target.endpoint.clone(),
-            request_timeout: target.request_timeout,
-            breaker: Breaker::new(
-                self.config.breaker_failure_threshold,
-                self.config.breaker_open_wait,
-            ),
-            deadlines: Deadlines::default(),
-            in_flight: 0,
-            retired: false,
-            waiting: VecDeque::new(),
-            requests_total: 0,
-            replies_total: 0,
-            latency: Histogram::default(),
-        });
+            .insert(target.name.to_ascii_lowercase(), self.targets.len());
+        let breaker = Breaker::new(
+            self.config.breaker_failure_threshold,
+            self.config.breaker_open_wait,
+        );
+        self.targets.push(Target::new(target, breaker, dealer));
     }
 
     /// The index of the live target `name`.
@@ -155,21 +259,21 @@ impl State {
     /// Take a target out of service: requests in flight to it are still
     /// answered; new ones no longer reach it.
     pub fn retire(&mut self, index: usize) {
-        let backend = &mut self.backends[index];
-        backend.retired = true;
-        let key = backend.name.to_ascii_lowercase();
+        let target = &mut self.targets[index];
+        target.retired = true;
+        let key = target.name.to_ascii_lowercase();
         if self.by_name.get(&key) == Some(&index) {
             self.by_name.remove(&key);
         }
     }
 
     /// Apply a reloaded config to a kept target (same endpoint).
-    pub fn update_backend(&mut self, index: usize, target: &Target) {
-        let backend = &mut self.backends[index];
+    pub fn update_target(&mut self, index: usize, target: &config::Target) {
+        let kept = &mut self.targets[index];
         // The same target, perhaps spelled another way: shown as now written.
-        backend.name.clone_from(&target.name);
-        backend.request_timeout = target.request_timeout;
-        backend.breaker.set(
+        kept.name.clone_from(&target.name);
+        kept.request_timeout = target.request_timeout;
+        kept.breaker.set(
             self.config.breaker_failure_threshold,
             self.config.breaker_open_wait,
         );
@@ -196,24 +300,72 @@ impl State {
     /// The earliest request deadline.
     pub fn next_deadline(&mut self) -> Option<Instant> {
         let table = &self.table;
-        self.backends
+        self.targets
             .iter_mut()
-            .filter_map(|b| b.deadlines.next(table))
+            .filter_map(|t| t.deadlines.next(table))
             .min()
     }
 
-    pub fn on_request(
+    /// Requests in flight that came in on `port`.
+    pub fn in_flight_on(&self, port: Port) -> usize {
+        self.fronts[port.index()].in_flight
+    }
+
+    /// Decide what `event` calls for; the actions are pushed on `actions`.
+    pub fn step(&mut self, now: Instant, event: Event<'_>, actions: &mut Vec<Action>) {
+        match event {
+            Event::Request(port, frames) => self.on_request(now, port, frames, actions),
+            Event::Reply(target, frames) => self.on_reply(now, target, frames, actions),
+            Event::Writable(target) => self.send_waiting(target, actions),
+            Event::Blocked {
+                target,
+                key,
+                frames,
+            } => {
+                // Sent first in turn: the queue was empty, or this was its
+                // head. Counted as sent when decided; not sent after all.
+                let held = &mut self.targets[target];
+                held.requests_total -= 1;
+                if let Some(pending) = self.table.get_mut(key) {
+                    pending.waiting = true;
+                }
+                held.waiting.push_front((key, frames));
+            }
+            Event::Failed { target, key, error } => {
+                let failed = &mut self.targets[target];
+                failed.requests_total -= 1;
+                warn!(target_name = %failed.name, error = %error, "cannot send to the backend");
+                // Left in the table as waiting: its deadline answers it.
+                if let Some(pending) = self.table.get_mut(key) {
+                    pending.waiting = true;
+                }
+            }
+            Event::Dropped(error) => {
+                self.stats.dropped_replies_total += 1;
+                debug!(error = %error, "reply dropped: the client is gone or not reading");
+            }
+            Event::Tick => self.expire(now, actions),
+            Event::Draining { port, relay_until } => {
+                self.fronts[port.index()].relay_until = Some(relay_until);
+            }
+            Event::Closed(port) => self.answer_left(port, actions),
+        }
+    }
+
+    fn on_request(
         &mut self,
-        frontends: &Frontends,
+        now: Instant,
         port: Port,
-        dealers: &[Option<zmq::Socket>],
-        frames: &mut Vec<zmq::Message>,
+        frames: &mut [zmq::Message],
+        actions: &mut Vec<Action>,
     ) {
         self.stats.requests_total += 1;
-        let now = Instant::now();
-        let draining = frontends[port.index()]
-            .as_ref()
-            .is_none_or(|f| f.draining_until.is_some() && now >= f.relay_until);
+        if frames.is_empty() {
+            return;
+        }
+        let draining = self.fronts[port.index()]
+            .relay_until
+            .is_some_and(|until| now >= until);
         let limited = match self.limiter.enabled() {
             true => self.limiter.admit(&frames[0], now).err(),
             false => None,
@@ -229,37 +381,35 @@ impl State {
             }
             (None, request) => self.next(request, draining),
         };
-        let mut frames = frames.drain(..);
-        let Some(client) = frames.next() else { return };
+        let id = take_frame(&mut frames[0]);
         let back = match envelope {
             Envelope::Bare => Return::Bare,
             Envelope::Delimiter => Return::Delimiter,
-            Envelope::RequestId => {
-                Return::RequestId(frames.next().unwrap_or_else(zmq::Message::new))
-            }
+            Envelope::RequestId => Return::RequestId(
+                frames
+                    .get_mut(1)
+                    .map(take_frame)
+                    .unwrap_or_else(zmq::Message::new),
+            ),
         };
-        // Frames left before the payload: the delimiter of an envelope.
-        let taken = usize::from(envelope == Envelope::RequestId);
-        let to = (port, client, back);
+        let to = Client { port, id, back };
         match next {
-            Next::Reject(code, message) => self.reject(frontends, to, code, &message),
-            Next::Answer(action) => {
-                let body = self.answer(action);
-                self.send_reply(frontends, to, [zmq::Message::from(body)]);
+            Next::Reject(code, message) => self.reject(to, code, &message, actions),
+            Next::Answer(ask) => {
+                let body = Body::One(zmq::Message::from(self.answer(now, ask)));
+                actions.push(Action::Reply { to, body });
             }
-            Next::Forward { target, payload } => {
-                let payload = frames.skip(payload - taken);
-                match &dealers[target] {
-                    Some(dealer) => self.forward(frontends, dealer, target, to, payload),
-                    None => {
-                        let message = format!(
-                            "target {} is being reconfigured: retry",
-                            self.backends[target].name
-                        );
-                        self.reject(frontends, to, ErrorCode::BackendUnavailable, &message);
-                    }
+            // The parser's index counts from after the routing id.
+            Next::Forward { target, payload } => match self.targets[target].dealer {
+                Some(_) => self.forward(now, target, to, payload + 1, frames, actions),
+                None => {
+                    let message = format!(
+                        "target {} is being reconfigured: retry",
+                        self.targets[target].name
+                    );
+                    self.reject(to, ErrorCode::BackendUnavailable, &message, actions);
                 }
-            }
+            },
         }
     }
 
@@ -271,7 +421,7 @@ impl State {
                 ErrorCode::Draining,
                 "this bridge is handing over or shutting down and takes no new requests here: send it to the other bridge".to_string(),
             ),
-            Ok(Request::Action(action)) => Next::Answer(action),
+            Ok(Request::Action(ask)) => Next::Answer(ask),
             Ok(Request::Forward { target, payload }) => match self.target_index(&target) {
                 Some(target) => Next::Forward { target, payload },
                 None => Next::Reject(ErrorCode::UnknownTarget, self.unknown_target(&target)),
@@ -303,7 +453,7 @@ impl State {
         let mut names: Vec<&str> = self
             .by_name
             .values()
-            .map(|&i| self.backends[i].name.as_str())
+            .map(|&i| self.targets[i].name.as_str())
             .collect();
         names.sort_unstable();
         let shown: String = target.chars().take(64).collect();
@@ -317,159 +467,142 @@ impl State {
         )
     }
 
+    /// Admit a request to `target` (in-flight cap, breaker), enter it in the
+    /// table with its deadline, and send it, or park it behind those
+    /// already waiting for a backend.
     fn forward(
         &mut self,
-        frontends: &Frontends,
-        dealer: &zmq::Socket,
+        now: Instant,
         target: usize,
         to: Client,
-        payload: impl Iterator<Item = zmq::Message>,
+        payload: usize,
+        frames: &mut [zmq::Message],
+        actions: &mut Vec<Action>,
     ) {
-        let now = Instant::now();
-        let backend = &mut self.backends[target];
-        if backend.in_flight >= self.config.max_in_flight {
+        let to_target = &mut self.targets[target];
+        if to_target.in_flight >= self.config.max_in_flight {
             let message = format!(
                 "target {} already has {} requests in flight (max_in_flight): the backend is not keeping up; retry later",
-                backend.name, backend.in_flight
+                to_target.name, to_target.in_flight
             );
-            return self.reject(frontends, to, ErrorCode::BackendUnavailable, &message);
+            return self.reject(to, ErrorCode::BackendUnavailable, &message, actions);
         }
-        match backend.breaker.admit(now) {
+        match to_target.breaker.admit(now) {
             Admission::Refused { retry_after } => {
                 let message = format!(
                     "target {} is failing, so its circuit breaker is open: retry in {:.1} s",
-                    backend.name,
+                    to_target.name,
                     retry_after.as_secs_f64()
                 );
-                return self.reject(frontends, to, ErrorCode::CircuitOpen, &message);
+                return self.reject(to, ErrorCode::CircuitOpen, &message, actions);
             }
-            Admission::Allowed(transition) => log_transition(backend, transition),
+            Admission::Allowed(transition) => log_transition(to_target, transition),
         }
-        let (frontend, client, back) = to;
+        let waiting = !to_target.waiting.is_empty();
+        self.fronts[to.port.index()].in_flight += 1;
         let key = self.table.insert(Pending {
-            client,
-            back,
-            frontend,
+            client: to,
             target,
             sent: now,
-            waiting: false,
+            waiting,
         });
-        self.front_in_flight[frontend.index()] += 1;
-        let backend = &mut self.backends[target];
-        backend.in_flight += 1;
-        backend
+        to_target.in_flight += 1;
+        to_target
             .deadlines
-            .push(later(now, backend.request_timeout), key);
-        let mut payload = payload;
-        let sent = if backend.waiting.is_empty() {
-            send_envelope(dealer, key, &mut payload)
-        } else {
+            .push(later(now, to_target.request_timeout), key);
+        if waiting {
             // Keep the order: queue behind those already waiting.
-            Err(zmq::Error::EAGAIN)
-        };
-        match sent {
-            Ok(()) => backend.requests_total += 1,
-            Err(zmq::Error::EAGAIN) => {
-                // No backend connected (ZMQ_IMMEDIATE): hold the request
-                // until one is, or until its deadline.
-                if let Some(pending) = self.table.get_mut(key) {
-                    pending.waiting = true;
-                }
-                backend.waiting.push_back((key, payload.collect()));
-            }
-            Err(e) => {
-                // Left in the table as waiting: its deadline answers it.
-                warn!(target_name = %backend.name, error = %e, "cannot send to the backend");
-                if let Some(pending) = self.table.get_mut(key) {
-                    pending.waiting = true;
-                }
-            }
+            let body = frames.iter_mut().skip(payload).map(take_frame);
+            to_target.waiting.push_back((key, body.collect()));
+        } else {
+            // Taken back if the send would block (Event::Blocked).
+            to_target.requests_total += 1;
+            actions.push(Action::Forward {
+                target,
+                key,
+                body: Body::Input(payload),
+            });
         }
     }
 
-    /// Send the requests that waited for a backend, now that one is
-    /// connected, in the order they came.
-    pub fn flush_waiting(&mut self, dealer: &zmq::Socket, target: usize) {
-        let backend = &mut self.backends[target];
-        while let Some((key, frames)) = backend.waiting.pop_front() {
+    /// Send the oldest request still waiting for `target`'s backend.
+    fn send_waiting(&mut self, target: usize, actions: &mut Vec<Action>) {
+        let held = &mut self.targets[target];
+        while let Some((key, frames)) = held.waiting.pop_front() {
+            // Expired while it waited: already answered.
             let Some(pending) = self.table.get_mut(key) else {
                 continue;
             };
-            let mut frames = frames.into_iter();
-            match send_envelope(dealer, key, &mut frames) {
-                Ok(()) => {
-                    pending.waiting = false;
-                    backend.requests_total += 1;
-                }
-                Err(zmq::Error::EAGAIN) => {
-                    backend.waiting.push_front((key, frames.collect()));
-                    return;
-                }
-                Err(e) => {
-                    warn!(target_name = %backend.name, error = %e, "cannot send to the backend");
-                }
-            }
+            pending.waiting = false;
+            held.requests_total += 1;
+            actions.push(Action::Forward {
+                target,
+                key,
+                body: Body::Held(frames),
+            });
+            return;
         }
     }
 
     /// Take a request out of the table and out of every count.
     fn take(&mut self, key: Key) -> Option<Pending> {
         let pending = self.table.remove(key)?;
-        self.backends[pending.target].in_flight -= 1;
-        self.front_in_flight[pending.frontend.index()] -= 1;
+        self.targets[pending.target].in_flight -= 1;
+        self.fronts[pending.client.port.index()].in_flight -= 1;
         Some(pending)
     }
 
-    pub fn on_reply(
+    fn on_reply(
         &mut self,
-        frontends: &Frontends,
+        now: Instant,
         target: usize,
-        frames: &mut Vec<zmq::Message>,
+        frames: &mut [zmq::Message],
+        actions: &mut Vec<Action>,
     ) {
-        let key = match frames.as_slice() {
+        let key = match frames {
             [key, delimiter, _, ..] if delimiter.is_empty() => Key::from_bytes(key),
             _ => None,
         };
         let Some(key) = key else {
             self.stats.malformed_replies_total += 1;
-            debug!(target_name = %self.backends[target].name, frames = frames.len(), "dropped a backend message without a bridge envelope");
+            debug!(target_name = %self.targets[target].name, frames = frames.len(), "dropped a backend message without a bridge envelope");
             return;
         };
         let Some(pending) = self.take(key) else {
             self.stats.late_replies_total += 1;
-            debug!(target_name = %self.backends[target].name, "dropped a late reply: its request was already answered");
+            debug!(target_name = %self.targets[target].name, "dropped a late reply: its request was already answered");
             return;
         };
-        let backend = &mut self.backends[pending.target];
-        backend.replies_total += 1;
-        backend.latency.record(pending.sent.elapsed());
-        let transition = backend.breaker.on_success();
-        log_transition(backend, transition);
+        let from = &mut self.targets[pending.target];
+        from.replies_total += 1;
+        from.latency
+            .record(now.saturating_duration_since(pending.sent));
+        let transition = from.breaker.on_success();
+        log_transition(from, transition);
         self.stats.replies_total += 1;
-        let to = (pending.frontend, pending.client, pending.back);
-        self.send_reply(frontends, to, frames.drain(2..));
+        actions.push(Action::Reply {
+            to: pending.client,
+            body: Body::Input(2),
+        });
     }
 
     /// Answer every request whose deadline has passed.
-    pub fn expire(&mut self, frontends: &Frontends, now: Instant) {
-        for target in 0..self.backends.len() {
-            while let Some(key) = self.backends[target]
-                .deadlines
-                .pop_expired(now, &self.table)
-            {
+    fn expire(&mut self, now: Instant, actions: &mut Vec<Action>) {
+        for target in 0..self.targets.len() {
+            while let Some(key) = self.targets[target].deadlines.pop_expired(now, &self.table) {
                 let Some(pending) = self.take(key) else {
                     continue;
                 };
-                let backend = &mut self.backends[target];
-                let transition = backend.breaker.on_failure(now);
-                log_transition(backend, transition);
-                let timeout = backend.request_timeout.as_secs_f64();
+                let expired = &mut self.targets[target];
+                let transition = expired.breaker.on_failure(now);
+                log_transition(expired, transition);
+                let timeout = expired.request_timeout.as_secs_f64();
                 let (code, message) = if pending.waiting {
                     (
                         ErrorCode::BackendUnavailable,
                         format!(
                             "target {} had no connected backend at {} for {timeout:.3} s (request_timeout): is the service running? The bridge keeps reconnecting",
-                            backend.name, backend.endpoint
+                            expired.name, expired.endpoint
                         ),
                     )
                 } else {
@@ -477,19 +610,29 @@ impl State {
                         ErrorCode::Timeout,
                         format!(
                             "target {} did not answer within {timeout:.3} s (request_timeout); the request may still run there",
-                            backend.name
+                            expired.name
                         ),
                     )
                 };
-                let to = (pending.frontend, pending.client, pending.back);
-                self.reject(frontends, to, code, &message);
+                self.reject(pending.client, code, &message, actions);
+            }
+            // Requests that expired while waiting give back their frames:
+            // a target that never connects holds only what is in flight.
+            let table = &self.table;
+            let queue = &mut self.targets[target].waiting;
+            while queue
+                .front()
+                .is_some_and(|(key, _)| table.get(*key).is_none())
+            {
+                queue.pop_front();
             }
         }
     }
 
     /// At the end of a frontend's drain, answer what is still in flight on it.
-    pub fn answer_left(&mut self, frontends: &Frontends, port: Port) {
-        let left = self.table.remove_where(|p| p.frontend == port);
+    fn answer_left(&mut self, port: Port, actions: &mut Vec<Action>) {
+        self.fronts[port.index()].relay_until = None;
+        let left = self.table.remove_where(|p| p.client.port == port);
         if !left.is_empty() {
             warn!(
                 unanswered = left.len(),
@@ -498,14 +641,13 @@ impl State {
             );
         }
         for pending in left {
-            self.backends[pending.target].in_flight -= 1;
-            self.front_in_flight[port.index()] -= 1;
+            self.targets[pending.target].in_flight -= 1;
+            self.fronts[port.index()].in_flight -= 1;
             let message = format!(
                 "the bridge stopped before target {} answered: retry on the other bridge",
-                self.backends[pending.target].name
+                self.targets[pending.target].name
             );
-            let to = (pending.frontend, pending.client, pending.back);
-            self.reject(frontends, to, ErrorCode::Draining, &message);
+            self.reject(pending.client, ErrorCode::Draining, &message, actions);
         }
     }
 
@@ -518,174 +660,18 @@ impl State {
         );
     }
 
-    fn reject(&mut self, frontends: &Frontends, to: Client, code: ErrorCode, message: &str) {
+    fn reject(&mut self, to: Client, code: ErrorCode, message: &str, actions: &mut Vec<Action>) {
         self.stats.errors_total[code.index()] += 1;
         debug!(error = %code, message, "request refused");
-        let body = zmq::Message::from(error_reply(code, message));
-        self.send_reply(frontends, to, [body]);
-    }
-
-    fn send_reply(
-        &mut self,
-        frontends: &Frontends,
-        (port, client, back): Client,
-        body: impl IntoIterator<Item = zmq::Message>,
-    ) {
-        let sent = match &frontends[port.index()] {
-            Some(frontend) => send_routed(&frontend.socket, client, back, body),
-            None => Err(zmq::Error::ENOTSOCK),
-        };
-        if let Err(e) = sent {
-            self.stats.dropped_replies_total += 1;
-            debug!(error = %e, "reply dropped: the client is gone or not reading");
-        }
-    }
-
-    fn answer(&self, action: Action) -> Vec<u8> {
-        let doc = match action {
-            Action::Ping => json!({
-                "status": "ok", "action": "pong", "role": self.ha.role, "node": self.ha.node,
-            }),
-            Action::Status => self.status(),
-        };
-        serde_json::to_vec(&doc).unwrap_or_default()
-    }
-
-    /// Record the counters for the 10 s rates; called a few times a second.
-    pub fn sample(&mut self, now: Instant) {
-        let errors = self.stats.errors_total.iter().sum();
-        self.window
-            .push_back((now, self.stats.requests_total, errors));
-        while self
-            .window
-            .front()
-            .is_some_and(|(t, _, _)| now.saturating_duration_since(*t) > RATE_WINDOW)
-        {
-            self.window.pop_front();
-        }
-    }
-
-    /// Requests per second, and the fraction of them answered with an
-    /// error, over the samples of the last 10 s.
-    fn rates(&self) -> (f64, f64) {
-        let (Some(first), Some(last)) = (self.window.front(), self.window.back()) else {
-            return (0.0, 0.0);
-        };
-        let seconds = last.0.saturating_duration_since(first.0).as_secs_f64();
-        let requests = last.1 - first.1;
-        let errors = last.2 - first.2;
-        if seconds == 0.0 || requests == 0 {
-            return (0.0, 0.0);
-        }
-        (requests as f64 / seconds, errors as f64 / requests as f64)
-    }
-
-    /// Each target's answered requests, for `/metrics`.
-    pub fn durations(&self) -> Vec<crate::monitor::Durations> {
-        self.backends
-            .iter()
-            .filter(|b| !b.retired)
-            .map(|b| {
-                let (sum_s, count, buckets) = b.latency.prometheus();
-                crate::monitor::Durations {
-                    target: b.name.clone(),
-                    sum_s,
-                    count,
-                    buckets,
-                }
-            })
-            .collect()
-    }
-
-    /// The status document (DESIGN §5).
-    pub fn status(&self) -> Value {
-        let errors: serde_json::Map<String, Value> = ErrorCode::ALL
-            .iter()
-            .map(|c| {
-                (
-                    c.as_str().to_string(),
-                    self.stats.errors_total[c.index()].into(),
-                )
-            })
-            .collect();
-        let rejected: serde_json::Map<String, Value> = Rejected::ALL
-            .iter()
-            .map(|r| (r.as_str().to_string(), self.ha.rejected[r.index()].into()))
-            .collect();
-        let targets: serde_json::Map<String, Value> = self
-            .backends
-            .iter()
-            .filter(|b| !b.retired)
-            .map(|b| {
-                let doc = json!({
-                    "endpoint": b.endpoint,
-                    "in_flight": b.in_flight,
-                    "waiting_for_backend": b.waiting.iter().filter(|(k, _)| self.table.get(*k).is_some()).count(),
-                    "breaker": b.breaker.state().as_str(),
-                    "requests_total": b.requests_total,
-                    "replies_total": b.replies_total,
-                    "latency_ms": {"p50": b.latency.quantile_ms(0.5), "p99": b.latency.quantile_ms(0.99)},
-                });
-                (b.name.clone(), doc)
-            })
-            .collect();
-        let peer = self.ha.peer.map(|(at, p)| {
-            json!({
-                "role": p.role,
-                "node": p.node,
-                "epoch": p.epoch,
-                "state": p.state,
-                "last_heartbeat_age_s": at.elapsed().as_secs_f64(),
-                "alive": self.ha.peer_alive,
-            })
-        });
-        let mut doc = json!({
-            "status": "ok",
-            "version": env!("CARGO_PKG_VERSION"),
-            "node": self.ha.node,
-            "role": self.ha.role,
-            "epoch": self.ha.epoch,
-            "uptime_s": self.started.elapsed().as_secs_f64(),
-            "frontend_ports": self.ha.frontend_ports,
-            "peer": peer.unwrap_or(json!({"alive": false})),
-            "redundancy": if self.ha.peer_alive { "ok" } else { "degraded" },
-            "failovers_total": self.ha.failovers,
-            "primary_bind_failures_total": self.ha.bind_failures,
-            "step_downs_total": self.ha.step_downs,
-            "heartbeats_rejected_total": rejected,
-            "clients_connected": self.ha.clients_connected,
-            "throughput_rps": self.rates().0,
-            "error_rate": self.rates().1,
-            "requests_total": self.stats.requests_total,
-            "replies_total": self.stats.replies_total,
-            "errors_total": errors,
-            "late_replies_total": self.stats.late_replies_total,
-            "malformed_replies_total": self.stats.malformed_replies_total,
-            "dropped_replies_total": self.stats.dropped_replies_total,
-            "rate_limited_clients_tracked": self.limiter.clients(),
-            "config_generation": self.generation,
-            "targets": targets,
-        });
-        if let Value::Object(doc) = &mut doc {
-            doc.extend(self.streams.clone());
-        }
-        doc
+        let body = Body::One(zmq::Message::from(error_reply(code, message)));
+        actions.push(Action::Reply { to, body });
     }
 }
 
-/// Where a reply goes: the frontend, the client's routing id, and the
-/// envelope to put back before the reply.
-type Client = (Port, zmq::Message, Return);
-
-/// What a client put before its request and gets back before the reply.
-pub(super) enum Return {
-    Bare,
-    Delimiter,
-    RequestId(zmq::Message),
+/// Move a frame out of the event's message, leaving an empty one.
+fn take_frame(frame: &mut zmq::Message) -> zmq::Message {
+    std::mem::replace(frame, zmq::Message::new())
 }
-
-/// The window of `throughput_rps` and `error_rate`.
-const RATE_WINDOW: Duration = Duration::from_secs(10);
 
 fn limiter(config: &Config, now: Instant) -> Limiter {
     Limiter::new(
@@ -696,11 +682,11 @@ fn limiter(config: &Config, now: Instant) -> Limiter {
     )
 }
 
-fn log_transition(backend: &Backend, transition: Option<Transition>) {
+fn log_transition<D>(target: &Target<D>, transition: Option<Transition>) {
     if let Some(t) = transition {
         info!(
-            target_name = %backend.name,
-            endpoint = %backend.endpoint,
+            target_name = %target.name,
+            endpoint = %target.endpoint,
             from = %t.from,
             to = %t.to,
             reason = t.reason.as_str(),
