@@ -19,7 +19,12 @@ use std::path::{Path, PathBuf};
 /// Characters of a Z85 key: 32 bytes, 5 characters per 4.
 pub const KEY_CHARS: usize = 40;
 /// The largest key file read, in bytes: one key and a little room.
-const MAX_KEY_FILE_BYTES: u64 = 4096;
+pub const MAX_KEY_FILE_BYTES: u64 = 4096;
+/// The most `*.pub` files a `curve_clients` directory may hold. The bridge
+/// reads them all at start and on each reload, on its request path (about
+/// 12 µs a file: 10,000 files hold requests some 0.1 s); a larger directory
+/// is refused rather than read.
+pub const MAX_CLIENT_KEYS: usize = 10_000;
 
 /// A CURVE public key (32 bytes); printed as Z85.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -117,7 +122,16 @@ impl KeyPair {
     pub fn read(path: &Path, key: &str) -> Result<KeyPair, ConfigError> {
         let secret = read_secret(path, key)?;
         let public_file = public_path(path);
-        let public = read_public(&public_file, key)?;
+        let public = read_public(&public_file, key).map_err(|mut e| {
+            if public_file.symlink_metadata().is_err() {
+                e.message = format!(
+                    "{} (the public half of the pair in {}: `zbridge keygen PATH` writes both)",
+                    e.message,
+                    path.display()
+                );
+            }
+            e
+        })?;
         let derived = secret.public().map_err(|why| ConfigError::new(key, why))?;
         if derived != public {
             return Err(ConfigError::new(
@@ -158,6 +172,14 @@ pub fn read_secret(path: &Path, key: &str) -> Result<SecretKey, ConfigError> {
             ),
         ));
     }
+    if text.trim().is_empty() {
+        return Err(ConfigError::new(
+            key,
+            format!(
+                "{shown} is empty; it should hold the Z85 secret key that `zbridge keygen` writes"
+            ),
+        ));
+    }
     decode(text.trim())
         .map(SecretKey)
         // The text is a secret, even when it is not a valid one: not shown.
@@ -172,12 +194,22 @@ pub fn read_secret(path: &Path, key: &str) -> Result<SecretKey, ConfigError> {
 /// A public key file: one Z85 key on its first line.
 pub fn read_public(path: &Path, key: &str) -> Result<PublicKey, ConfigError> {
     let (text, _) = read_key_file(path, key)?;
+    if text.trim().is_empty() {
+        return Err(ConfigError::new(
+            key,
+            format!(
+                "{} is empty; it should hold a Z85 public key",
+                path.display()
+            ),
+        ));
+    }
     PublicKey::from_z85(text.lines().next().unwrap_or(""))
         .map_err(|why| ConfigError::new(key, format!("{}: {why}", path.display())))
 }
 
 /// The public keys in `dir`: one per `*.pub` file (other files are left
-/// alone, so a README or an editor's backup does not count).
+/// alone, so a README or an editor's backup does not count), at most
+/// [`MAX_CLIENT_KEYS`] of them.
 pub fn read_clients(dir: &Path, key: &str) -> Result<BTreeSet<PublicKey>, ConfigError> {
     let entries = std::fs::read_dir(dir).map_err(|e| {
         ConfigError::new(
@@ -186,11 +218,22 @@ pub fn read_clients(dir: &Path, key: &str) -> Result<BTreeSet<PublicKey>, Config
         )
     })?;
     let mut keys = BTreeSet::new();
+    let mut files = 0;
     for entry in entries {
         let path = entry
             .map_err(|e| ConfigError::new(key, format!("cannot read {}: {e}", dir.display())))?
             .path();
         if path.extension().is_some_and(|e| e == "pub") {
+            files += 1;
+            if files > MAX_CLIENT_KEYS {
+                return Err(ConfigError::new(
+                    key,
+                    format!(
+                        "{} holds more than {MAX_CLIENT_KEYS} *.pub files; at most {MAX_CLIENT_KEYS} client keys are read (each reload reads them all): remove the keys no longer in use",
+                        dir.display()
+                    ),
+                ));
+            }
             keys.insert(read_public(&path, key)?);
         }
     }
@@ -376,7 +419,8 @@ mod tests {
             write(&path, &bad, 0o600);
             let e = KeyPair::read(&path, "k").unwrap_err();
             assert!(
-                e.message.contains("does not hold a CURVE secret key"),
+                e.message.contains("does not hold a CURVE secret key")
+                    || e.message.contains("is empty; it should hold"),
                 "{e}"
             );
             assert!(!e.message.contains(&secret[..20]), "{e}");
@@ -430,7 +474,15 @@ mod tests {
         let empty = dir.join("empty.pub");
         write(&empty, "", 0o644);
         let e = read_public(&empty, "k").unwrap_err();
-        assert!(e.message.contains("empty.pub"), "{e}");
+        assert!(e.message.contains("empty.pub is empty"), "{e}");
+        // A secret without its .pub: the hint says keygen writes both.
+        let lone = dir.join("lone.key");
+        write(&lone, &pair.secret.z85(), 0o600);
+        let e = KeyPair::read(&lone, "k").unwrap_err();
+        assert!(
+            e.message.contains("lone.key.pub") && e.message.contains("writes both"),
+            "{e}"
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 
@@ -486,6 +538,21 @@ mod tests {
         write(&dir.join("c.pub"), "garbage", 0o644);
         let e = read_clients(&dir, "curve_clients").unwrap_err();
         assert!(e.message.contains("c.pub"), "{e}");
+    }
+
+    #[test]
+    fn a_clients_directory_of_more_than_the_limit_is_refused() {
+        let dir = dir("many");
+        let key = format!("{}\n", KeyPair::generate().unwrap().public);
+        for i in 0..MAX_CLIENT_KEYS {
+            std::fs::write(dir.join(format!("{i}.pub")), &key).unwrap();
+        }
+        std::fs::write(dir.join("README"), "not counted").unwrap();
+        assert_eq!(read_clients(&dir, "curve_clients").unwrap().len(), 1);
+        std::fs::write(dir.join("one-more.pub"), &key).unwrap();
+        let e = read_clients(&dir, "curve_clients").unwrap_err();
+        assert!(e.message.contains("more than 10000 *.pub files"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
