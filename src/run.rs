@@ -62,9 +62,14 @@ pub fn check_config(path: &Path, overrides: &Overrides) -> Result<(), Error> {
         println!("# CURVE on: the pair's public key is {}", pair.public);
         match &config.curve_clients {
             Some(clients) => println!(
-                "#   {} client key(s) admitted from {}",
+                "#   {} client key(s) admitted from {}{}",
                 clients.keys.len(),
-                clients.dir.display()
+                clients.dir.display(),
+                if clients.keys.is_empty() {
+                    " (no *.pub file there: every client is refused, only the pair's own key is admitted)"
+                } else {
+                    ""
+                }
             ),
             None => {
                 println!("#   no curve_clients: any client that knows the public key is admitted")

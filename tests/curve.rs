@@ -628,3 +628,218 @@ fn kill_9_and_sigterm_with_curve_on_lose_nothing_for_library_clients() {
         drop(primary);
     }
 }
+
+/// `zbridge check-config` with `flags` after /dev/null: its exit code and
+/// stderr.
+fn check_config(flags: &[String]) -> (Option<i32>, String) {
+    let out = Command::new(exe())
+        .arg("check-config")
+        .arg("/dev/null")
+        .args(flags)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_pub_that_is_not_the_secrets_half_stops_check_config_run_and_a_reload() {
+    let keys = Keys::new();
+    let secret = std::fs::read_to_string(keys.path("bridge.key")).unwrap();
+    let good_pub = std::fs::read(keys.path("bridge.key.pub")).unwrap();
+    // The agent's public key where the bridge's should be.
+    std::fs::copy(keys.path("agent.key.pub"), keys.path("bridge.key.pub")).unwrap();
+    let flag = format!("--curve-secret-key-file={}", keys.s("bridge.key"));
+    let (code, err) = check_config(std::slice::from_ref(&flag));
+    assert_eq!(code, Some(2), "{err}");
+    for needed in ["bridge.key.pub", "bridge.key ", "zbridge keygen"] {
+        assert!(err.contains(needed), "{needed} not in {err}");
+    }
+    assert!(
+        !err.contains(secret.trim()),
+        "the secret is never shown: {err}"
+    );
+    let run = Command::new(exe())
+        .args([
+            "run",
+            "--mode=active",
+            "--primary-port=0",
+            "--primary-monitor-port=0",
+        ])
+        .arg(&flag)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(2), "{err}");
+    assert!(err.contains("not one pair"), "{err}");
+    assert!(!err.contains(secret.trim()), "{err}");
+
+    // Running with the right pair, a reload with a mismatched .pub is
+    // refused and the running keys stay.
+    std::fs::write(keys.path("bridge.key.pub"), &good_pub).unwrap();
+    let (_service, port) = py_curve_service(Command::new("python3"), None, &[]);
+    let config = TempConfig::new(&format!(
+        "curve_secret_key_file = \"{}\"\ncurve_clients = \"{}\"\n",
+        keys.s("bridge.key"),
+        keys.s("clients")
+    ));
+    // The target as a flag: the test flags set pc2_addr over the file's.
+    let bridge = bridge(&[config.flag(), format!("--pc2-addr=tcp://127.0.0.1:{port}")]);
+    std::fs::copy(keys.path("agent.key.pub"), keys.path("bridge.key.pub")).unwrap();
+    bridge.signal("HUP").unwrap();
+    let (_, rejected) = bridge
+        .wait_for_event(Duration::from_secs(5), |e| e["event"] == "reload_rejected")
+        .expect("the reload is rejected");
+    assert_eq!(rejected["key"], "curve_secret_key_file", "{rejected}");
+    std::fs::write(keys.path("bridge.key.pub"), &good_pub).unwrap();
+    let reply = py_request(
+        &bridge.frontend,
+        Some(&keys.path("bridge.key.pub")),
+        Some(&keys.path("agent.key")),
+        "still",
+        5.0,
+    );
+    assert_eq!(reply, Some(vec!["curve".into(), "still".into()]));
+    assert!(!bridge.log().join("\n").contains(secret.trim()));
+}
+
+#[test]
+fn key_files_that_are_not_small_regular_files_are_refused_at_once() {
+    let keys = Keys::new();
+    let fifo = keys.path("fifo.key");
+    assert!(Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    std::fs::copy(keys.path("bridge.key.pub"), keys.path("fifo.key.pub")).unwrap();
+    let big = keys.path("big.key");
+    std::fs::File::create(&big)
+        .unwrap()
+        .set_len(1 << 30)
+        .unwrap();
+    std::fs::set_permissions(&big, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let started = std::time::Instant::now();
+    for (path, says) in [
+        (fifo.display().to_string(), "a FIFO"),
+        ("/dev/zero".to_string(), "a character device"),
+        (keys.s("clients"), "a directory"),
+        (big.display().to_string(), "longer than 4096 bytes"),
+    ] {
+        let (code, err) = check_config(&[format!("--curve-secret-key-file={path}")]);
+        assert_eq!(code, Some(2), "{path}: {err}");
+        assert!(err.contains(says), "{says} not in {err}");
+    }
+    // A .pub in curve_clients that is a FIFO: refused by name, no hang.
+    let bad = keys.path("clients/fifo.pub");
+    assert!(Command::new("mkfifo").arg(&bad).status().unwrap().success());
+    let mut flags = keys.flags();
+    let (code, err) = check_config(&flags);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("fifo.pub is a FIFO"), "{err}");
+    std::fs::remove_file(&bad).unwrap();
+    flags.push("--curve-clients=/nonexistent".into());
+    let (code, err) = check_config(&flags);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    // keygen: neither through a dangling symlink nor into a missing dir.
+    let link = keys.path("link.key");
+    std::os::unix::fs::symlink(keys.path("elsewhere"), &link).unwrap();
+    for path in [link, keys.path("missing/dir.key")] {
+        let out = Command::new(exe())
+            .arg("keygen")
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{out:?}");
+    }
+    assert!(keys.path("elsewhere").symlink_metadata().is_err());
+    let out = Command::new(exe())
+        .arg("keygen")
+        .arg(keys.path("missing/dir.key"))
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("mkdir"),
+        "{out:?}"
+    );
+}
+
+/// The resident set of process `pid`, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+#[test]
+fn a_flood_of_refused_clients_leaves_allowed_ones_served_memory_flat_and_the_log_quiet() {
+    const FLOOD: u64 = 400;
+    let keys = Keys::new();
+    let (_service, port) = py_curve_service(Command::new("python3"), None, &[]);
+    let mut flags = keys.flags();
+    flags.push(format!("--pc2-addr=tcp://127.0.0.1:{port}"));
+    let bridge = bridge(&flags);
+    let server = keys.path("bridge.key.pub");
+    let ask = |payload: &str| {
+        py_request(
+            &bridge.frontend,
+            Some(&server),
+            Some(&keys.path("agent.key")),
+            payload,
+            5.0,
+        )
+        .map(|r| r[1].clone())
+    };
+    assert_eq!(ask("before").as_deref(), Some("before"));
+    let rss_before = rss_kib(bridge.pid());
+    let mut flood = peer_command("flood");
+    flood.args([
+        format!("--endpoint={}", bridge.frontend),
+        format!("--server-key-file={}", server.display()),
+        format!("--count={FLOOD}"),
+        "--seconds=30".into(),
+    ]);
+    let (_flood, _) =
+        Process::spawn(flood, |l| l.starts_with("flooded")).expect("the flood starts");
+    // Half come without CURVE, half with a key not in curve_clients.
+    assert!(
+        wait_until(Duration::from_secs(20), || refused(&bridge) >= FLOOD),
+        "every flooding connection is refused: {}",
+        monitor_status(&bridge)
+    );
+    // While they are held and retried, the allowed agent is served, and
+    // a reload goes through.
+    assert_eq!(ask("during").as_deref(), Some("during"));
+    bridge.signal("HUP").unwrap();
+    assert!(bridge
+        .wait_for_event(Duration::from_secs(5), |e| e["event"] == "reloaded")
+        .is_some());
+    assert_eq!(ask("after reload").as_deref(), Some("after reload"));
+    let grown = rss_kib(bridge.pid()).saturating_sub(rss_before);
+    assert!(
+        grown < 16 * 1024,
+        "RSS grew by {grown} KiB for {FLOOD} refused clients"
+    );
+    // Nothing of theirs went through; the refusals are logged at most
+    // every 10 s (a test this short: one or two lines), each with the count.
+    // (The status document may lag the last reply a little.)
+    assert!(
+        wait_until(Duration::from_secs(3), || {
+            monitor_status(&bridge)["requests_total"] == 3
+        }),
+        "{}",
+        monitor_status(&bridge)
+    );
+    let warned = bridge
+        .log()
+        .iter()
+        .filter(|l| l.contains("WARN") && l.contains("CURVE client refused"))
+        .count();
+    assert!((1..=3).contains(&warned), "{warned} refusal lines");
+}

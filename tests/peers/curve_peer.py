@@ -11,6 +11,10 @@ key.pub, `curve_publickey`/`curve_secretkey` the peer's own pair.
   serve    --port P [--host H] [--key-file K] [--tag T]
            a REP service, a CURVE server with K when given; prints `ready PORT`
            and echoes [T] + frames
+  flood    --endpoint E --server-key-file F --count N [--seconds S]
+           N DEALERs, alternately without CURVE and with a fresh (unknown)
+           pair, each sending one request; prints `flooded N` once all are
+           connected, then holds them for S seconds
   forge    --port P [--key-file K] --node N --epoch E
            a PUB (a CURVE server with K when given) that publishes unsigned
            heartbeats claiming a running active every 20 ms; prints `ready`
@@ -54,7 +58,7 @@ def server_keys(sock, args):
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("mode", choices=["request", "subscribe", "serve", "forge"])
+    parser.add_argument("mode", choices=["request", "subscribe", "serve", "flood", "forge"])
     parser.add_argument("rest", nargs="*")
     parser.add_argument("--endpoint")
     parser.add_argument("--server-key-file")
@@ -66,6 +70,7 @@ def main():
     parser.add_argument("--tag", default="curve")
     parser.add_argument("--node", default="secondary")
     parser.add_argument("--epoch", type=int, default=99)
+    parser.add_argument("--count", type=int, default=100)
     args = parser.parse_intermixed_args()
     ctx = zmq.Context()
 
@@ -108,6 +113,28 @@ def main():
         while True:
             frames = sock.recv_multipart()
             sock.send_multipart([args.tag.encode()] + frames)
+
+    if args.mode == "flood":
+        ctx.max_sockets = args.count + 16
+        server = read(args.server_key_file)
+        held = []
+        for i in range(args.count):
+            sock = ctx.socket(zmq.DEALER)
+            sock.linger = 0
+            if i % 2:
+                public, secret = zmq.curve_keypair()
+                sock.curve_serverkey = server
+                sock.curve_publickey = public
+                sock.curve_secretkey = secret
+            sock.connect(args.endpoint)
+            sock.send_multipart([b"pc2", b"flood"], zmq.NOBLOCK)
+            held.append(sock)
+        print(f"flooded {args.count}", flush=True)
+        # Held while the test watches the bridge (it kills this process).
+        time.sleep(args.seconds)
+        for sock in held:
+            sock.close()
+        return
 
     if args.mode == "forge":
         sock = ctx.socket(zmq.PUB)

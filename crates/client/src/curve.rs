@@ -13,14 +13,18 @@
 use crate::ConfigError;
 use std::collections::BTreeSet;
 use std::fmt;
-use std::io::Read;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 /// Characters of a Z85 key: 32 bytes, 5 characters per 4.
 pub const KEY_CHARS: usize = 40;
 /// The largest key file read, in bytes: one key and a little room.
-const MAX_KEY_FILE_BYTES: u64 = 4096;
+pub const MAX_KEY_FILE_BYTES: u64 = 4096;
+/// The most `*.pub` files a `curve_clients` directory may hold. The bridge
+/// reads them all at start and on each reload, on its request path (about
+/// 12 µs a file: 10,000 files hold requests some 0.1 s); a larger directory
+/// is refused rather than read.
+pub const MAX_CLIENT_KEYS: usize = 10_000;
 
 /// A CURVE public key (32 bytes); printed as Z85.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -78,9 +82,18 @@ impl SecretKey {
         &self.0
     }
 
-    /// The key in Z85, for the one place that writes it: a key file.
+    /// The key in Z85, for a key file and libzmq's `zmq_curve_public`.
     pub fn z85(&self) -> String {
         encode(&self.0)
+    }
+
+    /// The public key of this secret (libzmq's `zmq_curve_public`).
+    pub fn public(&self) -> Result<PublicKey, String> {
+        zbridge_socket::sys::curve_public(&self.z85())
+            .and_then(|text| PublicKey::from_z85(&text).ok())
+            .ok_or_else(|| {
+                "cannot derive the public key from the secret: this libzmq has no CURVE".to_string()
+            })
     }
 }
 
@@ -102,12 +115,39 @@ impl KeyPair {
     }
 
     /// The pair in `path` (the secret) and `path.pub` (the public key);
-    /// `key` is the config key that named `path`, for the error.
+    /// `key` is the config key that named `path`, for the error. The public
+    /// key is derived from the secret, and a `path.pub` that holds another
+    /// key is refused: the two files would not be one pair, and every
+    /// handshake with a peer or client that trusts `path.pub` would fail.
     pub fn read(path: &Path, key: &str) -> Result<KeyPair, ConfigError> {
-        Ok(KeyPair {
-            secret: read_secret(path, key)?,
-            public: read_public(&public_path(path), key)?,
-        })
+        let secret = read_secret(path, key)?;
+        let public_file = public_path(path);
+        let public = read_public(&public_file, key).map_err(|mut e| {
+            if public_file.symlink_metadata().is_err() {
+                e.message = format!(
+                    "{} (the public half of the pair in {}: `zbridge keygen PATH` writes both)",
+                    e.message,
+                    path.display()
+                );
+            }
+            e
+        })?;
+        let derived = secret.public().map_err(|why| ConfigError::new(key, why))?;
+        if derived != public {
+            return Err(ConfigError::new(
+                key,
+                format!(
+                    "{} holds {public}, which is not the public key of the secret in {} \
+                     (that is {derived}): the two files are not one pair. Make a new pair \
+                     with `zbridge keygen PATH` and give its .pub to the clients and the \
+                     peer, or, if the secret is the right one, put {derived} in {}",
+                    public_file.display(),
+                    path.display(),
+                    public_file.display(),
+                ),
+            ));
+        }
+        Ok(KeyPair { public, secret })
     }
 }
 
@@ -118,12 +158,11 @@ pub fn public_path(secret: &Path) -> PathBuf {
     PathBuf::from(path)
 }
 
-/// A secret key file: a regular file that only its owner may read (mode
-/// 0600 or 0400), holding one Z85 key.
+/// A secret key file: a regular file (of at most [`MAX_KEY_FILE_BYTES`])
+/// that only its owner may read (mode 0600 or 0400), holding one Z85 key.
 pub fn read_secret(path: &Path, key: &str) -> Result<SecretKey, ConfigError> {
     let shown = path.display();
-    let metadata = std::fs::metadata(path)
-        .map_err(|e| ConfigError::new(key, format!("cannot read {shown}: {e}")))?;
+    let (text, metadata) = read_key_file(path, key)?;
     let mode = metadata.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
         return Err(ConfigError::new(
@@ -133,7 +172,14 @@ pub fn read_secret(path: &Path, key: &str) -> Result<SecretKey, ConfigError> {
             ),
         ));
     }
-    let text = read_key_file(path, &metadata, key)?;
+    if text.trim().is_empty() {
+        return Err(ConfigError::new(
+            key,
+            format!(
+                "{shown} is empty; it should hold the Z85 secret key that `zbridge keygen` writes"
+            ),
+        ));
+    }
     decode(text.trim())
         .map(SecretKey)
         // The text is a secret, even when it is not a valid one: not shown.
@@ -147,15 +193,23 @@ pub fn read_secret(path: &Path, key: &str) -> Result<SecretKey, ConfigError> {
 
 /// A public key file: one Z85 key on its first line.
 pub fn read_public(path: &Path, key: &str) -> Result<PublicKey, ConfigError> {
-    let metadata = std::fs::metadata(path)
-        .map_err(|e| ConfigError::new(key, format!("cannot read {}: {e}", path.display())))?;
-    let text = read_key_file(path, &metadata, key)?;
+    let (text, _) = read_key_file(path, key)?;
+    if text.trim().is_empty() {
+        return Err(ConfigError::new(
+            key,
+            format!(
+                "{} is empty; it should hold a Z85 public key",
+                path.display()
+            ),
+        ));
+    }
     PublicKey::from_z85(text.lines().next().unwrap_or(""))
         .map_err(|why| ConfigError::new(key, format!("{}: {why}", path.display())))
 }
 
 /// The public keys in `dir`: one per `*.pub` file (other files are left
-/// alone, so a README or an editor's backup does not count).
+/// alone, so a README or an editor's backup does not count), at most
+/// [`MAX_CLIENT_KEYS`] of them.
 pub fn read_clients(dir: &Path, key: &str) -> Result<BTreeSet<PublicKey>, ConfigError> {
     let entries = std::fs::read_dir(dir).map_err(|e| {
         ConfigError::new(
@@ -164,44 +218,34 @@ pub fn read_clients(dir: &Path, key: &str) -> Result<BTreeSet<PublicKey>, Config
         )
     })?;
     let mut keys = BTreeSet::new();
+    let mut files = 0;
     for entry in entries {
         let path = entry
             .map_err(|e| ConfigError::new(key, format!("cannot read {}: {e}", dir.display())))?
             .path();
         if path.extension().is_some_and(|e| e == "pub") {
+            files += 1;
+            if files > MAX_CLIENT_KEYS {
+                return Err(ConfigError::new(
+                    key,
+                    format!(
+                        "{} holds more than {MAX_CLIENT_KEYS} *.pub files; at most {MAX_CLIENT_KEYS} client keys are read (each reload reads them all): remove the keys no longer in use",
+                        dir.display()
+                    ),
+                ));
+            }
             keys.insert(read_public(&path, key)?);
         }
     }
     Ok(keys)
 }
 
-fn read_key_file(
-    path: &Path,
-    metadata: &std::fs::Metadata,
-    key: &str,
-) -> Result<String, ConfigError> {
-    let shown = path.display();
-    let refuse = |why: String| ConfigError::new(key, why);
-    if !metadata.is_file() {
-        return Err(refuse(format!("{shown} is not a regular file")));
-    }
-    // O_NONBLOCK: a path that became a FIFO since the check does not block.
-    let handle = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(path)
-        .map_err(|e| refuse(format!("cannot read {shown}: {e}")))?;
-    let mut bytes = Vec::new();
-    handle
-        .take(MAX_KEY_FILE_BYTES + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| refuse(format!("cannot read {shown}: {e}")))?;
-    if bytes.len() as u64 > MAX_KEY_FILE_BYTES {
-        return Err(refuse(format!(
-            "{shown} is longer than {MAX_KEY_FILE_BYTES} bytes; a key file holds one line"
-        )));
-    }
-    String::from_utf8(bytes).map_err(|_| refuse(format!("{shown} is not text")))
+/// A key file's text and metadata, read as the token file is
+/// ([`crate::rules::read_small_file`]): a regular file, at most
+/// [`MAX_KEY_FILE_BYTES`], opened without blocking.
+fn read_key_file(path: &Path, key: &str) -> Result<(String, std::fs::Metadata), ConfigError> {
+    crate::rules::read_small_file(path, MAX_KEY_FILE_BYTES, "key")
+        .map_err(|why| ConfigError::new(key, why))
 }
 
 /// Z85's alphabet (ZeroMQ RFC 32), by digit value.
@@ -258,17 +302,31 @@ pub struct ClientKeys {
 
 impl KeyPair {
     /// Write the pair as `zbridge keygen` does: the Z85 secret key to
-    /// `path` (a new file, mode 0600) and the public key to `path.pub`.
+    /// `path` and the public key to `path.pub`, both new files (an existing
+    /// file, or a symlink, even a dangling one, is never written through),
+    /// the secret with mode 0600. Should the public half fail, the secret
+    /// just written is removed: no half pair is left behind.
     pub fn write(&self, path: &Path) -> std::io::Result<()> {
         use std::io::Write as _;
-        use std::os::unix::fs::OpenOptionsExt as _;
-        let mut secret = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(path)?;
-        writeln!(secret, "{}", self.secret.z85())?;
-        std::fs::write(public_path(path), format!("{}\n", self.public))
+        let create = |path: &Path, mode: u32, text: String| {
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(mode)
+                .open(path)?;
+            // A partly written key (a full disk) is no key: removed.
+            let written = file
+                .write_all(text.as_bytes())
+                .and_then(|()| file.sync_all());
+            if written.is_err() {
+                let _ = std::fs::remove_file(path);
+            }
+            written
+        };
+        create(path, 0o600, format!("{}\n", self.secret.z85()))?;
+        create(&public_path(path), 0o644, format!("{}\n", self.public)).inspect_err(|_| {
+            let _ = std::fs::remove_file(path);
+        })
     }
 
     /// Make `socket` a CURVE server with this pair's key (before it binds).
@@ -316,6 +374,138 @@ mod tests {
     }
 
     #[test]
+    fn a_pub_that_is_not_the_secrets_half_is_refused_naming_both_files() {
+        let dir = dir("mismatch");
+        let (pair, other) = (KeyPair::generate().unwrap(), KeyPair::generate().unwrap());
+        let path = dir.join("bridge.key");
+        let secret = pair.secret.z85();
+        write(&path, &format!("{secret}\n"), 0o600);
+        write(&public_path(&path), &format!("{}\n", other.public), 0o644);
+        assert_eq!(pair.secret.public(), Ok(pair.public));
+        let e = KeyPair::read(&path, "curve_secret_key_file").unwrap_err();
+        assert_eq!(e.key, "curve_secret_key_file");
+        for needed in [
+            path.display().to_string(),
+            public_path(&path).display().to_string(),
+            "zbridge keygen".into(),
+            pair.public.z85(),
+        ] {
+            assert!(e.message.contains(&needed), "{needed} not in {e}");
+        }
+        assert!(!e.message.contains(&secret), "{e}");
+        // The matching .pub, with CRLF and trailing blanks, passes.
+        write(&path, &format!("{secret}  \r\n"), 0o600);
+        write(&public_path(&path), &format!("{} \r\n", pair.public), 0o644);
+        assert_eq!(KeyPair::read(&path, "k").unwrap(), pair);
+    }
+
+    #[test]
+    fn malformed_secrets_are_refused_without_panicking_or_being_shown() {
+        let dir = dir("malformed");
+        let pair = KeyPair::generate().unwrap();
+        let path = dir.join("bridge.key");
+        write(&public_path(&path), &pair.public.z85(), 0o644);
+        let secret = pair.secret.z85();
+        for bad in [
+            String::new(),
+            "\n".into(),
+            format!("{}~", &secret[..39]),
+            format!("{secret}abcde"),
+            format!("{secret}\n{secret}"),
+            format!("{}\0", &secret[..39]),
+            "%".repeat(40),
+            "a".repeat(4000),
+        ] {
+            write(&path, &bad, 0o600);
+            let e = KeyPair::read(&path, "k").unwrap_err();
+            assert!(
+                e.message.contains("does not hold a CURVE secret key")
+                    || e.message.contains("is empty; it should hold"),
+                "{e}"
+            );
+            assert!(!e.message.contains(&secret[..20]), "{e}");
+        }
+        std::fs::write(&path, [0xffu8; 40]).unwrap();
+        assert!(KeyPair::read(&path, "k")
+            .unwrap_err()
+            .message
+            .contains("not text"));
+    }
+
+    #[test]
+    fn key_files_are_small_regular_files_read_without_blocking() {
+        let dir = dir("kinds");
+        let pair = KeyPair::generate().unwrap();
+        let fifo = dir.join("fifo.key");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let started = std::time::Instant::now();
+        for (path, says) in [
+            (fifo.as_path(), "a FIFO"),
+            (Path::new("/dev/zero"), "a character device"),
+            (dir.as_path(), "a directory"),
+        ] {
+            let e = read_secret(path, "k").unwrap_err();
+            assert!(e.message.contains(says), "{e}");
+            let e = read_public(path, "k").unwrap_err();
+            assert!(e.message.contains(says), "{e}");
+        }
+        assert!(started.elapsed() < std::time::Duration::from_secs(1));
+        // Larger than a key file may be: refused after 4 KiB, not read whole.
+        let big = dir.join("big.key");
+        let file = std::fs::File::create(&big).unwrap();
+        file.set_len(1 << 30).unwrap();
+        std::fs::set_permissions(&big, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let e = read_secret(&big, "k").unwrap_err();
+        assert!(e.message.contains("longer than 4096 bytes"), "{e}");
+        // A symlink to a secret others may read is refused like the file.
+        let open = dir.join("open.key");
+        write(&open, &pair.secret.z85(), 0o644);
+        let link = dir.join("link.key");
+        std::os::unix::fs::symlink(&open, &link).unwrap();
+        assert!(read_secret(&link, "k")
+            .unwrap_err()
+            .message
+            .contains("chmod 600"));
+        // An empty .pub says so.
+        let empty = dir.join("empty.pub");
+        write(&empty, "", 0o644);
+        let e = read_public(&empty, "k").unwrap_err();
+        assert!(e.message.contains("empty.pub is empty"), "{e}");
+        // A secret without its .pub: the hint says keygen writes both.
+        let lone = dir.join("lone.key");
+        write(&lone, &pair.secret.z85(), 0o600);
+        let e = KeyPair::read(&lone, "k").unwrap_err();
+        assert!(
+            e.message.contains("lone.key.pub") && e.message.contains("writes both"),
+            "{e}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_written_pair_reads_back_and_nothing_is_written_through() {
+        let dir = dir("write");
+        let pair = KeyPair::generate().unwrap();
+        let path = dir.join("k");
+        pair.write(&path).unwrap();
+        assert_eq!(KeyPair::read(&path, "k").unwrap(), pair);
+        assert!(pair.write(&path).is_err(), "an existing pair is kept");
+        assert_eq!(KeyPair::read(&path, "k").unwrap(), pair);
+        // PATH.pub is a dangling symlink: nothing written through it, and
+        // no lone secret left behind.
+        let lone = dir.join("lone");
+        std::os::unix::fs::symlink(dir.join("elsewhere"), public_path(&lone)).unwrap();
+        assert!(pair.write(&lone).is_err());
+        assert!(lone.symlink_metadata().is_err(), "the secret was removed");
+        assert!(dir.join("elsewhere").symlink_metadata().is_err());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn a_secret_others_may_read_is_refused_with_the_fix_and_never_shown() {
         let dir = dir("mode");
         let pair = KeyPair::generate().unwrap();
@@ -348,6 +538,21 @@ mod tests {
         write(&dir.join("c.pub"), "garbage", 0o644);
         let e = read_clients(&dir, "curve_clients").unwrap_err();
         assert!(e.message.contains("c.pub"), "{e}");
+    }
+
+    #[test]
+    fn a_clients_directory_of_more_than_the_limit_is_refused() {
+        let dir = dir("many");
+        let key = format!("{}\n", KeyPair::generate().unwrap().public);
+        for i in 0..MAX_CLIENT_KEYS {
+            std::fs::write(dir.join(format!("{i}.pub")), &key).unwrap();
+        }
+        std::fs::write(dir.join("README"), "not counted").unwrap();
+        assert_eq!(read_clients(&dir, "curve_clients").unwrap().len(), 1);
+        std::fs::write(dir.join("one-more.pub"), &key).unwrap();
+        let e = read_clients(&dir, "curve_clients").unwrap_err();
+        assert!(e.message.contains("more than 10000 *.pub files"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

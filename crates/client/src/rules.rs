@@ -134,43 +134,65 @@ fn token_from(
     Ok(env.filter(|t| !t.is_empty()).map(String::into_bytes))
 }
 
-/// The first line of a token file, trimmed. Only a regular file of at most
-/// [`MAX_TOKEN_FILE_BYTES`] is read: a device (`/dev/zero`), a FIFO or a
-/// directory is refused before it is read, so reading never blocks or
-/// grows without end.
+/// The first line of a token file, trimmed ([`read_small_file`]).
 fn read_token_file(path: &str) -> Result<Vec<u8>, ConfigError> {
     let refuse = |why: String| ConfigError::new("auth_token_file", why);
-    let kind = std::fs::metadata(path)
-        .map_err(|e| refuse(format!("cannot read {path}: {e}")))?
-        .file_type();
-    if !kind.is_file() {
-        return Err(refuse(format!(
-            "{path} is {}; the token must be in a regular file",
-            file_kind(kind)
-        )));
+    let (text, _) = read_small_file(std::path::Path::new(path), MAX_TOKEN_FILE_BYTES, "token")
+        .map_err(refuse)?;
+    match text.lines().next().unwrap_or("").trim() {
+        "" => Err(refuse(format!("{path} is empty"))),
+        token => Ok(token.as_bytes().to_vec()),
     }
+}
+
+/// The text of a small file that holds a secret or a key (`what`, for the
+/// error): only a regular file of at most `max_bytes` is read. A device
+/// (`/dev/zero`), a FIFO or a directory is refused before it is opened,
+/// and again, by the descriptor, after (should the path have changed in
+/// between), so reading never blocks or grows without end. Returns the
+/// text and the opened file's metadata (its mode, for a secret); the error
+/// names the path and never the content.
+pub(crate) fn read_small_file(
+    path: &std::path::Path,
+    max_bytes: u64,
+    what: &str,
+) -> Result<(String, std::fs::Metadata), String> {
+    let shown = path.display();
+    let regular = |metadata: std::fs::Metadata| {
+        if metadata.is_file() {
+            Ok(metadata)
+        } else {
+            Err(format!(
+                "{shown} is {}; a {what} must be in a regular file",
+                file_kind(metadata.file_type())
+            ))
+        }
+    };
+    regular(std::fs::metadata(path).map_err(|e| format!("cannot read {shown}: {e}"))?)?;
     // O_NONBLOCK: should the path become a FIFO after the check above,
     // opening it still does not wait for a writer.
     let mut handle = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NONBLOCK)
         .open(path)
-        .map_err(|e| refuse(format!("cannot read {path}: {e}")))?;
+        .map_err(|e| format!("cannot read {shown}: {e}"))?;
+    let metadata = regular(
+        handle
+            .metadata()
+            .map_err(|e| format!("cannot read {shown}: {e}"))?,
+    )?;
     let mut bytes = Vec::new();
     (&mut handle)
-        .take(MAX_TOKEN_FILE_BYTES + 1)
+        .take(max_bytes + 1)
         .read_to_end(&mut bytes)
-        .map_err(|e| refuse(format!("cannot read {path}: {e}")))?;
-    if bytes.len() as u64 > MAX_TOKEN_FILE_BYTES {
-        return Err(refuse(format!(
-            "{path} is longer than {MAX_TOKEN_FILE_BYTES} bytes; a token file holds one line"
-        )));
+        .map_err(|e| format!("cannot read {shown}: {e}"))?;
+    if bytes.len() as u64 > max_bytes {
+        return Err(format!(
+            "{shown} is longer than {max_bytes} bytes; a {what} file holds one line"
+        ));
     }
-    let text = String::from_utf8(bytes).map_err(|_| refuse(format!("{path} is not text")))?;
-    match text.lines().next().unwrap_or("").trim() {
-        "" => Err(refuse(format!("{path} is empty"))),
-        token => Ok(token.as_bytes().to_vec()),
-    }
+    let text = String::from_utf8(bytes).map_err(|_| format!("{shown} is not text"))?;
+    Ok((text, metadata))
 }
 
 fn file_kind(kind: std::fs::FileType) -> &'static str {

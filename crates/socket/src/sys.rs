@@ -1,8 +1,9 @@
 //! The two socket options zbridge sets that neither the `zmq` crate nor
-//! std wraps. The only unsafe code in zbridge.
+//! std wraps, and libzmq's `zmq_curve_public`. The only unsafe code in
+//! zbridge.
 
 use std::os::fd::RawFd;
-use std::os::raw::{c_int, c_void};
+use std::os::raw::{c_char, c_int, c_void};
 
 /// Set ZMQ_XPUB_NODROP on an XPUB socket: a full subscriber queue makes
 /// a send fail with EAGAIN instead of dropping the message.
@@ -45,4 +46,77 @@ pub fn set_tcp_cork(fd: RawFd, on: bool) {
             std::mem::size_of::<c_int>() as libc::socklen_t,
         )
     };
+}
+
+// zmq-sys declares zmq_curve_public but does not export it; the symbol is
+// in the libzmq that zmq-sys links (4.2.0 and later).
+extern "C" {
+    fn zmq_curve_public(z85_public_key: *mut c_char, z85_secret_key: *const c_char) -> c_int;
+}
+
+/// Characters of a Z85 CURVE key (32 bytes).
+const Z85_KEY_CHARS: usize = 40;
+/// Z85's alphabet (ZeroMQ RFC 32).
+const Z85: &[u8; 85] =
+    b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ.-:+=^!/*?&<>()[]{}@%$#";
+
+/// The Z85 public key of the Z85 CURVE secret key `secret` (libzmq's
+/// `zmq_curve_public`). `None` when `secret` is not 40 characters of Z85's
+/// alphabet, or libzmq refuses it (a group that overflows, no CURVE in
+/// this libzmq).
+pub fn curve_public(secret: &str) -> Option<String> {
+    // libzmq decodes the whole string into a 32-byte buffer, whatever its
+    // length (any multiple of 5): anything but 40 characters would write
+    // past that buffer. Checked here, before libzmq sees it.
+    if secret.len() != Z85_KEY_CHARS || !secret.bytes().all(|c| Z85.contains(&c)) {
+        return None;
+    }
+    // No NUL inside: every byte is in Z85's alphabet.
+    let secret = std::ffi::CString::new(secret).ok()?;
+    let mut public = [0u8; Z85_KEY_CHARS + 1];
+    // SAFETY: `secret` is a NUL-terminated string of exactly 40 Z85
+    // characters (checked above), which libzmq decodes into its own 32-byte
+    // buffer; `public` is 41 bytes, the 40 Z85 characters of a 32-byte key
+    // and the NUL that zmq_z85_encode writes. Both live on this frame for
+    // the whole call, and libzmq keeps neither pointer.
+    let rc = unsafe { zmq_curve_public(public.as_mut_ptr().cast(), secret.as_ptr()) };
+    if rc != 0 || public[Z85_KEY_CHARS] != 0 {
+        return None;
+    }
+    String::from_utf8(public[..Z85_KEY_CHARS].to_vec()).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn curve_public_matches_the_pair_libzmq_makes() {
+        for _ in 0..10 {
+            let pair = zmq::CurveKeyPair::new().unwrap();
+            let secret = zmq::z85_encode(&pair.secret_key).unwrap();
+            let public = zmq::z85_encode(&pair.public_key).unwrap();
+            assert_eq!(curve_public(&secret), Some(public));
+        }
+    }
+
+    #[test]
+    fn curve_public_refuses_what_is_not_a_z85_key_without_harm() {
+        let pair = zmq::CurveKeyPair::new().unwrap();
+        let secret = zmq::z85_encode(&pair.secret_key).unwrap();
+        // Longer keys (a multiple of 5) would overrun libzmq's buffer.
+        for bad in [
+            String::new(),
+            secret[..35].to_string(),
+            format!("{secret}abcde"),
+            "a".repeat(400),
+            format!("{}~", &secret[..39]),
+            format!("{}\0", &secret[..39]),
+            format!("{} ", &secret[..39]),
+            "%".repeat(40),
+            format!("{}é", &secret[..38]),
+        ] {
+            assert_eq!(curve_public(&bad), None, "{bad:?}");
+        }
+    }
 }
