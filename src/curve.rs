@@ -165,22 +165,12 @@ impl Zap {
     /// Bind the handler in `context` (before any CURVE server socket of
     /// that context accepts a connection) and answer on its own thread.
     pub fn start(context: &zmq::Context, admission: Arc<Admission>) -> anyhow::Result<Zap> {
-        static CONTROLS: AtomicU64 = AtomicU64::new(0);
         let handler = context.socket(zmq::REP)?;
         handler.set_linger(0)?;
         handler
             .bind(ZAP_ENDPOINT)
             .context("cannot bind the ZAP handler (inproc://zeromq.zap.01)")?;
-        let endpoint = format!(
-            "inproc://zap-control-{}",
-            CONTROLS.fetch_add(1, Ordering::Relaxed)
-        );
-        let control = context.socket(zmq::PAIR)?;
-        control.set_linger(0)?;
-        control.bind(&endpoint)?;
-        let theirs = context.socket(zmq::PAIR)?;
-        theirs.set_linger(0)?;
-        theirs.connect(&endpoint)?;
+        let (control, theirs) = zbridge_socket::pipe(context, "zap-control")?;
         let thread = std::thread::Builder::new()
             .name("zap".into())
             .spawn(move || serve(&handler, &theirs, &admission))?;

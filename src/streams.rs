@@ -77,17 +77,7 @@ impl Streams {
         let zap = admission
             .map(|a| crate::curve::Zap::start(context, a))
             .transpose()?;
-        static CONTROLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let endpoint = format!(
-            "inproc://streams-control-{}",
-            CONTROLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-        );
-        let control = context.socket(zmq::PAIR)?;
-        control.set_linger(0)?;
-        control.bind(&endpoint)?;
-        let theirs = context.socket(zmq::PAIR)?;
-        theirs.set_linger(0)?;
-        theirs.connect(&endpoint)?;
+        let (control, theirs) = zbridge_socket::pipe(context, "streams-control")?;
         let status = Arc::new(Mutex::new(Map::new()));
         let mut worker = Worker::new(context, config, theirs, Arc::clone(&status))?;
         worker.publish_status(Instant::now());

@@ -169,11 +169,7 @@ fn the_build_has_curve() {
         keys.s("bridge.key"),
         keys.s("clients")
     ));
-    let out = Command::new(exe())
-        .arg("check-config")
-        .arg(&config.0)
-        .output()
-        .unwrap();
+    let out = check(&config.0, &[]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{out:?}");
     assert!(text.contains("1 client key(s) admitted"), "{text}");
@@ -201,12 +197,10 @@ fn keygen_writes_a_private_secret_and_check_config_refuses_a_readable_one() {
     // A secret others may read: exit 2, the file and the fix named, the
     // secret nowhere.
     std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let out = Command::new(exe())
-        .arg("check-config")
-        .arg("/dev/null")
-        .arg(format!("--curve-secret-key-file={}", secret.display()))
-        .output()
-        .unwrap();
+    let out = check(
+        "/dev/null",
+        &[format!("--curve-secret-key-file={}", secret.display())],
+    );
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(
@@ -220,11 +214,7 @@ fn keygen_writes_a_private_secret_and_check_config_refuses_a_readable_one() {
         "curve_secret_key_file = \"{}\"\n[targets.svc]\nendpoint = \"tcp://127.0.0.1:1\"\ncurve_server_key = \"short\"\n",
         keys.s("bridge.key")
     ));
-    let out = Command::new(exe())
-        .arg("check-config")
-        .arg(&config.0)
-        .output()
-        .unwrap();
+    let out = check(&config.0, &[]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("targets.svc.curve_server_key"), "{err}");
@@ -629,15 +619,20 @@ fn kill_9_and_sigterm_with_curve_on_lose_nothing_for_library_clients() {
     }
 }
 
+/// `zbridge check-config FILE flags...`, run to its end.
+fn check(file: impl AsRef<std::ffi::OsStr>, flags: &[String]) -> std::process::Output {
+    Command::new(exe())
+        .arg("check-config")
+        .arg(file)
+        .args(flags)
+        .output()
+        .unwrap()
+}
+
 /// `zbridge check-config` with `flags` after /dev/null: its exit code and
 /// stderr.
 fn check_config(flags: &[String]) -> (Option<i32>, String) {
-    let out = Command::new(exe())
-        .arg("check-config")
-        .arg("/dev/null")
-        .args(flags)
-        .output()
-        .unwrap();
+    let out = check("/dev/null", flags);
     (
         out.status.code(),
         String::from_utf8_lossy(&out.stderr).into_owned(),

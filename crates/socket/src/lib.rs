@@ -34,6 +34,23 @@ pub fn watch(
     Ok(events)
 }
 
+/// Two connected inproc PAIR sockets of `context`, named after `what`:
+/// the control line between a thread and the one that started it.
+pub fn pipe(context: &zmq::Context, what: &str) -> zmq::Result<(zmq::Socket, zmq::Socket)> {
+    static PIPES: AtomicU64 = AtomicU64::new(0);
+    let endpoint = format!(
+        "inproc://zbridge-{what}-{}",
+        PIPES.fetch_add(1, Ordering::Relaxed)
+    );
+    let ours = context.socket(zmq::PAIR)?;
+    ours.set_linger(0)?;
+    ours.bind(&endpoint)?;
+    let theirs = context.socket(zmq::PAIR)?;
+    theirs.set_linger(0)?;
+    theirs.connect(&endpoint)?;
+    Ok((ours, theirs))
+}
+
 /// The next monitor event waiting on `events` (from [`watch`]): its raw
 /// number (`zmq::SocketEvent::from_raw` panics on kinds it does not know)
 /// and its value (for connection events, the connection's descriptor).
