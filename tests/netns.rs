@@ -107,8 +107,8 @@ fn a_cut_link_makes_two_actives_and_the_healed_link_leaves_one_by_epoch() {
         .status(1, 5601)
         .is_some_and(|s| s["peer"]["alive"] == true)));
 
-    hosts.link(false);
     let cut = std::time::Instant::now();
+    hosts.link(false);
     let (took_over, _) = secondary
         .wait_for_event(Duration::from_secs(5), |e| {
             e["event"] == "bound" && e["port"] == "primary"
@@ -116,9 +116,10 @@ fn a_cut_link_makes_two_actives_and_the_healed_link_leaves_one_by_epoch() {
         .expect("the secondary becomes active on its host");
     // A cut link gives no proof of death: the timeout (300 ms from the
     // last heartbeat heard, which can be one 100 ms interval before the
-    // cut) runs out first, where a proof would take milliseconds.
+    // cut, or more if it was sent late) runs out first, where a proof
+    // would take milliseconds.
     assert!(
-        took_over - cut >= Duration::from_millis(150),
+        took_over - cut >= Duration::from_millis(100),
         "{:?}",
         took_over - cut
     );
@@ -285,12 +286,17 @@ fn a_client_whose_link_to_the_active_is_cut_fails_over_and_loses_nothing() {
     assert!(wait_until(Duration::from_secs(10), || hosts.roles()
         == [Some("active".into()), Some("passive".into())]));
     let (mut client, _config) = library_client_on_host_1(&hosts, "heartbeat_timeout = 0.3\n", 4);
-    // A second of load through the active, then its link goes silent: no
-    // disconnect, no reset; only heartbeat silence shows it.
-    std::thread::sleep(Duration::from_secs(1));
+    // Load through the active, then its link goes silent: no disconnect,
+    // no reset; only heartbeat silence shows it.
+    assert!(wait_until(Duration::from_secs(5), || hosts
+        .status(0, 5600)
+        .is_some_and(
+            |s| s["targets"]["pc2"]["replies_total"].as_u64() > Some(50)
+        )));
     hosts.link(false);
     let report = lost_nothing(&mut client);
-    assert!(report["sent"].as_u64().unwrap() >= 700, "{report}");
+    // The load ran across the cut; every call sent was answered.
+    assert!(report["sent"].as_u64().unwrap() >= 100, "{report}");
     assert!(report["failovers"].as_u64().unwrap() >= 1, "{report}");
     let gap = report["max_ms"].as_f64().unwrap();
     eprintln!("client-to-active link cut: longest call {gap:.1} ms");
