@@ -72,12 +72,17 @@ impl Drop for Keys {
     }
 }
 
-fn keygen(path: &Path) -> String {
-    let out = Command::new(exe())
+/// `zbridge keygen PATH`, run to its end.
+fn run_keygen(path: &Path) -> std::process::Output {
+    Command::new(exe())
         .arg("keygen")
         .arg(path)
         .output()
-        .unwrap();
+        .unwrap()
+}
+
+fn keygen(path: &Path) -> String {
+    let out = run_keygen(path);
     assert!(out.status.success(), "{out:?}");
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
@@ -187,11 +192,7 @@ fn keygen_writes_a_private_secret_and_check_config_refuses_a_readable_one() {
     let public = std::fs::read_to_string(keys.path("bridge.key.pub")).unwrap();
     assert_eq!(public.trim().len(), 40);
     // Never over a key in use.
-    let again = Command::new(exe())
-        .arg("keygen")
-        .arg(&secret)
-        .output()
-        .unwrap();
+    let again = run_keygen(&secret);
     assert_eq!(again.status.code(), Some(1), "{again:?}");
     assert_eq!(std::fs::read_to_string(&secret).unwrap(), text);
     // A secret others may read: exit 2, the file and the fix named, the
@@ -742,19 +743,11 @@ fn key_files_that_are_not_small_regular_files_are_refused_at_once() {
     let link = keys.path("link.key");
     std::os::unix::fs::symlink(keys.path("elsewhere"), &link).unwrap();
     for path in [link, keys.path("missing/dir.key")] {
-        let out = Command::new(exe())
-            .arg("keygen")
-            .arg(&path)
-            .output()
-            .unwrap();
+        let out = run_keygen(&path);
         assert_eq!(out.status.code(), Some(1), "{out:?}");
     }
     assert!(keys.path("elsewhere").symlink_metadata().is_err());
-    let out = Command::new(exe())
-        .arg("keygen")
-        .arg(keys.path("missing/dir.key"))
-        .output()
-        .unwrap();
+    let out = run_keygen(&keys.path("missing/dir.key"));
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("mkdir"),
         "{out:?}"
