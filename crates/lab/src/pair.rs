@@ -41,11 +41,20 @@ pub struct LoopbackPair {
 
 impl LoopbackPair {
     pub fn new(interval: Duration, timeout: Duration) -> anyhow::Result<LoopbackPair> {
+        LoopbackPair::serving(interval, timeout, Duration::ZERO)
+    }
+
+    /// A pair whose services take `service` to answer each request.
+    pub fn serving(
+        interval: Duration,
+        timeout: Duration,
+        service: Duration,
+    ) -> anyhow::Result<LoopbackPair> {
         Ok(LoopbackPair {
             ports: [free_port(), free_port(), free_port(), free_port()],
             monitors: [free_port(), free_port()],
-            main_pc: EchoService::start(None)?,
-            pc2: EchoService::start(None)?,
+            main_pc: EchoService::taking(None, service)?,
+            pc2: EchoService::taking(None, service)?,
             interval,
             timeout,
         })

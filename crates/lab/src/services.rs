@@ -7,8 +7,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 /// A ROUTER service on loopback that answers every request with its own
-/// frames, after an optional `tag` frame. Runs on its own thread until
-/// dropped.
+/// frames, after an optional `tag` frame, one at a time and each after a
+/// service time (none by default). Runs on its own thread until dropped.
 pub struct EchoService {
     pub endpoint: String,
     context: zmq::Context,
@@ -17,6 +17,11 @@ pub struct EchoService {
 
 impl EchoService {
     pub fn start(tag: Option<&str>) -> anyhow::Result<EchoService> {
+        EchoService::taking(tag, Duration::ZERO)
+    }
+
+    /// An echo service that takes `service` to answer each request.
+    pub fn taking(tag: Option<&str>, service: Duration) -> anyhow::Result<EchoService> {
         let context = zmq::Context::new();
         let socket = context.socket(zmq::ROUTER)?;
         socket.set_linger(0)?;
@@ -27,7 +32,7 @@ impl EchoService {
             .get_last_endpoint()?
             .map_err(|_| anyhow::anyhow!("non-UTF-8 endpoint"))?;
         let tag = tag.map(|t| t.as_bytes().to_vec());
-        let thread = std::thread::spawn(move || echo_loop(&socket, tag.as_deref()));
+        let thread = std::thread::spawn(move || echo_loop(&socket, tag.as_deref(), service));
         Ok(EchoService {
             endpoint,
             context,
@@ -36,7 +41,7 @@ impl EchoService {
     }
 }
 
-fn echo_loop(socket: &zmq::Socket, tag: Option<&[u8]>) {
+fn echo_loop(socket: &zmq::Socket, tag: Option<&[u8]>, service: Duration) {
     let mut frames = Vec::new();
     loop {
         frames.clear();
@@ -51,6 +56,9 @@ fn echo_loop(socket: &zmq::Socket, tag: Option<&[u8]>) {
             if !more {
                 break;
             }
+        }
+        if !service.is_zero() {
+            std::thread::sleep(service);
         }
         // Routing envelope up to and including the empty delimiter.
         let split = frames

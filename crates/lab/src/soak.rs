@@ -70,14 +70,8 @@ impl Soak {
         let mut report = SoakReport::default();
         // Every process that ever ran, for its role events at the end.
         let mut done: Vec<BridgeProcess> = Vec::new();
-        let mut rng = self.seed | 1;
-        let mut random = |range: (Duration, Duration)| {
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            let span = range.1.saturating_sub(range.0).as_millis().max(1) as u64;
-            range.0 + Duration::from_millis(rng % span)
-        };
+        let mut rng = crate::Rng::new(self.seed);
+        let mut random = |range: (Duration, Duration)| rng.between(range.0, range.1);
         let mut next_fault = start + random(self.fault_every);
         let mut next_sample = start;
         while start.elapsed() < self.duration {

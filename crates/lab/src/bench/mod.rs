@@ -6,9 +6,11 @@
 //! paths, and prints ratios. Every load is bounded in count and time.
 //! `bench stream` ([`stream`]) does the same for a stream against libzmq's
 //! XSUB/XPUB proxy. `bench python` ([`python`]) measures the Python
-//! package against a raw pyzmq DEALER.
+//! package against a raw pyzmq DEALER. `bench handover` ([`handover`])
+//! counts what planned handovers cost a plain lockstep REQ client.
 
 mod curve;
+mod handover;
 mod python;
 mod stream;
 
@@ -48,6 +50,20 @@ pub enum What {
         /// Requests per second of each of the two clients.
         #[arg(long, default_value_t = 500.0)]
         rate: f64,
+    },
+    /// Planned handovers (SIGTERM of the active, restarted at once) at
+    /// random phases of a plain lockstep REQ client's cycle, per think
+    /// time and service time: requests lost, error replies, longest wait.
+    Handover {
+        /// Handovers per think time and service time.
+        #[arg(long, default_value_t = 100)]
+        handovers: usize,
+        /// The client's think times (ms, comma-separated).
+        #[arg(long, value_delimiter = ',', default_values_t = [0.0, 1.0, 20.0, 200.0, 1000.0])]
+        think_ms: Vec<f64>,
+        /// The services' times to answer (ms, comma-separated).
+        #[arg(long, value_delimiter = ',', default_values_t = [0.0, 200.0])]
+        service_ms: Vec<f64>,
     },
     /// A sustained load through a live pair that it starts on loopback:
     /// throughput, latency percentiles, errors, lost requests, memory.
@@ -161,6 +177,23 @@ pub fn run(what: What) -> anyhow::Result<()> {
             curve,
         ),
         What::Failover { rate } => failover(rate),
+        What::Handover {
+            handovers,
+            think_ms,
+            service_ms,
+        } => {
+            let durations = |ms: &[f64], what: &str| {
+                ms.iter()
+                    .map(|&ms| Duration::try_from_secs_f64(ms / 1e3))
+                    .collect::<Result<Vec<_>, _>>()
+                    .with_context(|| format!("--{what}: milliseconds, 0 or more"))
+            };
+            handover::bench(
+                handovers,
+                &durations(&think_ms, "think-ms")?,
+                &durations(&service_ms, "service-ms")?,
+            )
+        }
         What::Load {
             rate,
             clients,
