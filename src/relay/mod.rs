@@ -16,6 +16,7 @@
 //! | [`roles`] | steps the role machine ([`crate::ha::machine`]) and carries out its effects: bind, drain, publish, notify |
 //! | [`reload`] | the target diff of a reloaded config (pure, tested) and applying it |
 //! | [`snapshot`] | what `/status`, `/metrics` and the ready line show |
+//! | [`drain`] | when a draining frontend closes (pure): behind a reply, after a quiet window, at `drain_timeout` |
 //! | `breaker`, `inflight`, `limit`, `stats`, `watch`, `cork` | small parts: circuit breaker, in-flight table and keys, rate limits, counters, config file watch, TCP_CORK |
 //!
 //! A request is parsed (pure code in `zbridge-protocol`), checked against
@@ -30,6 +31,7 @@
 
 mod breaker;
 mod cork;
+mod drain;
 mod inflight;
 mod limit;
 mod reload;
@@ -46,6 +48,7 @@ use crate::curve;
 use crate::ha::machine::{Effect, Event, Machine, Peer, Phase, Port};
 use crate::ha::{Heartbeats, Probe};
 use crate::monitor;
+use crate::notify::Notifier;
 use crate::stop::Stop;
 use crate::streams::Streams;
 use crate::throttle::LogThrottle;
@@ -84,9 +87,8 @@ pub(crate) struct Frontend {
     /// The plain endpoint bound beside a CURVE one (`plain_*_port`).
     plain: Option<String>,
     port: u16,
-    /// Set while draining: closed once its clients are quiet (nothing in
-    /// flight on it, no request waiting to be read), or at this deadline.
-    draining_until: Option<Instant>,
+    /// Set while draining: when to close it ([`drain`]).
+    drain: Option<drain::Drain>,
     /// libzmq's socket monitor: accepted and closed client connections.
     events: zmq::Socket,
     /// The client connections' descriptors (libzmq's), for [`cork`].
@@ -135,6 +137,8 @@ pub struct Relay {
     /// Who the ZAP handlers admit (CURVE on), and this context's handler.
     admission: Option<std::sync::Arc<curve::Admission>>,
     _zap: Option<curve::Zap>,
+    /// systemd's notify socket and watchdog, pinged from this loop.
+    notifier: Notifier,
 }
 
 impl Relay {
@@ -211,6 +215,7 @@ impl Relay {
             take_log: LogThrottle::default(),
             admission,
             _zap: zap,
+            notifier: Notifier::from_env(now),
         })
     }
 
@@ -227,10 +232,17 @@ impl Relay {
             signed = self.state.config.auth_token.is_some(),
             "listening for the peer"
         );
+        if let Some(watchdog) = self.notifier.watchdog() {
+            info!(
+                watchdog_s = watchdog.as_secs_f64(),
+                "systemd's watchdog is on: the relay loop pings it; a loop stuck that long is killed"
+            );
+        }
         let mut frames = Vec::with_capacity(8);
         let mut ready = Readiness::default();
         loop {
             let now = Instant::now();
+            self.notifier.ping(now);
             let actions = &mut self.actions;
             self.state.step(now, PathEvent::Tick, actions);
             carry_out(&mut self.state, &self.frontends, actions, now, &mut frames);
@@ -307,12 +319,9 @@ impl Relay {
                 ),
                 None => {}
             }
-            for (ready, frontend) in ready.connections.iter().zip(&mut self.frontends) {
-                if let (true, Some(frontend)) = (ready, frontend) {
-                    let failed = count_connections(frontend);
-                    if let Some(admission) = &self.admission {
-                        admission.refuse_handshakes(failed);
-                    }
+            for (i, &ready) in ready.connections.iter().enumerate() {
+                if ready {
+                    self.track_connections(i);
                 }
             }
             // Before the requests of this round: a client asking for the
@@ -430,8 +439,8 @@ impl Relay {
             .frontends
             .iter()
             .flatten()
-            .filter_map(|f| f.draining_until)
-            .map(|until| until.min(later(now, CORK_FLUSH_EVERY)));
+            .filter_map(|f| f.drain.as_ref())
+            .map(|drain| drain.next_deadline().min(later(now, CORK_FLUSH_EVERY)));
         let next = self
             .state
             .next_deadline()
@@ -439,6 +448,7 @@ impl Relay {
             .chain(drains)
             .chain(self.machine.next_deadline())
             .chain([self.heartbeats.next_publish(), self.next_snapshot])
+            .chain(self.notifier.next_ping())
             .chain(
                 self.source
                     .path
@@ -454,6 +464,17 @@ impl Relay {
                 .saturating_duration_since(now)
                 .as_micros()
                 .div_ceil(1000) as i64,
+        }
+    }
+
+    /// Read frontend `i`'s socket monitor: connections accepted and closed,
+    /// handshakes failed.
+    fn track_connections(&mut self, i: usize) {
+        if let Some(frontend) = &mut self.frontends[i] {
+            let failed = count_connections(frontend);
+            if let Some(admission) = &self.admission {
+                admission.refuse_handshakes(failed);
+            }
         }
     }
 
@@ -531,7 +552,7 @@ fn open_frontend(
         endpoint: bound,
         plain,
         port,
-        draining_until: None,
+        drain: None,
         events,
         connections: Vec::new(),
     })
@@ -553,7 +574,7 @@ fn count_connections(frontend: &mut Frontend) -> u64 {
         let fd = RawFd::try_from(value).unwrap_or(-1);
         if event == zmq::SocketEvent::ACCEPTED.to_raw() {
             frontend.connections.push(fd);
-            if frontend.draining_until.is_some() {
+            if frontend.drain.is_some() {
                 cork::hold(&[fd]);
             }
         } else if event == zmq::SocketEvent::DISCONNECTED.to_raw() {

@@ -3,6 +3,7 @@
 //! closing it once quiet, publishing heartbeats, telling the peer, exiting.
 //! The machine decides ([`crate::ha::machine`]); nothing here does.
 
+use super::drain::{Drain, Seen, Verdict};
 use super::send::carry_out;
 use super::state::Event as PathEvent;
 use super::{cork, open_frontend, readable, Events, Relay, RELAY_WHILE_DRAINING};
@@ -19,15 +20,21 @@ impl Relay {
     pub(super) fn on_stop(&mut self, now: Instant, events: Events) {
         if self.machine.phase() == Phase::Stopping {
             warn!("second stop request: answering what is in flight with `draining` now");
-            for frontend in self.frontends.iter_mut().flatten() {
-                frontend.draining_until = Some(now);
+            for drain in self
+                .frontends
+                .iter_mut()
+                .flatten()
+                .filter_map(|f| f.drain.as_mut())
+            {
+                drain.until = now;
             }
             return;
         }
         info!(
             drain_timeout_s = self.state.config.drain_timeout.as_secs_f64(),
-            "stop requested: telling the peer, refusing new requests, draining those in flight"
+            "stop requested: draining (telling the peer, relaying what clients still send, closing each port right behind its last reply)"
         );
+        self.notifier.stopping();
         self.handle(now, Event::Stop, events);
     }
 
@@ -70,13 +77,17 @@ impl Relay {
                             streams.release(port);
                         }
                         let drain = self.state.config.drain_timeout;
-                        frontend.draining_until = Some(later(now, drain));
-                        cork::hold(&frontend.connections);
                         // New requests are relayed as usual for a while, so
                         // that a plain lockstep client is served until the
                         // port closes right behind a reply; after it (a port
-                        // that never goes quiet) they get `draining`.
-                        let relay_until = later(now, (drain / 2).min(RELAY_WHILE_DRAINING));
+                        // that never goes quiet) they get `draining`. The
+                        // same window is how long a quiet port waits for its
+                        // clients' next requests (see `drain`).
+                        let window = (drain / 2).min(RELAY_WHILE_DRAINING);
+                        let replies = self.state.replies_on(port);
+                        frontend.drain = Some(Drain::new(now, later(now, drain), window, replies));
+                        let relay_until = later(now, window);
+                        cork::hold(&frontend.connections);
                         let draining = PathEvent::Draining { port, relay_until };
                         self.state.step(now, draining, &mut self.actions);
                     }
@@ -119,6 +130,10 @@ impl Relay {
                         "event": "role", "from": from.as_str(), "to": to.as_str(),
                         "reason": reason.as_str(), "epoch": epoch,
                     }));
+                    if self.ready {
+                        let status = self.role_status();
+                        self.notifier.status(&status);
+                    }
                     self.next_snapshot = now;
                 }
                 Effect::BindFailed {
@@ -166,28 +181,43 @@ impl Relay {
         }
     }
 
-    /// Close each draining frontend once nothing is in flight on it, or its
-    /// drain deadline has passed.
+    /// Close each draining frontend when [`Drain::look`] says so: right
+    /// behind a reply, after a quiet window, with no client left, or at
+    /// its drain deadline. Runs right after the replies of a round went
+    /// out, so that a port can close behind the last one.
     pub(super) fn finish_drains(&mut self, now: Instant, events: Events) {
         for port in [Port::Primary, Port::Secondary] {
             let i = port.index();
-            let idle = self.state.in_flight_on(port) == 0;
-            // Quiet: nothing in flight and no request waiting to be read.
-            // This runs right after the replies of the last round were
-            // sent, so a lockstep client's port closes right behind its
-            // reply, before it can send the next request into it.
-            let Some(frontend) = &self.frontends[i] else {
+            if self.frontends[i].as_ref().is_none_or(|f| f.drain.is_none()) {
+                continue;
+            }
+            // Connections accepted since the last poll count too.
+            self.track_connections(i);
+            let in_flight = self.state.in_flight_on(port);
+            let replies = self.state.replies_on(port);
+            let Some(frontend) = &mut self.frontends[i] else {
                 continue;
             };
-            let Some(until) = frontend.draining_until else {
+            let Some(drain) = &mut frontend.drain else {
                 continue;
             };
-            let quiet = idle && !readable(&frontend.socket);
-            if now < until && !quiet {
+            let seen = Seen {
+                replies,
+                idle: in_flight == 0 && !readable(&frontend.socket),
+                connections: frontend.connections.len(),
+            };
+            let verdict = drain.look(now, seen);
+            if verdict == Verdict::Open {
                 // Staying open: send this round's replies (see `cork`).
                 cork::flush(&frontend.connections);
                 continue;
             }
+            debug!(
+                ?port,
+                ?verdict,
+                connections = seen.connections,
+                "closing the draining frontend"
+            );
             // Answered on the frontend before it closes.
             let actions = &mut self.actions;
             self.state.step(now, PathEvent::Closed(port), actions);
@@ -213,6 +243,19 @@ impl Relay {
             }
             self.handle(now, Event::Released(port), events);
         }
+    }
+
+    /// The role, as `systemctl status` shows it.
+    pub(super) fn role_status(&self) -> String {
+        let ports: Vec<String> = (self.frontends.iter().flatten())
+            .map(|f| f.port.to_string())
+            .collect();
+        format!(
+            "{} (epoch {}), serving on port {}",
+            role_name(self.machine.phase()),
+            self.machine.epoch(),
+            ports.join(" and ")
+        )
     }
 
     pub(super) fn publish(&mut self, now: Instant) {

@@ -177,6 +177,9 @@ struct Front {
     in_flight: usize,
     /// Set while it drains: from then on new requests get `draining`.
     relay_until: Option<Instant>,
+    /// Replies sent on it (the backend's, answers and error documents):
+    /// a draining port closes right behind one ([`super::drain`]).
+    replies: u64,
 }
 
 /// What to do with a request, once read.
@@ -311,6 +314,17 @@ impl<D> State<D> {
         self.fronts[port.index()].in_flight
     }
 
+    /// Replies sent on `port` so far.
+    pub fn replies_on(&self, port: Port) -> u64 {
+        self.fronts[port.index()].replies
+    }
+
+    /// Push a reply to `to`, counted on its port.
+    fn reply(&mut self, to: Client, body: Body, actions: &mut Vec<Action>) {
+        self.fronts[to.port.index()].replies += 1;
+        actions.push(Action::Reply { to, body });
+    }
+
     /// Decide what `event` calls for; the actions are pushed on `actions`.
     pub fn step(&mut self, now: Instant, event: Event<'_>, actions: &mut Vec<Action>) {
         match event {
@@ -397,7 +411,7 @@ impl<D> State<D> {
             Next::Reject(code, message) => self.reject(to, code, &message, actions),
             Next::Answer(ask) => {
                 let body = Body::One(zmq::Message::from(self.answer(now, ask)));
-                actions.push(Action::Reply { to, body });
+                self.reply(to, body, actions);
             }
             // The parser's index counts from after the routing id.
             Next::Forward { target, payload } => match self.targets[target].dealer {
@@ -580,10 +594,7 @@ impl<D> State<D> {
         let transition = from.breaker.on_success();
         log_transition(from, transition);
         self.stats.replies_total += 1;
-        actions.push(Action::Reply {
-            to: pending.client,
-            body: Body::Input(2),
-        });
+        self.reply(pending.client, Body::Input(2), actions);
     }
 
     /// Answer every request whose deadline has passed.
@@ -664,7 +675,7 @@ impl<D> State<D> {
         self.stats.errors_total[code.index()] += 1;
         debug!(error = %code, message, "request refused");
         let body = Body::One(zmq::Message::from(error_reply(code, message)));
-        actions.push(Action::Reply { to, body });
+        self.reply(to, body, actions);
     }
 }
 
