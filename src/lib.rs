@@ -4,7 +4,7 @@
 //! frontend and target sockets and relays, carrying out what the role
 //! machine in [`ha`] decides; [`streams`] republishes remote PUB services
 //! on the bridge's pub ports; [`monitor`] serves `/health`, `/status` and
-//! `/metrics`; [`run`] wires them into `zbridge run`, with [`stop`] turning
+//! `/metrics`; [`notify`] speaks systemd's notify protocol and watchdog; [`run`] wires them into `zbridge run`, with [`stop`] turning
 //! signals into a drain. The binary (`src/main.rs`) adds the command line
 //! and the client-side commands; the demo, benchmarks and test harness are
 //! the `zbridge-lab` crate, not part of the daemon.
@@ -18,6 +18,7 @@ pub mod curve;
 mod error;
 pub mod ha;
 pub mod monitor;
+mod notify;
 pub mod relay;
 pub mod run;
 pub mod stop;

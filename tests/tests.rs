@@ -17,3 +17,4 @@ mod relay;
 mod reload;
 mod soak;
 mod streams;
+mod watchdog;

@@ -64,7 +64,7 @@ impl Relay {
         view.frontend_ports = self.frontends.iter().flatten().map(|f| f.port).collect();
     }
 
-    pub(super) fn report_ready(&self, port: Port, events: Events) {
+    pub(super) fn report_ready(&mut self, port: Port, events: Events) {
         let frontend = self.frontends[port.index()]
             .as_ref()
             .map(|f| f.endpoint.clone());
@@ -96,5 +96,7 @@ impl Relay {
             "boot": self.heartbeats.boot(),
             "targets": targets,
         }));
+        let status = self.role_status();
+        self.notifier.ready(&status);
     }
 }

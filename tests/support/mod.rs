@@ -3,6 +3,7 @@
 #![allow(dead_code)] // each test module uses a different part
 
 pub mod netns;
+pub mod systemd;
 
 use serde_json::Value;
 use std::path::Path;
@@ -264,6 +265,17 @@ impl Pair {
         let mut args = vec![format!("--mode={mode}")];
         args.extend(self.flags.iter().cloned());
         BridgeProcess::spawn(exe(), &args).expect("bridge starts")
+    }
+
+    /// Start an instance with more environment (e.g. systemd's).
+    pub fn start_with_env(&self, mode: &str, env: &[(&str, String)]) -> BridgeProcess {
+        let mut command = Command::new(exe());
+        command
+            .arg("run")
+            .arg(format!("--mode={mode}"))
+            .args(&self.flags)
+            .envs(env.iter().map(|(k, v)| (k, v)));
+        BridgeProcess::start(command).expect("bridge starts")
     }
 
     /// Start the primary, then the secondary, and wait until each hears
