@@ -197,6 +197,11 @@ keys! {
     max_in_flight: usize = 10_000;
     /// Seconds a stopping bridge waits for in-flight requests.
     drain_timeout: f64 = 5.0;
+    /// Seconds a connection to a listening port (frontends, heartbeat and
+    /// pub ports) has to finish its ZeroMQ handshake (ZMQ_HANDSHAKE_IVL)
+    /// before it is closed: a peer that connects and says nothing holds a
+    /// descriptor this long at most. Applies to ports bound after a reload.
+    handshake_timeout: f64 = 5.0;
     /// Requests per second one client may send (0: no limit); more get
     /// `rate_limited`.
     rate_limit_per_client: f64 = 0.0;
@@ -367,6 +372,7 @@ pub struct Config {
     pub max_transport_bytes: usize,
     pub max_in_flight: usize,
     pub drain_timeout: Duration,
+    pub handshake_timeout: Duration,
     pub rate_limit_per_client: Option<Rate>,
     pub rate_limit_global: Option<Rate>,
     pub rate_limit_clients: usize,
@@ -426,6 +432,12 @@ restart_keys!(
 );
 
 impl Config {
+    /// `handshake_timeout` as ZMQ_HANDSHAKE_IVL takes it (ms; a week at
+    /// most, as validated, fits).
+    pub fn handshake_ms(&self) -> i32 {
+        i32::try_from(self.handshake_timeout.as_millis()).unwrap_or(i32::MAX)
+    }
+
     /// The instance's home role.
     pub fn node(&self) -> Node {
         match self.mode {
@@ -658,6 +670,7 @@ impl File {
             },
             max_in_flight: self.max_in_flight,
             drain_timeout: seconds_or_zero("drain_timeout", self.drain_timeout)?,
+            handshake_timeout: positive_seconds("handshake_timeout", self.handshake_timeout)?,
             rate_limit_per_client: rate(
                 "rate_limit_per_client",
                 self.rate_limit_per_client,
@@ -1120,6 +1133,7 @@ mod tests {
             "heartbeat_timeout",
             "request_timeout",
             "drain_timeout",
+            "handshake_timeout",
             "reconnect_delay",
             "heartbeat_max_skew",
             "breaker_open_wait",

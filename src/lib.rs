@@ -17,6 +17,7 @@ pub mod config;
 pub mod curve;
 mod error;
 pub mod ha;
+mod limits;
 pub mod monitor;
 mod notify;
 pub mod relay;

@@ -24,6 +24,7 @@ pub fn run(mode: Option<Mode>, path: Option<&Path>, overrides: &Overrides) -> Re
         )
     })?;
     let level = init_logging(config.log_format, config.log_level);
+    crate::limits::raise_descriptors();
     let mut stop = Stop::on_signals()?;
     let set_level = Box::new(move |l: LogLevel| {
         let _ = level.modify(|filter| *filter = level_filter(l));

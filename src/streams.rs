@@ -190,6 +190,8 @@ struct Worker {
     endpoints: [String; 2],
     ipv6: bool,
     hwm: i32,
+    /// ZMQ_HANDSHAKE_IVL of the pub ports, in ms (`handshake_timeout`).
+    handshake_ms: i32,
     /// The pair's key: the pub ports are CURVE servers.
     curve: Option<crate::curve::KeyPair>,
     next_retry: Option<Instant>,
@@ -266,6 +268,7 @@ impl Worker {
             ],
             ipv6: config.bind_host.contains(':'),
             hwm: config.stream_hwm,
+            handshake_ms: config.handshake_ms(),
             curve: config.curve.clone(),
             next_retry: None,
             bind_failing: [None; 2],
@@ -397,6 +400,7 @@ impl Worker {
                 &self.context,
                 endpoint,
                 self.hwm,
+                self.handshake_ms,
                 self.ipv6,
                 self.curve.as_ref(),
             ) {
@@ -650,6 +654,7 @@ fn open_pub(
     context: &zmq::Context,
     endpoint: &str,
     hwm: i32,
+    handshake_ms: i32,
     ipv6: bool,
     curve: Option<&crate::curve::KeyPair>,
 ) -> zmq::Result<PubPort> {
@@ -662,6 +667,7 @@ fn open_pub(
     socket.set_linger(0)?;
     socket.set_sndhwm(hwm)?;
     socket.set_maxmsgsize(MAX_SUBSCRIPTION_BYTES)?;
+    socket.set_handshake_ivl(handshake_ms)?;
     socket.set_ipv6(ipv6)?;
     set_xpub_nodrop(&mut socket, true)?;
     if let Some(pair) = curve {

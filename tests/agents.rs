@@ -167,3 +167,180 @@ fn four_sigterm_handovers_cost_a_plain_lockstep_agent_nothing() {
     assert!(wrong.is_empty(), "{wrong:?}");
     assert!(count >= 20, "only {count} requests in 9 s");
 }
+
+/// How a handover comes: SIGTERM of whichever bridge holds the primary
+/// port (the stopped node restarted at once, so a pair remains), or, for
+/// an agent on the secondary port, kill -9 of the active and a restart of
+/// that node: the survivor then hands the secondary port back to it.
+#[derive(Clone, Copy, PartialEq)]
+pub(crate) enum Handover {
+    Sigterm,
+    SecondaryBack,
+}
+
+/// `count` handovers, each landing a random time into a plain lockstep
+/// REQ agent's cycle (no timeout; it thinks `think` s after each reply,
+/// the service takes `service` s), both nodes in turn. Every request must
+/// get its own reply: none silent (the agent would hang for ever), none an
+/// error document. `flags`: more bridge flags (CURVE, a token); `agent`:
+/// more agent arguments (its CURVE keys).
+pub(crate) fn handovers_at_random_phases(
+    how: Handover,
+    flags: &[String],
+    agent: &[String],
+    (think, service): (f64, f64),
+    count: usize,
+    seed: u64,
+) {
+    let (_svc, port) = py_service("svc", 0);
+    let pair = Pair::new(&[]);
+    let mut all = pair.flags.clone();
+    all.retain(|f| !f.starts_with("--pc2-addr"));
+    all.push(format!("--pc2-addr=tcp://127.0.0.1:{port}"));
+    all.extend_from_slice(flags);
+    let start = |mode: &str| {
+        let mut args = vec![format!("--mode={mode}")];
+        args.extend(all.iter().cloned());
+        BridgeProcess::spawn(exe(), &args).expect("bridge starts")
+    };
+    // [the primary node, the secondary node]
+    let mut nodes = [Some(start("active")), Some(start("passive"))];
+    let formed = |nodes: &[Option<BridgeProcess>; 2]| {
+        wait_until(Duration::from_secs(10), || {
+            (nodes.iter().flatten()).all(|b| monitor_status(b)["peer"]["alive"] == true)
+        })
+    };
+    assert!(formed(&nodes), "the pair forms");
+    let endpoint = match how {
+        Handover::Sigterm => pair.primary_endpoint(),
+        Handover::SecondaryBack => pair.secondary_endpoint(),
+    };
+    let payload = if service > 0.0 {
+        format!("sleep:{service}")
+    } else {
+        "x".into()
+    };
+    let mut command = Command::new("python3");
+    command
+        .arg(root().join("tests/peers/lockstep.py"))
+        .arg(&endpoint)
+        .arg("pc2")
+        .arg("600")
+        .arg(format!("--payload={payload}"))
+        .arg(format!("--think={think}"))
+        .args(agent);
+    let (agent, _) =
+        Process::spawn(command, |l| l.contains("ready")).expect("the pyzmq agent starts");
+    let cycle = Duration::from_secs_f64(think + service + 0.002);
+    // Long enough for any reply that is coming: a cycle, the drain's quiet
+    // window (2 s) and a restart.
+    let patience = cycle + Duration::from_secs(5);
+    let mut rng = zbridge_lab::Rng::new(seed);
+    let t0 = Instant::now();
+    let progress = |what: &str, nodes: &[Option<BridgeProcess>; 2]| {
+        let n = replies(&agent).len() as u64;
+        if agent
+            .wait_for_event(patience, |e| e["reply"] == n)
+            .is_none()
+        {
+            let last: Vec<_> = (replies(&agent).iter().rev().take(5))
+                .map(|(at, e)| (at.duration_since(t0), e["reply"].clone()))
+                .collect();
+            let logs: Vec<_> = nodes.iter().flatten().map(|p| p.log().join("\n")).collect();
+            panic!(
+                "{what}: the agent hangs after {n} replies (think {think} s, service {service} s): \
+                 a request was lost; last replies {last:?}\nlogs:\n{}",
+                logs.join("\n\n")
+            );
+        }
+    };
+    for handover in 0..count {
+        progress(&format!("before handover {handover}"), &nodes);
+        // Not aligned with anything the agent does.
+        std::thread::sleep(rng.between(Duration::ZERO, cycle));
+        let active = (0..2)
+            .find(|&i| (nodes[i].as_ref()).is_some_and(|b| monitor_status(b)["role"] == "active"))
+            .expect("an active node");
+        let mode = if active == 0 { "active" } else { "passive" };
+        match how {
+            Handover::Sigterm => {
+                let mut stopped = nodes[active].take().unwrap();
+                stopped.signal("TERM").unwrap();
+                let exit = stopped.wait_exit(Duration::from_secs(15)).expect("exits");
+                assert!(exit.success(), "handover {handover}: {exit:?}");
+            }
+            Handover::SecondaryBack => {
+                // The survivor takes the primary port and keeps the
+                // secondary one, where it goes on serving the agent.
+                nodes[active].take().unwrap().signal("KILL").unwrap();
+                let survivor = nodes[1 - active].as_ref().unwrap();
+                assert!(wait_until(Duration::from_secs(5), || {
+                    monitor_status(survivor)["role"] == "active"
+                }));
+                progress(&format!("after kill {handover}"), &nodes);
+                std::thread::sleep(rng.between(Duration::ZERO, cycle));
+            }
+        }
+        // The restarted node joins as the passive: after a kill, the
+        // survivor hands the secondary port back to it while the agent
+        // works there.
+        nodes[active] = Some(start(mode));
+        assert!(formed(&nodes), "handover {handover}: the pair forms again");
+    }
+    progress("after the last handover", &nodes);
+    let replies = replies(&agent);
+    let wrong: Vec<_> = replies.iter().filter(|(_, e)| e["own"] != true).collect();
+    assert!(
+        wrong.is_empty(),
+        "error replies or others' replies: {wrong:?}"
+    );
+}
+
+/// The matrix of issue 20: think times 0, 1 ms, 20 ms, 200 ms and 1 s,
+/// services of 0 and 0.2 s, SIGTERMs at random phases, both nodes in turn.
+#[test]
+fn sigterm_handovers_at_random_phases_cost_a_plain_lockstep_agent_nothing() {
+    // More handovers where the client's next request follows its reply
+    // closely: the phase a close can cross.
+    let mut seed = 1;
+    for (service, thinks) in [(0.0, [8, 8, 8, 3, 2]), (0.2, [2; 5])] {
+        for (think, count) in [0.0, 0.001, 0.02, 0.2, 1.0].into_iter().zip(thinks) {
+            handovers_at_random_phases(Handover::Sigterm, &[], &[], (think, service), count, seed);
+            seed += 1;
+        }
+    }
+}
+
+/// The same with the heartbeats signed (`auth_token`).
+#[test]
+fn signed_pairs_hand_over_at_random_phases_losing_nothing() {
+    let token = ["--auth-token=s3cret-token".to_string()];
+    for (seed, think) in [0.0, 0.02, 1.0].into_iter().enumerate() {
+        handovers_at_random_phases(
+            Handover::Sigterm,
+            &token,
+            &[],
+            (think, 0.0),
+            2,
+            20 + seed as u64,
+        );
+    }
+}
+
+/// The secondary port after a takeover: the active (which took the
+/// primary port when its peer was killed) hands the secondary port back
+/// to the restarted peer while an agent works there.
+#[test]
+fn the_secondary_port_goes_back_to_a_restarted_peer_at_random_phases_losing_nothing() {
+    for (seed, think) in [0.0, 0.02, 1.0].into_iter().enumerate() {
+        let phase = (think, 0.0);
+        handovers_at_random_phases(
+            Handover::SecondaryBack,
+            &[],
+            &[],
+            phase,
+            2,
+            30 + seed as u64,
+        );
+    }
+}

@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::Duration;
 use zbridge_client::curve::{read_public, ClientKeys, KeyPair};
 use zbridge_client::{Client, ClientConfig};
-use zbridge_lab::{http_get, ClientLoad};
+use zbridge_lab::ClientLoad;
 
 /// Key files made by `zbridge keygen` in a directory of their own: the
 /// pair's, an allowed client's (its .pub in `clients/`), a stranger's.
@@ -138,19 +138,6 @@ fn py_curve_service(mut python: Command, key: Option<&Path>, extra: &[String]) -
     let (process, line) =
         Process::spawn(python, |l| l.starts_with("ready ")).expect("service starts");
     (process, line["ready ".len()..].trim().parse().unwrap())
-}
-
-/// A bridge's status document from its monitoring server (plain HTTP on
-/// loopback: it needs no key).
-fn monitor(bridge: &BridgeProcess, path: &str) -> Option<String> {
-    let base = bridge.ready["monitor"].as_str()?;
-    http_get(&format!("{base}/{path}"), Duration::from_secs(2))
-}
-
-fn monitor_status(bridge: &BridgeProcess) -> Value {
-    monitor(bridge, "status")
-        .and_then(|s| serde_json::from_str(&s).ok())
-        .unwrap_or(Value::Null)
 }
 
 fn refused(bridge: &BridgeProcess) -> u64 {
@@ -836,4 +823,99 @@ fn a_flood_of_refused_clients_leaves_allowed_ones_served_memory_flat_and_the_log
         "{warned} refusal lines in {:?}",
         started.elapsed()
     );
+}
+
+/// Handovers at random phases of a plain lockstep REQ agent's cycle, with
+/// CURVE frontends and the agent a CURVE client (issue 20).
+#[test]
+fn curve_pairs_hand_over_at_random_phases_losing_nothing() {
+    use crate::agents::{handovers_at_random_phases, Handover};
+    let keys = Keys::new();
+    let agent = [
+        format!("--server-key-file={}", keys.s("bridge.key.pub")),
+        format!("--key-file={}", keys.s("agent.key")),
+    ];
+    for (seed, think) in [0.0, 0.02, 1.0].into_iter().enumerate() {
+        let phase = (think, 0.0);
+        handovers_at_random_phases(
+            Handover::Sigterm,
+            &keys.flags(),
+            &agent,
+            phase,
+            2,
+            40 + seed as u64,
+        );
+    }
+}
+
+/// Peers that connect and never finish their handshake (no key needed:
+/// plain TCP that says nothing), far more of them than the bridge has
+/// descriptors: the oldest are shut down, so an allowed agent that
+/// connects afresh is served every time and `/health` keeps answering.
+#[test]
+fn idle_connections_under_a_low_descriptor_limit_starve_neither_agents_nor_health() {
+    let keys = Keys::new();
+    let echo = EchoService::start(Some("pc2")).unwrap();
+    let mut args = lone_bridge_flags();
+    args.extend([
+        "--main-pc-addr=".into(),
+        format!("--pc2-addr={}", echo.endpoint),
+    ]);
+    args.extend(keys.flags());
+    let mut command = Command::new("sh");
+    command
+        .arg("-c")
+        .arg("ulimit -n 200 && exec \"$0\" run \"$@\"")
+        .arg(exe())
+        .args(&args);
+    let bridge = BridgeProcess::start(command).expect("the bridge starts under ulimit -n 200");
+    let port: u16 = bridge.frontend.rsplit(':').next().unwrap().parse().unwrap();
+    let started = std::time::Instant::now();
+    let idle: Vec<_> = (0..300)
+        .filter_map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).ok())
+        .collect();
+    assert!(idle.len() >= 250, "{} idle connections opened", idle.len());
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            monitor_status(&bridge)["connections_shed_total"].as_u64() > Some(0)
+        }),
+        "the bridge sheds idle connections: {}",
+        bridge.log().join("\n")
+    );
+    // While they are held: an allowed agent connecting afresh, ten times,
+    // and the monitoring server.
+    for i in 0..10 {
+        let payload = format!("fresh-{i}");
+        let reply = py_request(
+            &bridge.frontend,
+            Some(&keys.path("bridge.key.pub")),
+            Some(&keys.path("agent.key")),
+            &payload,
+            3.0,
+        );
+        assert_eq!(
+            reply,
+            Some(vec!["pc2".to_string(), payload.clone()]),
+            "request {i} of an allowed agent with {} idle connections open",
+            idle.len()
+        );
+        let health = monitor(&bridge, "health").expect("/health answers");
+        assert!(health.contains("\"ok\""), "{health}");
+    }
+    let metrics = monitor(&bridge, "metrics").expect("/metrics answers");
+    let shed: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("zbridge_connections_shed_total "))
+        .expect("zbridge_connections_shed_total in /metrics")
+        .parse()
+        .unwrap();
+    println!(
+        "{} idle connections under ulimit -n 200: {shed} shed, 10 of 10 fresh CURVE agents served, \
+         /health answering ({:?} in all)",
+        idle.len(),
+        started.elapsed()
+    );
+    assert!(shed >= 100.0, "{shed}");
+    assert!(bridge.wait_for_log("had not finished their handshake", Duration::from_secs(1)));
+    drop(idle);
 }

@@ -57,6 +57,7 @@ impl Heartbeats {
         let (own_port, peer_port) = config.heartbeat_ports();
         let publisher = context.socket(zmq::PUB)?;
         publisher.set_linger(500)?;
+        publisher.set_handshake_ivl(config.handshake_ms())?;
         publisher.set_ipv6(config.bind_host.contains(':'))?;
         // CURVE: only holders of the pair's key (the peer) and of an
         // allowed client key hear this instance; it hears only a publisher

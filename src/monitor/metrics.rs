@@ -254,6 +254,12 @@ fn openmetrics(status: &Value, durations: Vec<Durations>) -> String {
         "1 while this instance is active, else 0",
         f64::from(u8::from(status["role"] == "active")),
     );
+    counter(
+        &mut registry,
+        "zbridge_connections_shed",
+        "Client connections shut down before their handshake finished (too many waiting at once)",
+        &status["connections_shed_total"],
+    );
     gauge(
         &mut registry,
         "zbridge_clients_connected",

@@ -12,6 +12,7 @@
 //! are never read. Answers go out without Nagle's delay (TCP_NODELAY).
 
 use super::{respond, Shared};
+use crate::throttle::LogThrottle;
 use anyhow::Context as _;
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
@@ -44,6 +45,8 @@ const MAX_CONNECTIONS: usize = 64;
 /// hyper's read and write buffers, each (its minimum is 8 KiB).
 const MAX_BUF_BYTES: usize = 16 * 1024;
 const ALLOWED: &str = "GET, HEAD";
+/// How often a failing accept is logged at most.
+const ACCEPT_LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// Serve on `bind` (`HOST:PORT`, port 0 for any) from a thread; returns the
 /// bound port. `/health` says 503 when the snapshot is older than `stale`:
@@ -76,17 +79,35 @@ async fn serve(listener: TcpListener, shared: Shared, stale: Duration) {
         .max_headers(MAX_HEADERS)
         .max_buf_size(MAX_BUF_BYTES);
     let open = Arc::new(AtomicUsize::new(0));
+    // A descriptor held in reserve: when the process runs out, it is let
+    // go so that the next connection (a health check, most likely) can be
+    // accepted and answered, then taken again.
+    let mut reserve = std::fs::File::open("/dev/null").ok();
+    let mut failures = 0u64;
+    let mut log = LogThrottle::default();
     loop {
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
             Err(e) => {
-                // Out of file descriptors, most likely: give the open
-                // connections time to finish instead of spinning.
-                warn!(error = %e, "the monitoring server cannot accept a connection");
+                failures += 1;
+                if log.due(std::time::Instant::now(), ACCEPT_LOG_EVERY) {
+                    warn!(
+                        error = %e, accept_failures_total = failures,
+                        "the monitoring server cannot accept a connection (out of file descriptors? raise LimitNOFILE= or ulimit -n)"
+                    );
+                }
+                if reserve.take().is_some() {
+                    continue;
+                }
+                // Give the open connections time to finish instead of
+                // spinning.
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
         };
+        if reserve.is_none() {
+            reserve = std::fs::File::open("/dev/null").ok();
+        }
         let Some(slot) = Slot::take(&open) else {
             debug!("monitoring connection refused: {MAX_CONNECTIONS} already open");
             continue;

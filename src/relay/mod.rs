@@ -58,9 +58,10 @@ use serde_json::Value;
 use state::{Action, Event as PathEvent, State};
 use std::os::fd::RawFd;
 use std::time::{Duration, Instant};
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 use zbridge_protocol::heartbeat::{Message, Role, State as PeerState};
 use zbridge_protocol::time::later;
+use zbridge_socket::sys::{peer_of, shut_down};
 use zbridge_socket::{next_event, readable, recv_frames, watch, writable};
 
 /// Messages read from one socket before the loop looks at the others.
@@ -75,6 +76,9 @@ const SNAPSHOT_EVERY: Duration = Duration::from_millis(100);
 const RELAY_WHILE_DRAINING: Duration = Duration::from_secs(2);
 /// How often a draining port's corked connections are flushed at least.
 const CORK_FLUSH_EVERY: Duration = Duration::from_millis(1);
+/// How often shed connections are logged at most.
+const SHED_LOG_EVERY: Duration = Duration::from_secs(10);
+
 /// What `/health` says while the stream thread is gone.
 const STREAMS_STOPPED: &str =
     "the stream thread has stopped: streams are not republished; restart the bridge";
@@ -93,6 +97,10 @@ pub(crate) struct Frontend {
     events: zmq::Socket,
     /// The client connections' descriptors (libzmq's), for [`cork`].
     connections: Vec<RawFd>,
+    /// Connections that have not finished their handshake yet, oldest
+    /// first, with their peer's address (to tell a descriptor that libzmq
+    /// closed and the kernel reused from the one accepted).
+    pending: std::collections::VecDeque<(RawFd, Option<std::net::SocketAddr>)>,
 }
 
 /// The frontends by [`Port`] index.
@@ -139,6 +147,10 @@ pub struct Relay {
     _zap: Option<curve::Zap>,
     /// systemd's notify socket and watchdog, pinged from this loop.
     notifier: Notifier,
+    /// Most connections per frontend that may be waiting for their
+    /// handshake (from the descriptor limit).
+    pending_max: usize,
+    shed_log: LogThrottle,
 }
 
 impl Relay {
@@ -216,6 +228,8 @@ impl Relay {
             admission,
             _zap: zap,
             notifier: Notifier::from_env(now),
+            pending_max: pending_max(),
+            shed_log: LogThrottle::default(),
         })
     }
 
@@ -471,9 +485,20 @@ impl Relay {
     /// handshakes failed.
     fn track_connections(&mut self, i: usize) {
         if let Some(frontend) = &mut self.frontends[i] {
-            let failed = count_connections(frontend);
+            let (failed, shed) = count_connections(frontend, self.pending_max);
             if let Some(admission) = &self.admission {
                 admission.refuse_handshakes(failed);
+            }
+            if shed > 0 {
+                self.state.ha.connections_shed += shed;
+                if self.shed_log.due(Instant::now(), SHED_LOG_EVERY) {
+                    warn!(
+                        port = frontend.port,
+                        pending_max = self.pending_max,
+                        connections_shed_total = self.state.ha.connections_shed,
+                        "closed client connections that had not finished their handshake: too many were open at once (a peer connecting and saying nothing?); descriptors are kept for working clients"
+                    );
+                }
             }
         }
     }
@@ -511,7 +536,11 @@ fn open_frontend(
     plain: Option<&str>,
 ) -> zmq::Result<Frontend> {
     let socket = context.socket(zmq::ROUTER)?;
-    let mut kinds = vec![zmq::SocketEvent::ACCEPTED, zmq::SocketEvent::DISCONNECTED];
+    let mut kinds = vec![
+        zmq::SocketEvent::ACCEPTED,
+        zmq::SocketEvent::HANDSHAKE_SUCCEEDED,
+        zmq::SocketEvent::DISCONNECTED,
+    ];
     if config.curve.is_some() {
         // A client without CURVE fails the handshake before ZAP: counted.
         // (Which of the two libzmq reports depends on who closes first.)
@@ -526,6 +555,7 @@ fn open_frontend(
     // before it reaches memory.
     socket.set_maxmsgsize(i64::try_from(config.max_transport_bytes).unwrap_or(i64::MAX))?;
     socket.set_ipv6(config.bind_host.contains(':'))?;
+    socket.set_handshake_ivl(config.handshake_ms())?;
     if let Some(pair) = &config.curve {
         curve::server(&socket, pair)?;
     }
@@ -555,15 +585,21 @@ fn open_frontend(
         drain: None,
         events,
         connections: Vec::new(),
+        pending: std::collections::VecDeque::new(),
     })
 }
 
 /// Track accepted and closed client connections from the socket monitor
 /// (each event carries the connection's descriptor); a connection accepted
-/// while the port drains is corked like the others. Returns the handshakes
-/// that failed (watched with CURVE on: a client without CURVE).
-fn count_connections(frontend: &mut Frontend) -> u64 {
-    let mut failed = 0;
+/// while the port drains is corked like the others. Connections that have
+/// not finished their handshake beyond `pending_max` are shut down, oldest
+/// first: a flood of peers that connect and say nothing cannot take the
+/// descriptors that clients and the monitoring server need (each would
+/// otherwise hold one for `handshake_timeout`). Returns the handshakes that
+/// failed (watched with CURVE on: a client without CURVE) and the
+/// connections shut down.
+fn count_connections(frontend: &mut Frontend, pending_max: usize) -> (u64, u64) {
+    let (mut failed, mut shed) = (0, 0);
     while let Some((event, value)) = next_event(&frontend.events) {
         if event == zmq::SocketEvent::HANDSHAKE_FAILED_PROTOCOL.to_raw()
             || event == zmq::SocketEvent::HANDSHAKE_FAILED_NO_DETAIL.to_raw()
@@ -574,14 +610,36 @@ fn count_connections(frontend: &mut Frontend) -> u64 {
         let fd = RawFd::try_from(value).unwrap_or(-1);
         if event == zmq::SocketEvent::ACCEPTED.to_raw() {
             frontend.connections.push(fd);
+            frontend.pending.push_back((fd, peer_of(fd)));
             if frontend.drain.is_some() {
                 cork::hold(&[fd]);
             }
+        } else if event == zmq::SocketEvent::HANDSHAKE_SUCCEEDED.to_raw() {
+            frontend.pending.retain(|&(c, _)| c != fd);
         } else if event == zmq::SocketEvent::DISCONNECTED.to_raw() {
             frontend.connections.retain(|&c| c != fd);
+            frontend.pending.retain(|&(c, _)| c != fd);
         }
     }
-    failed
+    while frontend.pending.len() > pending_max {
+        let Some((fd, peer)) = frontend.pending.pop_front() else {
+            break;
+        };
+        // Still the connection accepted (not a reused descriptor).
+        if peer.is_some() && peer_of(fd) == peer {
+            shut_down(fd);
+            shed += 1;
+        }
+    }
+    (failed, shed)
+}
+
+/// Connections per frontend that may wait for their handshake: an eighth
+/// of the descriptor limit (so both frontends' together leave three
+/// quarters for the rest), at least 8.
+fn pending_max() -> usize {
+    let limit = crate::limits::descriptors();
+    usize::try_from(limit / 8).unwrap_or(usize::MAX).max(8)
 }
 
 /// A DEALER to a target's backend.

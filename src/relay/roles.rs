@@ -174,6 +174,14 @@ impl Relay {
                 true
             }
             Err(zmq::Error::EADDRINUSE) => false,
+            Err(e @ zmq::Error::EMFILE) => {
+                error!(
+                    ?port, %endpoint, error = %e,
+                    descriptors = crate::limits::descriptors(),
+                    "cannot bind the frontend: out of file descriptors (raise LimitNOFILE= or ulimit -n; see connections_shed_total and clients_connected); retrying"
+                );
+                false
+            }
             Err(e) => {
                 error!(?port, %endpoint, error = %e, "cannot bind the frontend");
                 false

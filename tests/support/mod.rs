@@ -298,6 +298,20 @@ impl Pair {
     }
 }
 
+/// A bridge's monitoring server's answer to `GET /PATH` (plain HTTP on
+/// loopback: no key needed, whatever the frontends want).
+pub fn monitor(bridge: &BridgeProcess, path: &str) -> Option<String> {
+    let base = bridge.ready["monitor"].as_str()?;
+    zbridge_lab::http_get(&format!("{base}/{path}"), Duration::from_secs(2))
+}
+
+/// A bridge's status document from its monitoring server.
+pub fn monitor_status(bridge: &BridgeProcess) -> Value {
+    monitor(bridge, "status")
+        .and_then(|s| serde_json::from_str(&s).ok())
+        .unwrap_or(Value::Null)
+}
+
 /// The role a bridge reports through `endpoint`, or `None` if it does not
 /// answer within `timeout`.
 pub fn role_at(endpoint: &str, timeout: Duration) -> Option<String> {

@@ -1,6 +1,7 @@
 //! The two socket options zbridge sets that neither the `zmq` crate nor
-//! std wraps, and libzmq's `zmq_curve_public`. The only unsafe code in
-//! zbridge.
+//! std wraps, libzmq's `zmq_curve_public`, and a look at (and a shutdown
+//! of) one of libzmq's connections by its descriptor. The only unsafe code
+//! in zbridge.
 
 use std::os::fd::RawFd;
 use std::os::raw::{c_char, c_int, c_void};
@@ -46,6 +47,27 @@ pub fn set_tcp_cork(fd: RawFd, on: bool) {
             std::mem::size_of::<c_int>() as libc::socklen_t,
         )
     };
+}
+
+/// The descriptor of one of libzmq's connections, borrowed for one call:
+/// never closed here (libzmq owns it and closes it).
+fn borrowed(fd: RawFd) -> std::mem::ManuallyDrop<std::net::TcpStream> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: the TcpStream is never dropped (ManuallyDrop), so it never
+    // closes `fd`; it only makes calls that take a descriptor and fail
+    // cleanly (EBADF, ENOTSOCK) on one that is closed or not a socket.
+    std::mem::ManuallyDrop::new(unsafe { std::net::TcpStream::from_raw_fd(fd) })
+}
+
+/// The peer address of the TCP connection `fd`, if it is one.
+pub fn peer_of(fd: RawFd) -> Option<std::net::SocketAddr> {
+    borrowed(fd).peer_addr().ok()
+}
+
+/// Shut the TCP connection `fd` down both ways: its peer sees it close and
+/// libzmq, reading it, closes it and frees the descriptor.
+pub fn shut_down(fd: RawFd) {
+    let _ = borrowed(fd).shutdown(std::net::Shutdown::Both);
 }
 
 // zmq-sys declares zmq_curve_public but does not export it; the symbol is

@@ -27,6 +27,8 @@ pub(in crate::relay) struct HaView {
     pub rejected: [u64; Rejected::ALL.len()],
     pub frontend_ports: Vec<u16>,
     pub clients_connected: u64,
+    /// Client connections shut down before their handshake finished.
+    pub connections_shed: u64,
 }
 
 impl<D> State<D> {
@@ -145,6 +147,7 @@ impl<D> State<D> {
             "step_downs_total": self.ha.step_downs,
             "heartbeats_rejected_total": rejected,
             "clients_connected": self.ha.clients_connected,
+            "connections_shed_total": self.ha.connections_shed,
             "throughput_rps": throughput,
             "error_rate": error_rate,
             "requests_total": self.stats.requests_total,
