@@ -117,9 +117,20 @@ class Client:
     ``Client.from_config(path)`` reads the bridges' own config file: their
     endpoints, heartbeat ports, token and ``[client]`` section.
 
+    ``max_transport_bytes`` is the largest frame the bridges accept (their
+    key of that name; 16 MiB by default): a larger one raises ``TooLarge``
+    before anything is sent.
+
     The client starts its I/O thread at once and connects in the
     background; ``close()`` (or leaving a ``with`` block) stops it, and
-    calls still waiting raise ``Closed``.
+    calls still waiting raise ``Closed``. A client dropped without
+    ``close()`` is freed all the same. It belongs to the process that
+    created it: after ``os.fork()`` the child gets ``OtherProcess`` from
+    it and creates its own.
+
+    Every ``timeout`` argument is seconds: 0 looks without waiting,
+    ``None`` (or a value too large for a clock) sets no bound, NaN and
+    negative numbers raise ``ValueError`` before anything is sent.
     """
 
     def __init__(
