@@ -311,11 +311,7 @@ impl Shared {
     }
 
     fn check(&self) -> Result<(), ClientError> {
-        if std::process::id() == self.pid {
-            Ok(())
-        } else {
-            Err(ClientError::OtherProcess { pid: self.pid })
-        }
+        in_process(self.pid)
     }
 
     /// Refuse a frame the bridges would cut the connection for: sent, it
@@ -329,6 +325,16 @@ impl Shared {
             }),
             _ => Ok(()),
         }
+    }
+}
+
+/// Whether this is process `pid`: sockets and threads opened there are not
+/// in a `fork(2)` child, which has only copies of their handles.
+pub(crate) fn in_process(pid: u32) -> Result<(), ClientError> {
+    if std::process::id() == pid {
+        Ok(())
+    } else {
+        Err(ClientError::OtherProcess { pid })
     }
 }
 

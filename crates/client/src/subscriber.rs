@@ -112,11 +112,7 @@ impl Subscriber {
     /// Whether it can be read in this process: not in the child of a
     /// `fork(2)` made after it was opened.
     pub fn check(&self) -> Result<(), ClientError> {
-        if std::process::id() == self.pid {
-            Ok(())
-        } else {
-            Err(ClientError::OtherProcess { pid: self.pid })
-        }
+        crate::in_process(self.pid)
     }
 
     /// The next message, gap or move, waiting up to `timeout`; `None` when
