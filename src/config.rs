@@ -15,7 +15,9 @@ use std::path::Path;
 use std::time::Duration;
 use zbridge_client::curve::read_clients;
 // A duration key: more than 0 and at most a week, as the client has it.
-use zbridge_client::rules::{defaults, seconds as positive_seconds, MAX_SECONDS};
+use zbridge_client::rules::{
+    defaults, max_transport_bytes, seconds as positive_seconds, MAX_SECONDS,
+};
 pub use zbridge_client::rules::{tcp_endpoint, ConfigError};
 use zbridge_protocol::heartbeat::Node;
 use zbridge_protocol::Limits;
@@ -187,7 +189,7 @@ keys! {
     /// Seconds a request may wait for its backend before a `timeout` reply.
     request_timeout: f64 = defaults::REQUEST_TIMEOUT;
     /// Largest request body in bytes; larger ones get `too_large`.
-    max_message_bytes: usize = 1 << 20;
+    max_message_bytes: usize = defaults::MAX_MESSAGE_BYTES;
     /// Most frames in a request body; more get `bad_frames`.
     max_frames: usize = 32;
     /// Largest frame libzmq accepts from a client before it cuts the
@@ -655,19 +657,10 @@ impl File {
                 max_message_bytes: self.max_message_bytes,
                 max_frames: self.max_frames,
             },
-            max_transport_bytes: match self.max_transport_bytes {
-                0 => self.max_message_bytes.saturating_mul(16),
-                n if n < self.max_message_bytes => {
-                    return Err(ConfigError::new(
-                        "max_transport_bytes",
-                        format!(
-                            "must be at least max_message_bytes ({}), or a request just over the transport limit gets no `too_large` reply; got {n}",
-                            self.max_message_bytes
-                        ),
-                    ))
-                }
-                n => n,
-            },
+            max_transport_bytes: max_transport_bytes(
+                self.max_transport_bytes,
+                self.max_message_bytes,
+            )?,
             max_in_flight: self.max_in_flight,
             drain_timeout: seconds_or_zero("drain_timeout", self.drain_timeout)?,
             handshake_timeout: positive_seconds("handshake_timeout", self.handshake_timeout)?,

@@ -3,33 +3,40 @@
 //! A `Pending` is a Rust `Future`; its waker runs on the client's I/O
 //! thread when the result comes. Here that waker only records the call's
 //! token in a queue and, when the queue was empty, writes one byte to a
-//! socket pair whose read end the event loop watches (`loop.add_reader`).
-//! The loop then calls [`Driver::drain`], which completes the asyncio
-//! futures of every call in the queue, on the loop's thread. The I/O
-//! thread never takes the GIL, and one wake-up serves a whole batch.
+//! socket pair (the doorbell) whose read end the event loop watches
+//! (`loop.add_reader`). The loop then empties the pipe and calls
+//! [`Driver::drain`], which completes the asyncio futures of every call in
+//! the queue, on the loop's thread. The I/O thread never takes the GIL,
+//! and one wake-up serves a whole batch.
+//!
+//! Lifetime: the read end is handed to Python, which owns it (the loop's
+//! watch holds it, and the driver only weakly), so that the driver and the
+//! client it holds are freed with the `Client` that holds them. The write
+//! end closes with the driver: the loop then reads end-of-file, stops
+//! watching and closes its end, so no descriptor outlives the driver and
+//! none is closed while the loop still watches its number.
 
 use crate::convert::{client_error, frames_out};
 use crate::Core;
-use pyo3::exceptions::PyOSError;
+use pyo3::exceptions::PyValueError;
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::PyTuple;
 use std::collections::HashMap;
 use std::future::Future;
-use std::io::{Read, Write};
-use std::os::fd::AsRawFd;
+use std::io::Write;
+use std::os::fd::IntoRawFd;
 use std::os::unix::net::UnixStream;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, Wake, Waker};
-use zbridge_client::Pending;
+use zbridge_client::{rules, Pending};
 
 /// The completion hook of one event loop.
-#[pyclass(frozen, module = "zbridge._zbridge")]
+#[pyclass(frozen, weakref, module = "zbridge._zbridge")]
 pub struct Driver {
     core: Py<Core>,
     ready: Arc<Ready>,
-    read: UnixStream,
     /// Calls sent and not completed: their result and their asyncio future.
     calls: Mutex<Calls>,
 }
@@ -74,19 +81,20 @@ impl Wake for CallWaker {
 }
 
 impl Driver {
-    pub fn new(core: Py<Core>) -> PyResult<Driver> {
+    /// A driver and its doorbell's read end, which the caller owns.
+    pub fn new(core: Py<Core>) -> PyResult<(Driver, i32)> {
         let (read, write) = UnixStream::pair()?;
         read.set_nonblocking(true)?;
         write.set_nonblocking(true)?;
-        Ok(Driver {
+        let driver = Driver {
             core,
             ready: Arc::new(Ready {
                 tokens: Mutex::new(Vec::new()),
                 write,
             }),
-            read,
             calls: Mutex::new(Calls::default()),
-        })
+        };
+        Ok((driver, read.into_raw_fd()))
     }
 
     fn calls(&self) -> std::sync::MutexGuard<'_, Calls> {
@@ -123,41 +131,34 @@ impl Driver {
 
 #[pymethods]
 impl Driver {
-    /// The descriptor the event loop watches.
-    fn fileno(&self) -> i32 {
-        self.read.as_raw_fd()
-    }
-
     /// Send a call whose result completes `future` (`target` `None`: the
-    /// JSON path).
+    /// JSON path); the seconds `timeout` allows for it, to set a timer
+    /// (`None`: no bound). A bad `timeout` is refused before anything is
+    /// sent, by the rule of every wait.
+    #[pyo3(signature = (future, target, frames, timeout=None))]
     fn submit(
         &self,
         py: Python<'_>,
         future: Bound<'_, PyAny>,
         target: Option<&str>,
         frames: &Bound<'_, PyTuple>,
-    ) -> PyResult<()> {
+        timeout: Option<f64>,
+    ) -> PyResult<Option<f64>> {
+        let wait = rules::wait(timeout).map_err(PyValueError::new_err)?;
         let pending = self.core.get().pending(py, target, frames)?;
         let token = {
             let mut calls = self.calls();
             calls.next += 1;
             calls.next
         };
-        self.follow(py, token, pending, future.unbind())
+        self.follow(py, token, pending, future.unbind())?;
+        Ok(wait.map(|d| d.as_secs_f64()))
     }
 
-    /// Complete the futures of the calls whose results came.
+    /// Complete the futures of the calls whose results came (the caller
+    /// has emptied the doorbell first: a result that comes after that
+    /// rings it again).
     fn drain(&self, py: Python<'_>) -> PyResult<()> {
-        let mut sink = [0u8; 256];
-        loop {
-            match (&self.read).read(&mut sink) {
-                Ok(0) => break,
-                Ok(_) => continue,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(PyOSError::new_err(e.to_string())),
-            }
-        }
         let tokens = std::mem::take(
             &mut *self
                 .ready

@@ -48,16 +48,14 @@ impl Call {
     fn reply(&self) -> Option<&Reply> {
         self.outcome.get()?.as_ref().ok()
     }
-}
 
-#[pymethods]
-impl Call {
-    /// The reply frames, waiting up to `timeout` seconds (`None`: until the
-    /// client's own deadlines end the call). Past `timeout`, `Timeout` is
-    /// raised and the call goes on: ask again for its result.
-    #[pyo3(signature = (timeout=None))]
-    pub fn result(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<Py<PyList>> {
-        let deadline = deadline(timeout)?;
+    /// The reply frames, waiting until `deadline` (that of `timeout`).
+    pub fn wait(
+        &self,
+        py: Python<'_>,
+        deadline: Option<Instant>,
+        timeout: Option<f64>,
+    ) -> PyResult<Py<PyList>> {
         let outcome = loop {
             let wait = slice(deadline);
             if let Some(outcome) = py.detach(|| self.poll(wait)) {
@@ -76,6 +74,17 @@ impl Call {
             Ok(reply) => Ok(frames_out(py, &reply.frames)?.unbind()),
             Err(e) => Err(client_error(py, e)),
         }
+    }
+}
+
+#[pymethods]
+impl Call {
+    /// The reply frames, waiting up to `timeout` seconds (`None`: until the
+    /// client's own deadlines end the call). Past `timeout`, `Timeout` is
+    /// raised and the call goes on: ask again for its result.
+    #[pyo3(signature = (timeout=None))]
+    fn result(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<Py<PyList>> {
+        self.wait(py, deadline(timeout)?, timeout)
     }
 
     /// Whether the result is in.

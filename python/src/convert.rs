@@ -53,6 +53,8 @@ pub fn client_error(py: Python<'_>, e: &ClientError) -> PyErr {
         }
         ClientError::BadReply(_) => error(py, "BadReply", (message,)),
         ClientError::Closed => error(py, "Closed", (message,)),
+        ClientError::TooLarge { bytes, limit } => error(py, "TooLarge", (message, *bytes, *limit)),
+        ClientError::OtherProcess { pid } => error(py, "OtherProcess", (message, *pid)),
     }
 }
 

@@ -19,13 +19,13 @@ mod stream;
 
 use call::Call;
 use convert::{client_error, config_error, error};
-use pyo3::exceptions::PyTypeError;
+use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
 use std::path::PathBuf;
 use std::sync::{PoisonError, RwLock};
 use std::time::{Duration, Instant};
-use zbridge_client::{Client, ClientConfig, Pending};
+use zbridge_client::{rules, Client, ClientConfig, Pending};
 
 /// How long a blocking wait runs without the GIL before it checks for a
 /// signal.
@@ -93,7 +93,9 @@ impl Core {
         frames: &Bound<'_, PyTuple>,
         timeout: Option<f64>,
     ) -> PyResult<Py<PyList>> {
-        Call::new(self.pending(py, target, frames)?).result(py, timeout)
+        // Checked before anything is sent.
+        let deadline = deadline(timeout)?;
+        Call::new(self.pending(py, target, frames)?).wait(py, deadline, timeout)
     }
 
     /// A feed of the client's events from now on.
@@ -108,14 +110,18 @@ impl Core {
     /// on the bridges' pub ports.
     fn subscribe(
         &self,
+        py: Python<'_>,
         stream: Option<&str>,
         prefixes: Vec<Vec<u8>>,
     ) -> PyResult<stream::Subscription> {
+        self.with_client(py, |_| ())?;
         stream::Subscription::connect(&self.config, stream, &prefixes)
     }
 
-    /// The asyncio completion hook of one event loop.
-    fn driver(slf: &Bound<'_, Core>) -> PyResult<aio::Driver> {
+    /// The asyncio completion hook of one event loop, and the read end of
+    /// its doorbell (a descriptor the caller owns from now on).
+    fn driver(slf: &Bound<'_, Core>) -> PyResult<(aio::Driver, i32)> {
+        slf.get().with_client(slf.py(), |_| ())?;
         aio::Driver::new(slf.clone().unbind())
     }
 
@@ -156,6 +162,7 @@ impl Core {
         d.set_item("breaker_min_calls", c.breaker.min_calls)?;
         d.set_item("breaker_open_wait", c.breaker.open_wait.as_secs_f64())?;
         d.set_item("breaker_half_open_probes", c.breaker.half_open_probes)?;
+        d.set_item("max_transport_bytes", c.max_transport_bytes)?;
         d.set_item("auth_token_set", c.auth_token.is_some())?;
         Ok(d)
     }
@@ -171,10 +178,18 @@ impl Core {
         })
     }
 
+    /// `f` of the client, if it is open and usable in this process.
     fn with_client<T>(&self, py: Python<'_>, f: impl FnOnce(&Client) -> T) -> PyResult<T> {
         match &*self.client.read().unwrap_or_else(PoisonError::into_inner) {
-            Some(client) => Ok(f(client)),
-            None => Err(client_error(py, &zbridge_client::ClientError::Closed)),
+            Some(client) => match client.check() {
+                Ok(()) => Ok(f(client)),
+                Err(e) => Err(client_error(py, &e)),
+            },
+            None => Err(error(
+                py,
+                "Closed",
+                ("the client is closed: create a new one for more calls, events or subscriptions",),
+            )),
         }
     }
 
@@ -248,19 +263,10 @@ impl Events {
     }
 }
 
-/// `None` for no timeout; a negative or NaN one is refused.
+/// The end of a `timeout` argument's wait, by the client's one rule for
+/// them all (`None`: no bound; NaN or negative: `ValueError`).
 fn deadline(timeout: Option<f64>) -> PyResult<Option<Instant>> {
-    timeout
-        .map(|t| {
-            Duration::try_from_secs_f64(t)
-                .map(|d| Instant::now() + d)
-                .map_err(|_| {
-                    pyo3::exceptions::PyValueError::new_err(format!(
-                        "timeout {t} is not a number of seconds >= 0"
-                    ))
-                })
-        })
-        .transpose()
+    rules::wait_until(timeout, Instant::now()).map_err(PyValueError::new_err)
 }
 
 /// The next wait: up to [`SLICE`], and not past `deadline`.

@@ -1,7 +1,7 @@
 //! A stream subscription: the Rust `Subscriber` (both bridges' copies
 //! merged into one feed that survives a failover), read in batches.
 
-use crate::convert::delivery;
+use crate::convert::{client_error, delivery};
 use crate::{deadline, slice};
 use pyo3::exceptions::PyOSError;
 use pyo3::prelude::*;
@@ -67,6 +67,13 @@ impl Subscription {
         timeout: Option<f64>,
     ) -> PyResult<Option<Bound<'py, PyList>>> {
         let deadline = deadline(timeout)?;
+        if let Some(subscriber) = &*self
+            .subscriber
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+        {
+            subscriber.check().map_err(|e| client_error(py, &e))?;
+        }
         loop {
             let wait = slice(deadline);
             let batch = py

@@ -23,8 +23,9 @@ import asyncio
 import collections
 import json
 import os
+import socket
 import weakref
-from typing import Any, AsyncIterator, Deque, Iterator, List, Optional, Sequence, Union
+from typing import Any, AsyncIterator, Deque, Iterator, List, Optional, Sequence, Tuple, Union
 
 from . import _zbridge
 from ._types import (
@@ -44,9 +45,11 @@ from ._types import (
     FailedOver,
     Gap,
     Moved,
+    OtherProcess,
     StreamMessage,
     SwitchedBack,
     Timeout,
+    TooLarge,
 )
 
 __version__: str = _zbridge.__version__
@@ -71,10 +74,12 @@ __all__ = [
     "FailedOver",
     "Gap",
     "Moved",
+    "OtherProcess",
     "StreamMessage",
     "Subscription",
     "SwitchedBack",
     "Timeout",
+    "TooLarge",
 ]
 
 Frame = Union[bytes, bytearray, memoryview, str]
@@ -112,9 +117,20 @@ class Client:
     ``Client.from_config(path)`` reads the bridges' own config file: their
     endpoints, heartbeat ports, token and ``[client]`` section.
 
+    ``max_transport_bytes`` is the largest frame the bridges accept (their
+    key of that name; 16 MiB by default): a larger one raises ``TooLarge``
+    before anything is sent.
+
     The client starts its I/O thread at once and connects in the
     background; ``close()`` (or leaving a ``with`` block) stops it, and
-    calls still waiting raise ``Closed``.
+    calls still waiting raise ``Closed``. A client dropped without
+    ``close()`` is freed all the same. It belongs to the process that
+    created it: after ``os.fork()`` the child gets ``OtherProcess`` from
+    it and creates its own.
+
+    Every ``timeout`` argument is seconds: 0 looks without waiting,
+    ``None`` (or a value too large for a clock) sets no bound, NaN and
+    negative numbers raise ``ValueError`` before anything is sent.
     """
 
     def __init__(
@@ -136,6 +152,7 @@ class Client:
         breaker_half_open_probes: Optional[int] = None,
         curve_server_key: Optional[str] = None,
         curve_secret_key_file: Optional[str] = None,
+        max_transport_bytes: Optional[int] = None,
     ) -> None:
         settings = {
             key: value
@@ -155,6 +172,7 @@ class Client:
                 ("breaker_half_open_probes", breaker_half_open_probes),
                 ("curve_server_key", curve_server_key),
                 ("curve_secret_key_file", curve_secret_key_file),
+                ("max_transport_bytes", max_transport_bytes),
             )
             if value is not None
         }
@@ -169,8 +187,11 @@ class Client:
 
     def _start(self, core: Any) -> None:
         self._core = core
-        # One asyncio completion hook per event loop that awaits calls.
-        self._drivers: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any]" = (
+        # One asyncio completion hook per event loop that awaits calls, and
+        # the read end of its doorbell. The loop's watch holds the doorbell
+        # and only a weak reference to the driver: dropping the client
+        # frees the driver, the core, its I/O thread and its sockets.
+        self._drivers: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Tuple[Any, socket.socket]]" = (
             weakref.WeakKeyDictionary()
         )
 
@@ -228,15 +249,19 @@ class Client:
 
     def _await(self, target: Optional[str], frames: tuple, timeout: Optional[float]) -> "asyncio.Future[List[bytes]]":
         loop = asyncio.get_running_loop()
-        driver = self._drivers.get(loop)
-        if driver is None:
-            driver = self._core.driver()
-            loop.add_reader(driver.fileno(), driver.drain)
-            self._drivers[loop] = driver
+        hook = self._drivers.get(loop)
+        if hook is None:
+            driver, fd = self._core.driver()
+            bell = socket.socket(fileno=fd)
+            bell.setblocking(False)
+            loop.add_reader(bell, _ring, loop, bell, weakref.ref(driver))
+            hook = self._drivers[loop] = (driver, bell)
         future = loop.create_future()
-        driver.submit(future, target, frames)
-        if timeout is not None and not future.done():
-            handle = loop.call_later(timeout, _expire, future, timeout)
+        # The timeout is checked (NaN, negative: ValueError) before the
+        # call is sent; `wait` is None when it sets no bound.
+        wait = hook[0].submit(future, target, frames, timeout)
+        if wait is not None and not future.done():
+            handle = loop.call_later(wait, _expire, future, timeout)
             future.add_done_callback(lambda _: handle.cancel())
         return future
 
@@ -259,9 +284,16 @@ class Client:
     # -- lifetime -------------------------------------------------------
 
     def close(self) -> None:
-        """Stop the client's I/O thread; calls still waiting raise
-        ``Closed``. Idempotent."""
+        """Stop the client's I/O thread and close its sockets; calls still
+        waiting raise ``Closed``. Every thread and descriptor of the client
+        is released by the time it returns (a doorbell watched by an event
+        loop running in another thread: on that loop's next turn).
+        Idempotent."""
         self._core.close()
+        hooks = list(self._drivers.items())
+        self._drivers.clear()
+        for loop, (driver, bell) in hooks:
+            _release(loop, driver, bell)
 
     def __enter__(self) -> "Client":
         return self
@@ -331,7 +363,13 @@ class Subscription:
 def _encode(obj: Any) -> Union[bytes, str]:
     if isinstance(obj, (bytes, str)):
         return obj
-    return json.dumps(obj, separators=(",", ":"))
+    try:
+        return json.dumps(obj, separators=(",", ":"), allow_nan=False)
+    except ValueError as e:
+        raise ValueError(
+            f"cannot send this object as JSON: {e} (NaN and infinities are not JSON; "
+            "the bridges would answer invalid_json): nothing was sent"
+        ) from None
 
 
 def _parse(frames: List[bytes]) -> Any:
@@ -341,6 +379,59 @@ def _parse(frames: List[bytes]) -> Any:
         return json.loads(frames[0])
     except ValueError as e:
         raise BadReply(f"the reply is not JSON: {e}") from None
+
+
+def _ring(loop: asyncio.AbstractEventLoop, bell: socket.socket, driver: "weakref.ref[Any]") -> None:
+    """A doorbell rang: empty it, then complete the calls whose results
+    came. At end-of-file its driver is gone: stop watching, close it."""
+    if bell.fileno() < 0:
+        return
+    gone = False
+    while True:
+        try:
+            if not bell.recv(256):
+                gone = True
+                break
+        except BlockingIOError:
+            break
+    hook = driver()
+    if hook is not None:
+        hook.drain()
+    if gone:
+        _unwatch(loop, bell)
+
+
+def _unwatch(loop: asyncio.AbstractEventLoop, bell: socket.socket) -> None:
+    if bell.fileno() >= 0:
+        loop.remove_reader(bell)
+        bell.close()
+
+
+def _release(loop: asyncio.AbstractEventLoop, driver: Any, bell: socket.socket) -> None:
+    """After its client closed: complete the calls of ``driver`` (all have
+    their result, ``Closed`` at the latest), stop ``loop`` watching ``bell``
+    and close it. From any thread: a loop running elsewhere does it on its
+    own thread."""
+    if loop.is_closed():
+        bell.close()
+    elif loop.is_running() and _running_loop() is not loop:
+        loop.call_soon_threadsafe(_finish, loop, driver, bell)
+    else:
+        _finish(loop, driver, bell)
+
+
+def _finish(loop: asyncio.AbstractEventLoop, driver: Any, bell: socket.socket) -> None:
+    try:
+        driver.drain()
+    finally:
+        _unwatch(loop, bell)
+
+
+def _running_loop() -> Optional[asyncio.AbstractEventLoop]:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
 def _expire(future: "asyncio.Future[Any]", timeout: float) -> None:

@@ -63,6 +63,28 @@ class Closed(Error):
     """The client was closed before the call had its result."""
 
 
+class TooLarge(Error, ValueError):
+    """A request frame over ``max_transport_bytes`` (``limit``), the largest
+    frame the bridges accept: refused before anything was sent (the bridges
+    would drop the connection, and every call on it would fail over).
+    ``size`` is the frame's length in bytes."""
+
+    def __init__(self, message: str, size: int, limit: int) -> None:
+        super().__init__(message)
+        self.size = size
+        self.limit = limit
+
+
+class OtherProcess(Error):
+    """The client was created in another process (``pid``), before an
+    ``os.fork()``: its I/O thread stayed there. Nothing was sent; create a
+    new client in this process."""
+
+    def __init__(self, message: str, pid: int) -> None:
+        super().__init__(message)
+        self.pid = pid
+
+
 class BadReply(Error):
     """An answer that is not what the call expects (e.g. ``request_json``
     got a reply that is not one frame of JSON)."""

@@ -41,6 +41,9 @@ pub struct ClientConfig {
     /// CURVE on every socket to the bridges, when they have a key.
     pub curve: Option<ClientKeys>,
     pub breaker: BreakerConfig,
+    /// The largest frame the bridges accept (their `max_transport_bytes`):
+    /// a request with a larger one is refused before it is sent.
+    pub max_transport_bytes: usize,
 }
 
 /// A failure-rate circuit breaker's settings (one per endpoint, one overall).
@@ -222,6 +225,14 @@ impl ClientConfig {
                     .breaker_half_open_probes
                     .unwrap_or(breaker.half_open_probes),
             },
+            max_transport_bytes: match section.max_transport_bytes {
+                Some(n) => n,
+                None => rules::max_transport_bytes(
+                    keys.max_transport_bytes.unwrap_or(0),
+                    keys.max_message_bytes
+                        .unwrap_or(defaults::MAX_MESSAGE_BYTES),
+                )?,
+            },
         })
     }
 }
@@ -265,6 +276,9 @@ pub struct Section {
     /// `zbridge keygen` writes them); default: a new pair each start,
     /// which a bridge with `curve_clients` refuses.
     pub curve_secret_key_file: Option<String>,
+    /// The largest frame sent, in bytes (default: the bridges'
+    /// `max_transport_bytes`); a larger one is refused before sending.
+    pub max_transport_bytes: Option<usize>,
 }
 
 impl Section {
@@ -320,6 +334,12 @@ impl Section {
                 return Err(ConfigError::new(key, "must be at least 1"));
             }
         }
+        if self.max_transport_bytes == Some(0) {
+            return Err(ConfigError::new(
+                "max_transport_bytes",
+                "must be at least 1",
+            ));
+        }
         Ok(())
     }
 }
@@ -341,6 +361,8 @@ struct BridgeKeys {
     max_reconnect_attempts: Option<u32>,
     reconnect_delay: Option<f64>,
     breaker_open_wait: Option<f64>,
+    max_message_bytes: Option<usize>,
+    max_transport_bytes: Option<usize>,
     auth_token: Option<String>,
     auth_token_file: Option<String>,
     curve_secret_key_file: Option<String>,
@@ -422,6 +444,25 @@ mod tests {
         assert_eq!(c.reconnect_delay, Duration::from_millis(200));
         assert_eq!(c.hold_down, Duration::from_millis(100));
         assert_eq!(c.breaker.failure_rate, 1.0);
+    }
+
+    #[test]
+    fn the_frame_limit_is_the_bridges_unless_the_client_section_sets_one() {
+        let limit = |text: &str| {
+            ClientConfig::from_toml_str(text)
+                .unwrap()
+                .max_transport_bytes
+        };
+        assert_eq!(limit(""), 16 << 20);
+        assert_eq!(limit("max_message_bytes = 1000"), 16_000);
+        let bridge = "max_message_bytes = 1000\nmax_transport_bytes = 5000\n";
+        assert_eq!(limit(bridge), 5000);
+        assert_eq!(
+            limit(&format!("{bridge}[client]\nmax_transport_bytes = 10")),
+            10
+        );
+        let e = ClientConfig::from_toml_str("[client]\nmax_transport_bytes = 0").unwrap_err();
+        assert_eq!(e.key, "max_transport_bytes");
     }
 
     #[test]

@@ -50,7 +50,7 @@ use std::fmt;
 use std::io::Write;
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -66,6 +66,11 @@ struct Shared {
     commands: mpsc::Sender<Command>,
     doorbell: Doorbell,
     thread: Mutex<Option<JoinHandle<()>>>,
+    /// The process that started the I/O thread: after a `fork(2)` the
+    /// child has a copy of this handle but no such thread.
+    pid: u32,
+    /// The largest frame the bridges accept ([`ClientConfig::max_transport_bytes`]).
+    max_frame: usize,
 }
 
 /// Wakes the I/O thread: one byte on a socket pair it polls, written only
@@ -132,6 +137,12 @@ pub enum ClientError {
     BadReply(String),
     /// The client was dropped before the call had its result.
     Closed,
+    /// A frame over `max_transport_bytes`, which the bridges would cut
+    /// the connection for: refused before anything was sent.
+    TooLarge { bytes: usize, limit: usize },
+    /// The client was created in another process, before a `fork(2)`: its
+    /// I/O thread is not in this one. Nothing was sent.
+    OtherProcess { pid: u32 },
 }
 
 impl fmt::Display for ClientError {
@@ -153,6 +164,14 @@ impl fmt::Display for ClientError {
             ),
             ClientError::BadReply(why) => write!(f, "not a zbridge reply: {why}"),
             ClientError::Closed => f.write_str("the client was closed before the call had its result"),
+            ClientError::TooLarge { bytes, limit } => write!(
+                f,
+                "a request frame of {bytes} bytes is over max_transport_bytes ({limit} bytes), the largest frame the bridges accept: nothing was sent; send less, or raise max_transport_bytes on the bridges and the client alike"
+            ),
+            ClientError::OtherProcess { pid } => write!(
+                f,
+                "this client was created in another process (pid {pid}) and does not survive a fork: create a new one in this process"
+            ),
         }
     }
 }
@@ -169,6 +188,8 @@ impl ClientError {
             ClientError::AllBridgesDown { .. } => "all_bridges_down",
             ClientError::BadReply(_) => "bad_reply",
             ClientError::Closed => "closed",
+            ClientError::TooLarge { .. } => "client_too_large",
+            ClientError::OtherProcess { .. } => "other_process",
         }
     }
 }
@@ -205,6 +226,7 @@ impl Client {
         write.set_nonblocking(true)?;
         let rung = Arc::new(AtomicBool::new(false));
         let (commands, inbox) = mpsc::channel();
+        let max_frame = config.max_transport_bytes;
         let engine = engine::Engine::new(config, inbox, read, Arc::clone(&rung))?;
         let thread = std::thread::Builder::new()
             .name("zbridge-client".into())
@@ -214,6 +236,8 @@ impl Client {
                 commands,
                 doorbell: Doorbell { write, rung },
                 thread: Mutex::new(Some(thread)),
+                pid: std::process::id(),
+                max_frame,
             }),
         })
     }
@@ -239,6 +263,13 @@ impl Client {
 
     fn submit(&self, target: Option<String>, frames: Vec<Vec<u8>>) -> Pending {
         let (done, pending) = oneshot::oneshot();
+        if let Err(e) = self
+            .check()
+            .and_then(|()| self.shared.fits(target.as_deref(), &frames))
+        {
+            done.complete(Err(e));
+            return pending;
+        }
         let call = Call {
             target,
             frames,
@@ -251,7 +282,16 @@ impl Client {
         pending
     }
 
-    /// A channel of the client's [`Event`]s from now on.
+    /// Whether calls can be made from this process: not in the child of a
+    /// `fork(2)` made after the client started (its I/O thread stayed in
+    /// the parent), where every call fails at once with
+    /// [`ClientError::OtherProcess`].
+    pub fn check(&self) -> Result<(), ClientError> {
+        self.shared.check()
+    }
+
+    /// A channel of the client's [`Event`]s from now on (closed at once in
+    /// another process than the client's: see [`Client::check`]).
     pub fn events(&self) -> mpsc::Receiver<Event> {
         let (tx, rx) = mpsc::channel();
         let _ = self.shared.command(Command::Listen(tx));
@@ -260,17 +300,60 @@ impl Client {
 }
 
 impl Shared {
-    fn command(&self, command: Command) -> Result<(), mpsc::SendError<Command>> {
-        self.commands.send(command)?;
+    fn command(&self, command: Command) -> Result<(), ClientError> {
+        // In a forked child the doorbell is the parent's: never ring it.
+        self.check()?;
+        self.commands
+            .send(command)
+            .map_err(|_| ClientError::Closed)?;
         self.doorbell.ring();
         Ok(())
+    }
+
+    fn check(&self) -> Result<(), ClientError> {
+        in_process(self.pid)
+    }
+
+    /// Refuse a frame the bridges would cut the connection for: sent, it
+    /// would cost every other call on that connection a failover.
+    fn fits(&self, target: Option<&str>, frames: &[Vec<u8>]) -> Result<(), ClientError> {
+        let target = target.map(str::len);
+        match frames.iter().map(Vec::len).chain(target).max() {
+            Some(bytes) if bytes > self.max_frame => Err(ClientError::TooLarge {
+                bytes,
+                limit: self.max_frame,
+            }),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Whether this is process `pid`: sockets and threads opened there are not
+/// in a `fork(2)` child, which has only copies of their handles.
+pub(crate) fn in_process(pid: u32) -> Result<(), ClientError> {
+    if std::process::id() == pid {
+        Ok(())
+    } else {
+        Err(ClientError::OtherProcess { pid })
     }
 }
 
 impl Drop for Shared {
     fn drop(&mut self) {
+        let thread = self
+            .thread
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if self.check().is_err() {
+            // A forked child's copy: the I/O thread and its sockets are the
+            // parent's, so there is nothing here to stop or join (joining
+            // a thread this process does not have would fail).
+            std::mem::forget(thread);
+            return;
+        }
         let _ = self.command(Command::Stop);
-        if let Some(thread) = self.thread.lock().ok().and_then(|mut t| t.take()) {
+        if let Some(thread) = thread {
             let _ = thread.join();
         }
     }

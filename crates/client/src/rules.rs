@@ -1,7 +1,8 @@
 //! The rules the bridge and its client apply alike to the keys they share:
 //! the defaults of the keys both read, how an endpoint is spelled, how long
-//! a duration may be, where the shared secret comes from, and the error
-//! that names a bad key.
+//! a duration may be, the largest frame the bridges accept, where the
+//! shared secret comes from, and the error that names a bad key. Also the
+//! one rule for a caller's own wait (`timeout` arguments, [`wait`]).
 //!
 //! One copy, used by both: the same file and the same environment must
 //! mean the same thing to the bridge (`zbridge` reads its config through
@@ -12,7 +13,8 @@ use std::fmt;
 use std::io::Read;
 use std::net::IpAddr;
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+use zbridge_protocol::time::later;
 
 /// The defaults (DESIGN §6) of the keys that both the bridge and the client
 /// read: a pair on this host.
@@ -35,6 +37,8 @@ pub mod defaults {
     pub const RECONNECT_DELAY: f64 = 5.0;
     /// Seconds.
     pub const BREAKER_OPEN_WAIT: f64 = 2.0;
+    /// Bytes.
+    pub const MAX_MESSAGE_BYTES: usize = 1 << 20;
 }
 
 /// A configuration value that cannot be used, and the key that holds it
@@ -104,6 +108,44 @@ pub fn seconds(key: &str, value: f64) -> Result<Duration, ConfigError> {
             ),
         )),
     }
+}
+
+/// `max_transport_bytes`, the largest frame libzmq accepts from a client
+/// before it cuts the connection: `value`, or 16 x `max_message_bytes` for
+/// 0. Never below `max_message_bytes`, or a request just over the
+/// transport limit would get no `too_large` reply.
+pub fn max_transport_bytes(value: usize, max_message_bytes: usize) -> Result<usize, ConfigError> {
+    match value {
+        0 => Ok(max_message_bytes.saturating_mul(16)),
+        n if n < max_message_bytes => Err(ConfigError::new(
+            "max_transport_bytes",
+            format!(
+                "must be at least max_message_bytes ({max_message_bytes}), or a request just over the transport limit gets no `too_large` reply; got {n}"
+            ),
+        )),
+        n => Ok(n),
+    }
+}
+
+/// A caller's own wait (the `timeout` of one call, of one read of events),
+/// in seconds: `None` for no bound. 0 looks without waiting; a value too
+/// large for a `Duration` (1e20, infinity) is no bound either, and a
+/// deadline past what the clock can reach saturates
+/// ([`zbridge_protocol::time::later`]). NaN and negative numbers are
+/// refused, before anything is sent.
+pub fn wait(seconds: Option<f64>) -> Result<Option<Duration>, String> {
+    match seconds {
+        None => Ok(None),
+        Some(s) if s.is_nan() || s < 0.0 => Err(format!(
+            "timeout {s} is not a number of seconds: give 0 or more (None: no bound)"
+        )),
+        Some(s) => Ok(Duration::try_from_secs_f64(s).ok()),
+    }
+}
+
+/// The end of a [`wait`] that starts `now`: `None` for no bound.
+pub fn wait_until(seconds: Option<f64>, now: Instant) -> Result<Option<Instant>, String> {
+    Ok(wait(seconds)?.map(|d| later(now, d)))
 }
 
 /// The shared secret. One order, for the bridge and the client alike:
@@ -215,6 +257,41 @@ fn file_kind(kind: std::fs::FileType) -> &'static str {
 mod tests {
     use super::*;
     use std::time::Instant;
+
+    #[test]
+    fn a_wait_is_zero_or_more_seconds_and_too_long_is_no_bound() {
+        assert_eq!(wait(None), Ok(None));
+        assert_eq!(wait(Some(0.0)), Ok(Some(Duration::ZERO)));
+        assert_eq!(wait(Some(1e-300)), Ok(Some(Duration::ZERO)));
+        assert_eq!(wait(Some(1.5)), Ok(Some(Duration::from_millis(1500))));
+        // Waits past what a clock can reach are cut short there (`later`).
+        assert_eq!(
+            wait(Some(1e19)),
+            Ok(Some(Duration::from_secs(10_000_000_000_000_000_000)))
+        );
+        for unbounded in [1e20, 1e300, f64::INFINITY] {
+            assert_eq!(wait(Some(unbounded)), Ok(None), "{unbounded}");
+        }
+        for refused in [f64::NAN, -1.0, -1e-300, f64::NEG_INFINITY] {
+            let e = wait(Some(refused)).unwrap_err();
+            assert!(e.contains("not a number of seconds"), "{refused}: {e}");
+        }
+        let now = Instant::now();
+        assert!(wait_until(Some(1e19), now).unwrap().unwrap() > now);
+        assert_eq!(wait_until(Some(0.0), now), Ok(Some(now)));
+        assert_eq!(wait_until(None, now), Ok(None));
+    }
+
+    #[test]
+    fn the_transport_limit_is_16_bodies_by_default_and_never_below_one() {
+        assert_eq!(max_transport_bytes(0, 1 << 20), Ok(16 << 20));
+        assert_eq!(max_transport_bytes(0, usize::MAX), Ok(usize::MAX));
+        assert_eq!(max_transport_bytes(100, 100), Ok(100));
+        assert_eq!(
+            max_transport_bytes(50, 100).unwrap_err().key,
+            "max_transport_bytes"
+        );
+    }
 
     #[test]
     fn durations_are_more_than_zero_and_at_most_a_week() {

@@ -15,7 +15,7 @@
 
 use crate::merge::Merge;
 pub use crate::merge::{Delivery, StreamMessage};
-use crate::ClientConfig;
+use crate::{ClientConfig, ClientError};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 use tracing::{info, warn};
@@ -27,8 +27,12 @@ use zbridge_socket::{next_event, watch};
 const MOVE_GRACE: Duration = Duration::from_millis(200);
 
 pub struct Subscriber {
-    _context: zmq::Context,
+    /// `None` only while dropped.
+    context: Option<zmq::Context>,
     links: Vec<Link>,
+    /// The process that opened the sockets: a forked child has copies of
+    /// them but not libzmq's threads, and must never touch them.
+    pid: u32,
     stream: Option<String>,
     /// Own topics, shortest first: a message is numbered under the first
     /// that it matches.
@@ -95,8 +99,9 @@ impl Subscriber {
             })?);
         }
         Ok(Subscriber {
-            _context: context,
+            context: Some(context),
             links,
+            pid: std::process::id(),
             stream: stream.map(str::to_string),
             topics,
             merge: Merge::default(),
@@ -104,9 +109,16 @@ impl Subscriber {
         })
     }
 
+    /// Whether it can be read in this process: not in the child of a
+    /// `fork(2)` made after it was opened.
+    pub fn check(&self) -> Result<(), ClientError> {
+        crate::in_process(self.pid)
+    }
+
     /// The next message, gap or move, waiting up to `timeout`; `None` when
     /// nothing came.
     pub fn recv(&mut self, timeout: Duration) -> std::io::Result<Option<Delivery>> {
+        self.check().map_err(std::io::Error::other)?;
         let deadline = later(Instant::now(), timeout);
         loop {
             let now = Instant::now();
@@ -216,6 +228,17 @@ impl Subscriber {
                     self.merge.source_down(now, MOVE_GRACE, source);
                 }
             }
+        }
+    }
+}
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        if self.check().is_err() {
+            // A forked child's copies: closing them would wait for libzmq
+            // threads that live in the parent only.
+            std::mem::forget(std::mem::take(&mut self.links));
+            std::mem::forget(self.context.take());
         }
     }
 }
