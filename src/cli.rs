@@ -1,4 +1,4 @@
-//! The command line: `zbridge run | check-config | keygen | request | subscribe | status | bench | demo`.
+//! The command line: `zbridge run | check-config | keygen | request | subscribe | status | bench | demo | completions`.
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -104,4 +104,14 @@ pub enum Command {
         #[arg(long, default_value_t = 6)]
         seconds: u64,
     },
+    /// Print the shell completion script for SHELL (the Debian package
+    /// installs those for bash, zsh and fish).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages (zbridge.1, zbridge-run.1, ...) into DIR: for
+    /// the packages (scripts/dist).
+    #[command(hide = true)]
+    Manpages { dir: PathBuf },
 }

@@ -8,6 +8,7 @@ use zbridge::{run, Error};
 use zbridge_lab::{bench, demo};
 
 mod cli;
+mod manual;
 mod tools;
 
 fn main() -> ExitCode {
@@ -46,6 +47,8 @@ fn main() -> ExitCode {
         cli::Command::Keygen { path } => zbridge::curve::keygen(&path).map_err(Error::from),
         cli::Command::Bench { what } => bench::run(what).map_err(Error::from),
         cli::Command::Demo { seconds } => demo::run(seconds).map_err(Error::from),
+        cli::Command::Completions { shell } => manual::completions(shell),
+        cli::Command::Manpages { dir } => manual::manpages(&dir),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

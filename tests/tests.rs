@@ -13,6 +13,7 @@ mod ha;
 mod keepalived;
 mod monitor;
 mod netns;
+mod packages;
 mod readme;
 mod relay;
 mod reload;

@@ -2,12 +2,11 @@
 //! deliveries. The Python classes are `zbridge._types`'s (plain Python, so
 //! that editors and `pickle` see ordinary classes).
 
-use pyo3::buffer::PyBuffer;
 use pyo3::call::PyCallArgs;
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyByteArray, PyBytes, PyList, PyModule, PyString, PyTuple};
+use pyo3::types::{PyByteArray, PyBytes, PyList, PyMemoryView, PyModule, PyString, PyTuple};
 use zbridge_client::{ClientError, ConfigError, Delivery, Event};
 
 /// `zbridge._types`, imported once.
@@ -73,14 +72,20 @@ fn frame_in(frame: &Bound<'_, PyAny>) -> PyResult<Vec<u8>> {
         return Ok(b.as_bytes().to_vec());
     }
     if let Ok(s) = frame.cast::<PyString>() {
-        return Ok(s.to_str()?.as_bytes().to_vec());
+        return Ok(s.to_cow()?.as_bytes().to_vec());
     }
     if let Ok(b) = frame.cast::<PyByteArray>() {
         return Ok(b.to_vec());
     }
-    match PyBuffer::<u8>::get(frame) {
-        Ok(buffer) => buffer.to_vec(frame.py()),
-        Err(_) => Err(PyTypeError::new_err(format!(
+    // Any other buffer of bytes, through a memoryview: the buffer protocol
+    // itself is in the stable ABI (the wheel is abi3 from 3.9) only from 3.11.
+    match PyMemoryView::from(frame) {
+        Ok(view) if view.getattr("itemsize")?.extract::<usize>()? == 1 => Ok(view
+            .call_method0("tobytes")?
+            .cast::<PyBytes>()?
+            .as_bytes()
+            .to_vec()),
+        _ => Err(PyTypeError::new_err(format!(
             "a frame is bytes (or bytearray, memoryview, str), not {}",
             frame.get_type().name()?
         ))),

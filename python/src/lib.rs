@@ -285,7 +285,7 @@ fn toml_value(value: &Bound<'_, PyAny>) -> PyResult<toml::Value> {
     } else if value.is_instance_of::<PyFloat>() {
         Ok(toml::Value::Float(value.extract()?))
     } else if let Ok(s) = value.cast::<PyString>() {
-        Ok(toml::Value::String(s.to_str()?.to_string()))
+        Ok(toml::Value::String(s.to_cow()?.into_owned()))
     } else if let Ok(items) = value.try_iter() {
         items
             .map(|item| toml_value(&item?))
