@@ -32,6 +32,7 @@ pub enum Command {
     /// Validate a config file and print the effective config (exit 2 if bad).
     #[command(args_override_self = true)]
     CheckConfig {
+        /// The TOML config file to check.
         file: PathBuf,
         #[command(flatten)]
         overrides: Box<Overrides>,
@@ -64,7 +65,7 @@ pub enum Command {
         config: Option<PathBuf>,
         /// Pub endpoints, comma-separated (default: from --config, else
         /// tcp://127.0.0.1:5630,tcp://127.0.0.1:5631).
-        #[arg(long, value_delimiter = ',')]
+        #[arg(long, alias = "endpoint", value_delimiter = ',')]
         endpoints: Vec<String>,
         /// Stream name (default: every stream on the pub ports).
         #[arg(long)]
@@ -84,12 +85,21 @@ pub enum Command {
     },
     /// Write a CURVE key pair: PATH holds the secret key (Z85, mode 0600),
     /// PATH.pub the public key (also printed). Never overwrites a file.
-    Keygen { path: PathBuf },
+    Keygen {
+        /// Where to write the secret key; the public key goes to PATH.pub.
+        path: PathBuf,
+    },
     /// Ask a bridge for its status document.
     Status {
-        #[arg(long, default_value = "tcp://127.0.0.1:5600")]
-        endpoint: String,
-        #[arg(long, default_value_t = 3.0)]
+        /// The bridge's frontend (default: the first endpoint of --config,
+        /// else tcp://127.0.0.1:5600).
+        #[arg(long, value_name = "ENDPOINT")]
+        endpoint: Option<String>,
+        /// The bridge config file: its endpoints and, with CURVE, the keys.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Seconds to wait for the answer.
+        #[arg(long, default_value_t = 3.0, value_name = "SECONDS")]
         timeout: f64,
     },
     /// Measure the bridge against libzmq's proxy and a direct connection.

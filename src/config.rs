@@ -126,7 +126,7 @@ macro_rules! keys {
         /// A flag for every top-level key, same name with dashes.
         #[derive(Debug, Clone, Default, clap::Args)]
         pub struct Overrides {
-            $( $(#[doc = $doc])* #[arg(long, value_name = stringify!($ty))] pub $name: Option<$ty>, )*
+            $( $(#[doc = $doc])* #[arg(long, value_name = crate::teach::value_name(stringify!($name), stringify!($ty)))] pub $name: Option<$ty>, )*
         }
 
         impl Overrides {
@@ -544,9 +544,10 @@ impl File {
             let line = e
                 .span()
                 .map(|span| text[..span.start].lines().count().max(1));
+            let said = crate::teach::teach(e.message());
             let message = match line {
-                Some(n) => format!("{} (line {n})", e.message()),
-                None => e.message().to_string(),
+                Some(n) => format!("{said} (line {n})"),
+                None => said,
             };
             ConfigError::new(key, message)
         })

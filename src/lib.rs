@@ -24,6 +24,7 @@ pub mod relay;
 pub mod run;
 pub mod stop;
 pub mod streams;
+mod teach;
 mod throttle;
 
 pub use error::Error;

@@ -43,7 +43,11 @@ fn main() -> ExitCode {
             tools::Until { count, seconds },
             json,
         ),
-        cli::Command::Status { endpoint, timeout } => tools::status(&endpoint, timeout),
+        cli::Command::Status {
+            endpoint,
+            config,
+            timeout,
+        } => tools::status(endpoint.as_deref(), config.as_deref(), timeout),
         cli::Command::Keygen { path } => zbridge::curve::keygen(&path).map_err(Error::from),
         cli::Command::Bench { what } => bench::run(what).map_err(Error::from),
         cli::Command::Demo { seconds } => demo::run(seconds).map_err(Error::from),

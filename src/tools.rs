@@ -9,13 +9,22 @@ use zbridge::Error;
 use zbridge_client::rules::seconds;
 use zbridge_client::{Client, ClientConfig, Delivery, Subscriber};
 
-/// Send `frames` to `endpoint` and wait up to `timeout` seconds for the reply.
-fn call(endpoint: &str, frames: &[&[u8]], timeout: f64) -> anyhow::Result<Vec<Vec<u8>>> {
+/// Send `frames` to `endpoint` (a CURVE client with `keys`) and wait up to
+/// `timeout` seconds for the reply.
+fn call(
+    endpoint: &str,
+    keys: Option<&zbridge_client::curve::ClientKeys>,
+    frames: &[&[u8]],
+    timeout: f64,
+) -> anyhow::Result<Vec<Vec<u8>>> {
     let timeout = seconds("--timeout", timeout)?;
     let context = zmq::Context::new();
     let socket = context.socket(zmq::REQ)?;
     socket.set_linger(0)?;
     socket.set_ipv6(true)?;
+    if let Some(keys) = keys {
+        keys.apply(&socket)?;
+    }
     socket
         .connect(endpoint)
         .with_context(|| format!("bad endpoint {endpoint:?}: expected tcp://HOST:PORT"))?;
@@ -49,8 +58,21 @@ pub fn request(
     Ok(())
 }
 
-pub fn status(endpoint: &str, timeout: f64) -> Result<(), Error> {
-    let reply = call(endpoint, &[br#"{"action":"status"}"#], timeout)?;
+/// The status document of the bridge at `endpoint`, else at the first
+/// endpoint of `config` (with its CURVE keys), else at 5600 on loopback.
+pub fn status(endpoint: Option<&str>, config: Option<&Path>, timeout: f64) -> Result<(), Error> {
+    let settings = config
+        .map(|path| ClientConfig::for_tool(&[], Some(path), None))
+        .transpose()?;
+    let endpoint = endpoint
+        .or_else(|| {
+            settings
+                .as_ref()
+                .and_then(|s| s.endpoints.first().map(String::as_str))
+        })
+        .unwrap_or("tcp://127.0.0.1:5600");
+    let keys = settings.as_ref().and_then(|s| s.curve.as_ref());
+    let reply = call(endpoint, keys, &[br#"{"action":"status"}"#], timeout)?;
     let doc: serde_json::Value = match reply.as_slice() {
         [only] => serde_json::from_slice(only).context("the status reply is not JSON")?,
         _ => return Err(anyhow!("the status reply has {} frames, expected 1", reply.len()).into()),

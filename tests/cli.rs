@@ -443,3 +443,71 @@ fn more_targets_than_the_open_file_limit_allows_are_refused_by_check_config_and_
         "{stderr}"
     );
 }
+
+/// Errors in a user's words (issue 23): a typo gets the key it was meant
+/// to be, not the list of 48; a port is "a port number", not `u16`; help
+/// names values as a person would; a second bridge on the same ports is
+/// told who holds them.
+#[test]
+fn errors_and_help_speak_the_users_words() {
+    for (toml, says) in [
+        ("request_timout = 3\n", "did you mean `request_timeout`?"),
+        (
+            "[targets.x]\nendpont = \"tcp://127.0.0.1:1\"\n",
+            "did you mean `endpoint`?",
+        ),
+        (
+            "primary_port = \"5600\"\n",
+            "expected a port number, 0 to 65535",
+        ),
+        (
+            "primary_port = 70000\n",
+            "expected a port number, 0 to 65535",
+        ),
+    ] {
+        let config = TempConfig::new(toml);
+        let out = zbridge(&["check-config", config.0.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(2), "{toml}");
+        let stderr = text(&out.stderr);
+        assert!(stderr.contains(says), "{toml} -> {stderr}");
+        assert!(
+            !stderr.contains("u16") && !stderr.contains("drain_timeout"),
+            "{stderr}"
+        );
+    }
+    let help = text(&zbridge(&["run", "--help"]).stdout);
+    assert!(help.contains("--primary-port <PORT>"), "{help}");
+    assert!(help.contains("--heartbeat-timeout <SECONDS>"), "{help}");
+    for rust in ["<u16>", "<f64>", "<usize>", "<u32>", "<i32>"] {
+        assert!(!help.contains(rust), "{rust} in: {help}");
+    }
+    for command in ["keygen", "check-config"] {
+        let help = text(&zbridge(&[command, "--help"]).stdout);
+        let argument = help
+            .lines()
+            .skip_while(|l| !l.starts_with("Arguments:"))
+            .nth(1);
+        assert!(
+            argument.is_some_and(|l| l.split_whitespace().count() > 1),
+            "{command}'s argument has a description: {help}"
+        );
+    }
+    // A second bridge with the first one's ports.
+    let first = bridge(&[]);
+    let heartbeat = first.ready["heartbeat"].as_str().unwrap().to_string();
+    let port = heartbeat.rsplit(':').next().unwrap();
+    let out = zbridge(&[
+        "run",
+        "--mode=active",
+        &format!("--primary-heartbeat-port={port}"),
+        "--primary-port=0",
+        "--primary-monitor-port=0",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("another zbridge started with the same ports")
+            && stderr.contains("ss -ltnp"),
+        "{stderr}"
+    );
+}

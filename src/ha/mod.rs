@@ -66,9 +66,13 @@ impl Heartbeats {
             crate::curve::server(&publisher, pair)?;
         }
         let bind = tcp_endpoint(&config.bind_host, own_port);
-        publisher
-            .bind(&bind)
-            .with_context(|| format!("cannot bind the heartbeat publisher on {bind}"))?;
+        publisher.bind(&bind).map_err(|e| match e {
+            zmq::Error::EADDRINUSE => anyhow::anyhow!(
+                "cannot bind the heartbeat publisher on {bind}: port {own_port} is taken by another program, most likely another zbridge started with the same ports (`ss -ltnp 'sport = :{own_port}'` shows which process); give each instance its own --mode, or stop the other one"
+            ),
+            e => anyhow::Error::from(e)
+                .context(format!("cannot bind the heartbeat publisher on {bind}")),
+        })?;
         let own_port = zbridge_socket::bound_port(&publisher)?;
         let subscriber = context.socket(zmq::SUB)?;
         subscriber.set_linger(0)?;
