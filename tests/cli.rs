@@ -492,6 +492,23 @@ fn errors_and_help_speak_the_users_words() {
             "{command}'s argument has a description: {help}"
         );
     }
+    // No bridge at all: what was tried, for how long, what to check.
+    let (nowhere, elsewhere) = (free_port(), free_port());
+    let endpoints = format!("tcp://127.0.0.1:{nowhere},tcp://127.0.0.1:{elsewhere}");
+    let out = zbridge(&["request", "--target=pc2", "--endpoint", &endpoints, "hi"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    let tried = [
+        format!("127.0.0.1:{nowhere}"),
+        format!("127.0.0.1:{elsewhere}"),
+    ];
+    for says in tried
+        .iter()
+        .map(String::as_str)
+        .chain([" s, ", "zbridge status"])
+    {
+        assert!(stderr.contains(says), "{says} in: {stderr}");
+    }
     // A second bridge with the first one's ports.
     let first = bridge(&[]);
     let heartbeat = first.ready["heartbeat"].as_str().unwrap().to_string();

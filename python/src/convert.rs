@@ -47,7 +47,7 @@ pub fn client_error(py: Python<'_>, e: &ClientError) -> PyErr {
             error(py, "CircuitOpen", (message, retry_after.as_secs_f64()))
         }
         ClientError::Timeout { attempts } => error(py, "Timeout", (message, *attempts)),
-        ClientError::AllBridgesDown { attempts } => {
+        ClientError::AllBridgesDown { attempts, .. } => {
             error(py, "AllBridgesDown", (message, *attempts))
         }
         ClientError::BadReply(_) => error(py, "BadReply", (message,)),

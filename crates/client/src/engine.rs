@@ -66,6 +66,8 @@ struct Live {
     tries: u32,
     /// Attempts actually sent.
     sent: u32,
+    /// When the call was made.
+    started: Instant,
 }
 
 struct Endpoint {
@@ -259,6 +261,7 @@ impl Engine {
                 at: None,
                 tries: 0,
                 sent: 0,
+                started: now,
             },
         );
         self.dispatch(id, now);
@@ -418,6 +421,8 @@ impl Engine {
         } else {
             ClientError::AllBridgesDown {
                 attempts: live.tries,
+                endpoints: self.endpoints.iter().map(|e| e.url.clone()).collect(),
+                waited: now.saturating_duration_since(live.started),
             }
         };
         let target = live.call.target.as_deref().unwrap_or("(named in the JSON)");

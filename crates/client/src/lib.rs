@@ -132,7 +132,13 @@ pub enum ClientError {
     Timeout { attempts: u32 },
     /// No bridge was reachable (none connected) over
     /// `max_reconnect_attempts` rounds.
-    AllBridgesDown { attempts: u32 },
+    AllBridgesDown {
+        attempts: u32,
+        /// The endpoints tried.
+        endpoints: Vec<String>,
+        /// From the call to the verdict.
+        waited: std::time::Duration,
+    },
     /// An answer that is not a zbridge reply.
     BadReply(String),
     /// The client was dropped before the call had its result.
@@ -158,9 +164,15 @@ impl fmt::Display for ClientError {
                 f,
                 "no bridge answered within request_timeout ({attempts} attempts): are the bridges running and reachable?"
             ),
-            ClientError::AllBridgesDown { attempts } => write!(
+            ClientError::AllBridgesDown {
+                attempts,
+                endpoints,
+                waited,
+            } => write!(
                 f,
-                "no bridge reachable ({attempts} attempts over max_reconnect_attempts rounds): start a bridge (zbridge run) or check the endpoints"
+                "no bridge reachable at {} ({attempts} tries in {:.1} s, max_reconnect_attempts rounds over them): check that the bridges run (zbridge run --mode active, --mode passive) and listen there (zbridge status --endpoint ENDPOINT, or ss -ltn on their host), and that nothing between this host and theirs blocks the ports",
+                endpoints.join(", "),
+                waited.as_secs_f64()
             ),
             ClientError::BadReply(why) => write!(f, "not a zbridge reply: {why}"),
             ClientError::Closed => f.write_str("the client was closed before the call had its result"),
