@@ -197,6 +197,11 @@ keys! {
     max_transport_bytes: usize = 0;
     /// Most requests in flight to one target; more get `backend_unavailable`.
     max_in_flight: usize = 10_000;
+    /// Most bytes of requests a target's connection may hold unread by a
+    /// hung backend (timed-out requests included); more get
+    /// `backend_unavailable` at once. At least max_message_bytes; 0: 64 MiB,
+    /// or 4 x max_message_bytes if that is more.
+    max_queued_bytes: usize = 0;
     /// Seconds a stopping bridge waits for in-flight requests.
     drain_timeout: f64 = 5.0;
     /// Seconds a connection to a listening port (frontends, heartbeat and
@@ -254,9 +259,10 @@ impl Source {
     }
 
     /// The config a reload applies: validated as at start, and refused
-    /// when the file has no keys (saved empty, only comments) or when it
-    /// would leave the running bridge without any target.
-    pub fn reload(&self, running: &Config) -> Result<Config, ConfigError> {
+    /// when the file has no keys (saved empty, only comments). Read off the
+    /// relay thread (`relay::loader`); [`Config::replaces`] is checked
+    /// when it is applied.
+    pub fn reload(&self) -> Result<Config, ConfigError> {
         let file = match &self.path {
             None => File::default(),
             Some(path) => {
@@ -273,14 +279,7 @@ impl Source {
                 File::parse(path, &text)?
             }
         };
-        let config = self.merged(file).validate()?;
-        if config.targets.is_empty() && !running.targets.is_empty() {
-            return Err(ConfigError::new(
-                "targets",
-                "the new config has no target: it would remove every target the bridge serves, so it is not applied; keep at least one",
-            ));
-        }
-        Ok(config)
+        self.merged(file).validate()
     }
 
     fn merged(&self, file: File) -> File {
@@ -315,13 +314,11 @@ fn has_keys(text: &str) -> bool {
     toml::from_str::<toml::Table>(text).map_or(true, |table| !table.is_empty())
 }
 
+/// The config file's text: a regular file of at most
+/// [`MAX_CONFIG_FILE_BYTES`](zbridge_client::rules::MAX_CONFIG_FILE_BYTES),
+/// opened without blocking (a FIFO or `/dev/zero` is refused at once).
 fn read_text(path: &Path) -> Result<String, ConfigError> {
-    std::fs::read_to_string(path).map_err(|e| {
-        ConfigError::new(
-            "",
-            format!("cannot read config file {}: {e}", path.display()),
-        )
-    })
+    zbridge_client::rules::read_config_file(path)
 }
 
 /// The two targets that the seed's `main_pc_addr` and `pc2_addr` define.
@@ -373,6 +370,7 @@ pub struct Config {
     /// ZMQ_MAXMSGSIZE on the frontends.
     pub max_transport_bytes: usize,
     pub max_in_flight: usize,
+    pub max_queued_bytes: usize,
     pub drain_timeout: Duration,
     pub handshake_timeout: Duration,
     pub rate_limit_per_client: Option<Rate>,
@@ -438,6 +436,18 @@ impl Config {
     /// most, as validated, fits).
     pub fn handshake_ms(&self) -> i32 {
         i32::try_from(self.handshake_timeout.as_millis()).unwrap_or(i32::MAX)
+    }
+
+    /// Whether a reloaded config may replace `running`: not when it would
+    /// leave the running bridge without any target.
+    pub fn replaces(&self, running: &Config) -> Result<(), ConfigError> {
+        if self.targets.is_empty() && !running.targets.is_empty() {
+            return Err(ConfigError::new(
+                "targets",
+                "the new config has no target: it would remove every target the bridge serves, so it is not applied; keep at least one",
+            ));
+        }
+        Ok(())
     }
 
     /// The instance's home role.
@@ -663,6 +673,19 @@ impl File {
                 self.max_message_bytes,
             )?,
             max_in_flight: self.max_in_flight,
+            max_queued_bytes: match self.max_queued_bytes {
+                0 => self.max_message_bytes.saturating_mul(4).max(64 << 20),
+                n if n < self.max_message_bytes => {
+                    return Err(ConfigError::new(
+                        "max_queued_bytes",
+                        format!(
+                            "must be at least max_message_bytes ({}), or a request of that size could never be sent; got {n}",
+                            self.max_message_bytes
+                        ),
+                    ))
+                }
+                n => n,
+            },
             drain_timeout: seconds_or_zero("drain_timeout", self.drain_timeout)?,
             handshake_timeout: positive_seconds("handshake_timeout", self.handshake_timeout)?,
             rate_limit_per_client: rate(
@@ -737,10 +760,14 @@ impl File {
         let pair = KeyPair::read(Path::new(&self.curve_secret_key_file), key)?;
         let clients = match self.curve_clients.as_str() {
             "" => None,
-            dir => Some(Clients {
-                dir: dir.into(),
-                keys: read_clients(Path::new(dir), "curve_clients")?,
-            }),
+            dir => {
+                let read = read_clients(Path::new(dir), "curve_clients")?;
+                Some(Clients {
+                    dir: dir.into(),
+                    keys: read.keys,
+                    refused: read.refused,
+                })
+            }
         };
         Ok((Some(pair), clients))
     }
@@ -1225,7 +1252,7 @@ mod tests {
     }
 
     #[test]
-    fn a_reload_refuses_a_file_without_keys_or_without_targets() {
+    fn a_reload_refuses_a_file_without_keys_or_without_targets_or_a_fifo() {
         let path = std::env::temp_dir().join(format!("zbridge-reload-{}.toml", std::process::id()));
         let source = Source {
             path: Some(path.clone()),
@@ -1239,20 +1266,32 @@ mod tests {
                 source.load().is_ok(),
                 "at start, no keys means the defaults"
             );
-            let e = source.reload(&running).unwrap_err();
+            let e = source.reload().unwrap_err();
             assert_eq!(e.key, "");
             assert!(e.message.contains("has no keys"), "{e}");
         }
         std::fs::write(&path, "main_pc_addr = \"\"\npc2_addr = \"\"\n").unwrap();
-        assert_eq!(source.reload(&running).unwrap_err().key, "targets");
+        let none = source.reload().unwrap();
+        assert_eq!(none.replaces(&running).unwrap_err().key, "targets");
         let idle = source.load().unwrap();
         assert!(idle.targets.is_empty());
         assert!(
-            source.reload(&idle).is_ok(),
+            none.replaces(&idle).is_ok(),
             "a bridge without targets stays so"
         );
         std::fs::write(&path, "log_level = \"debug\"\n").unwrap();
-        assert_eq!(source.reload(&running).unwrap().log_level, LogLevel::Debug);
+        let debug = source.reload().unwrap();
+        assert!(debug.replaces(&running).is_ok());
+        assert_eq!(debug.log_level, LogLevel::Debug);
+        // A FIFO at the path: refused at once, never waited on for a writer.
+        std::fs::remove_file(&path).unwrap();
+        let made = std::process::Command::new("mkfifo")
+            .arg(&path)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let e = source.reload().unwrap_err();
+        assert!(e.message.contains("is a FIFO"), "{e}");
         std::fs::remove_file(&path).unwrap();
     }
 

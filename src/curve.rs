@@ -26,6 +26,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use tracing::{debug, warn};
 pub use zbridge_client::curve::{ClientKeys, KeyPair, PublicKey};
+use zbridge_client::ConfigError;
 
 /// Where libzmq asks a context's ZAP handler (RFC 27).
 const ZAP_ENDPOINT: &str = "inproc://zeromq.zap.01";
@@ -37,6 +38,23 @@ pub const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
 pub struct Clients {
     pub dir: PathBuf,
     pub keys: BTreeSet<PublicKey>,
+    /// The `*.pub` files refused, each named with why: their keys are not
+    /// admitted (the others are). Logged at start and on each reload;
+    /// `check-config` fails on them.
+    pub refused: Vec<ConfigError>,
+}
+
+impl Clients {
+    /// Log each refused `*.pub` file (at start and on each reload).
+    pub fn log_refused(&self) {
+        for refused in &self.refused {
+            warn!(
+                key = %refused.key,
+                error = %refused.message,
+                "a curve_clients key file refused: its key is not admitted (the other keys are); fix or remove the file, then reload"
+            );
+        }
+    }
 }
 
 /// Whether this build's libzmq has CURVE (libsodium linked in).
@@ -292,6 +310,7 @@ mod tests {
         let clients = Clients {
             dir: PathBuf::from("/nowhere"),
             keys: BTreeSet::from([friend.public]),
+            refused: Vec::new(),
         };
         let admission = Admission::new(&pair, Some(&clients));
         let code = |key: &PublicKey| answer(&request(key.bytes()), &admission)[2].clone();

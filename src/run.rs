@@ -25,6 +25,9 @@ pub fn run(mode: Option<Mode>, path: Option<&Path>, overrides: &Overrides) -> Re
     })?;
     let level = init_logging(config.log_format, config.log_level);
     crate::limits::raise_descriptors();
+    if let Some(clients) = &config.curve_clients {
+        clients.log_refused();
+    }
     let mut stop = Stop::on_signals()?;
     let set_level = Box::new(move |l: LogLevel| {
         let _ = level.modify(|filter| *filter = level_filter(l));
@@ -76,6 +79,25 @@ pub fn check_config(path: &Path, overrides: &Overrides) -> Result<(), Error> {
                 println!("#   no curve_clients: any client that knows the public key is admitted")
             }
         }
+    }
+    // A refused key file: the bridge runs without its key (and logs it);
+    // check-config, run before a deploy, fails so that it is fixed.
+    let refused = config
+        .curve_clients
+        .as_ref()
+        .map_or(&[][..], |c| c.refused.as_slice());
+    if !refused.is_empty() {
+        for e in refused {
+            eprintln!("zbridge: {e}");
+        }
+        return Err(ConfigError::new(
+            "curve_clients",
+            format!(
+                "{} *.pub file(s) refused (above): a running bridge admits the other keys and logs these; fix or remove them",
+                refused.len()
+            ),
+        )
+        .into());
     }
     if !config.streams.is_empty() {
         println!(

@@ -87,7 +87,7 @@ fn check_config_names_the_bad_key_and_exits_2() {
     }
     let out = zbridge(&["check-config", "/nonexistent.toml"]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(text(&out.stderr).contains("cannot read config file"));
+    assert!(text(&out.stderr).contains("cannot read /nonexistent.toml"));
 }
 
 #[test]
@@ -375,6 +375,7 @@ fn a_token_file_that_is_not_a_small_regular_file_is_refused_at_once() {
     let fifo = std::env::temp_dir().join(format!("zbridge-cli-fifo-{}", std::process::id()));
     let made = Command::new("mkfifo").arg(&fifo).status().unwrap();
     assert!(made.success());
+    let empty = TempConfig::new("");
     for (path, why) in [
         ("/dev/zero", "a character device"),
         (fifo.to_str().unwrap(), "a FIFO"),
@@ -383,7 +384,7 @@ fn a_token_file_that_is_not_a_small_regular_file_is_refused_at_once() {
         let (out, took) = zbridge_within(
             &[
                 "check-config",
-                "/dev/null",
+                empty.0.to_str().unwrap(),
                 &format!("--auth-token-file={path}"),
             ],
             Duration::from_secs(10),
@@ -395,6 +396,46 @@ fn a_token_file_that_is_not_a_small_regular_file_is_refused_at_once() {
             "{path}: {stderr}"
         );
         assert!(took < Duration::from_secs(1), "{path}: refused in {took:?}");
+    }
+    std::fs::remove_file(&fifo).unwrap();
+}
+
+#[test]
+fn a_config_path_that_is_not_a_small_regular_file_is_refused_at_once() {
+    let fifo = std::env::temp_dir().join(format!("zbridge-cli-config-fifo-{}", std::process::id()));
+    let made = Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(made.success());
+    let big = TempConfig::new("");
+    std::fs::File::options()
+        .write(true)
+        .open(&big.0)
+        .unwrap()
+        .set_len(2 << 20)
+        .unwrap();
+    for (path, why) in [
+        (fifo.to_str().unwrap(), "a FIFO"),
+        ("/dev/zero", "a character device"),
+        ("/tmp", "a directory"),
+        (big.0.to_str().unwrap(), "longer than 1048576 bytes"),
+    ] {
+        let config = format!("--config={path}");
+        for args in [
+            vec!["check-config", path],
+            vec!["run", "--mode=active", &config],
+            vec!["request", &config, "--target=pc2", "{}"],
+        ] {
+            let (out, took) = zbridge_within(&args, Duration::from_secs(10));
+            let stderr = text(&out.stderr);
+            assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+            assert!(
+                stderr.contains(path) && stderr.contains(why),
+                "{args:?}: {stderr}"
+            );
+            assert!(
+                took < Duration::from_secs(2),
+                "{args:?}: refused in {took:?}"
+            );
+        }
     }
     std::fs::remove_file(&fifo).unwrap();
 }

@@ -185,8 +185,9 @@ fn keygen_writes_a_private_secret_and_check_config_refuses_a_readable_one() {
     // A secret others may read: exit 2, the file and the fix named, the
     // secret nowhere.
     std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let empty = TempConfig::new("");
     let out = check(
-        "/dev/null",
+        &empty.0,
         &[format!("--curve-secret-key-file={}", secret.display())],
     );
     let err = String::from_utf8_lossy(&out.stderr);
@@ -616,10 +617,11 @@ fn check(file: impl AsRef<std::ffi::OsStr>, flags: &[String]) -> std::process::O
         .unwrap()
 }
 
-/// `zbridge check-config` with `flags` after /dev/null: its exit code and
-/// stderr.
+/// `zbridge check-config` with `flags` after an empty config file: its
+/// exit code and stderr.
 fn check_config(flags: &[String]) -> (Option<i32>, String) {
-    let out = check("/dev/null", flags);
+    let empty = TempConfig::new("");
+    let out = check(&empty.0, flags);
     (
         out.status.code(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
@@ -918,4 +920,161 @@ fn idle_connections_under_a_low_descriptor_limit_starve_neither_agents_nor_healt
     assert!(shed >= 100.0, "{shed}");
     assert!(bridge.wait_for_log("had not finished their handshake", Duration::from_secs(1)));
     drop(idle);
+}
+
+/// The `q`-quantile of `sorted` durations.
+fn quantile(sorted: &[Duration], q: f64) -> Duration {
+    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
+}
+
+#[test]
+fn a_sighup_storm_with_thousands_of_client_keys_does_not_stall_an_allowed_client() {
+    const KEYS: usize = 5_000;
+    const SIGHUPS: usize = 100;
+    /// What the client waits for a reply: far more than any reload takes.
+    const REPLY_WITHIN: Duration = Duration::from_secs(3);
+    let keys = Keys::new();
+    for i in 0..KEYS {
+        let key = KeyPair::generate().unwrap().public;
+        std::fs::write(keys.path(&format!("clients/{i}.pub")), format!("{key}\n")).unwrap();
+    }
+    let echo = EchoService::start(None).unwrap();
+    let mut flags = keys.flags();
+    flags.push(format!("--pc2-addr={}", echo.endpoint));
+    let bridge = bridge(&flags);
+    let context = zmq::Context::new();
+    let dealer = context.socket(zmq::DEALER).unwrap();
+    keys.client("agent.key").apply(&dealer).unwrap();
+    dealer.set_linger(0).unwrap();
+    dealer.connect(&bridge.frontend).unwrap();
+    // One request at a time; its round trip, or None when none came.
+    let ask = |n: usize| {
+        let started = std::time::Instant::now();
+        let body = format!("{{\"target\":\"pc2\",\"n\":{n}}}");
+        dealer
+            .send_multipart([&b""[..], body.as_bytes()], 0)
+            .unwrap();
+        let polled = dealer.poll(zmq::POLLIN, REPLY_WITHIN.as_millis() as i64);
+        if polled.unwrap() == 0 {
+            return None;
+        }
+        let reply = dealer.recv_multipart(0).unwrap();
+        assert_eq!(reply.last().unwrap(), body.as_bytes(), "{reply:?}");
+        Some(started.elapsed())
+    };
+    assert!(ask(0).is_some(), "the allowed client is admitted");
+    let mut quiet: Vec<Duration> = (1..=300).map(|n| ask(n).expect("a reply")).collect();
+    quiet.sort();
+
+    // 100 SIGHUPs in 2 s; the last one after a new key joins, which must
+    // be admitted in the end (the last change is always read).
+    let pid = bridge.pid();
+    let storm = std::thread::spawn({
+        let new = (keys.path("stranger.key.pub"), keys.path("clients/new.pub"));
+        move || {
+            for i in 0..SIGHUPS {
+                if i == SIGHUPS - 1 {
+                    std::fs::copy(&new.0, &new.1).unwrap();
+                }
+                let status = Command::new("kill")
+                    .args(["-HUP", &pid.to_string()])
+                    .status()
+                    .unwrap();
+                assert!(status.success());
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    });
+    let mut stormy = Vec::new();
+    let mut missed = 0;
+    let mut n = 1000;
+    while !storm.is_finished() || stormy.len() < 300 {
+        n += 1;
+        match ask(n) {
+            Some(took) => stormy.push(took),
+            None => missed += 1,
+        }
+        assert!(n < 1_000_000, "bounded");
+    }
+    storm.join().unwrap();
+    assert_eq!(
+        missed, 0,
+        "requests without a reply within {REPLY_WITHIN:?}"
+    );
+    stormy.sort();
+    eprintln!(
+        "{KEYS} client keys; quiet: p50 {:?} p99 {:?} max {:?} ({} requests); during {SIGHUPS} SIGHUPs in 2 s: p50 {:?} p99 {:?} max {:?} ({} requests); {} reloads applied",
+        quantile(&quiet, 0.5),
+        quantile(&quiet, 0.99),
+        quiet[quiet.len() - 1],
+        quiet.len(),
+        quantile(&stormy, 0.5),
+        quantile(&stormy, 0.99),
+        stormy[stormy.len() - 1],
+        stormy.len(),
+        bridge.events().iter().filter(|e| e["event"] == "reloaded").count(),
+    );
+    let server = keys.path("bridge.key.pub");
+    let stranger = keys.path("stranger.key");
+    assert!(
+        wait_until(Duration::from_secs(10), || py_request(
+            &bridge.frontend,
+            Some(&server),
+            Some(&stranger),
+            "late",
+            1.0
+        )
+        .is_some()),
+        "the key added before the last SIGHUP is admitted"
+    );
+}
+
+#[test]
+fn a_bad_pub_file_is_refused_alone_by_name_and_blank_lines_around_a_key_are_accepted() {
+    let keys = Keys::new();
+    let text = |name: &str| std::fs::read_to_string(keys.path(name)).unwrap();
+    let (agent, stranger) = (text("agent.key.pub"), text("stranger.key.pub"));
+    std::fs::write(
+        keys.path("clients/agent.pub"),
+        format!("\n\r\n  {}  \n\n", agent.trim()),
+    )
+    .unwrap();
+    // Two keys in one file: which was meant cannot be told; neither counts.
+    std::fs::write(
+        keys.path("clients/two.pub"),
+        format!("{}\n{}\n", stranger.trim(), agent.trim()),
+    )
+    .unwrap();
+    let (_service, port) = py_curve_service(Command::new("python3"), None, &[]);
+    let mut flags = keys.flags();
+    flags.push(format!("--pc2-addr=tcp://127.0.0.1:{port}"));
+    // check-config, run before a deploy, fails on it by name...
+    let (code, err) = check_config(&flags);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("two.pub holds 2 lines"), "{err}");
+    // ...a running bridge refuses that file alone, and says so.
+    let bridge = bridge(&flags);
+    assert!(bridge.wait_for_log("two.pub holds 2 lines", Duration::from_secs(5)));
+    let server = keys.path("bridge.key.pub");
+    let ask = |key: &str| {
+        py_request(
+            &bridge.frontend,
+            Some(&server),
+            Some(&keys.path(key)),
+            "k",
+            1.0,
+        )
+    };
+    assert!(ask("agent.key").is_some(), "blank lines around a key");
+    assert!(ask("stranger.key").is_none(), "its key is in two.pub only");
+    // A bad file does not keep a removed key admitted: the revocation
+    // applies on reload, the bad file is named again.
+    std::fs::remove_file(keys.path("clients/agent.pub")).unwrap();
+    std::fs::write(keys.path("clients/typo.pub"), "not a key\n").unwrap();
+    bridge.signal("HUP").unwrap();
+    assert!(bridge
+        .wait_for_event(Duration::from_secs(5), |e| e["event"] == "reloaded")
+        .is_some());
+    assert!(bridge.wait_for_log("typo.pub", Duration::from_secs(5)));
+    assert!(ask("agent.key").is_none(), "the removed key is refused");
 }

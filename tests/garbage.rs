@@ -133,3 +133,31 @@ fn garbage_is_answered_and_other_clients_keep_being_served() {
     let pong = client.call(&[br#"{"action":"ping"}"#]);
     assert!(String::from_utf8_lossy(&pong[0]).contains("pong"));
 }
+
+#[test]
+fn bytes_that_are_not_utf8_inside_a_json_string_are_refused_and_never_reach_the_service() {
+    let (_service, port) = py_service("py", 0);
+    let bridge = bridge(&[format!("--pc2-addr=tcp://127.0.0.1:{port}")]);
+    let client = Dealer::connect(&bridge.frontend);
+    for bad in [
+        &b"{\"target\":\"pc2\",\"v\":\"\xff\"}"[..],
+        // A UTF-16 surrogate encoded as UTF-8 (CESU-8): not UTF-8.
+        b"{\"target\":\"pc2\",\"v\":\"\xed\xa0\x80\"}",
+    ] {
+        let mut reply = client.call(&[b"", bad]);
+        assert_eq!(reply.remove(0), b"", "the delimiter mirrored");
+        let (code, message) = error_of(&reply);
+        assert_eq!(code, "invalid_json", "{bad:?}");
+        assert!(message.contains("not UTF-8"), "{message}");
+    }
+    // The service hears only the good request.
+    let good = br#"{"target":"pc2","v":"\u00ff ok"}"#;
+    assert_eq!(
+        client.call(&[b"", good]),
+        [b"".to_vec(), b"py".to_vec(), good.to_vec()]
+    );
+    assert_eq!(
+        status(&bridge.frontend)["targets"]["pc2"]["requests_total"],
+        1
+    );
+}

@@ -418,3 +418,64 @@ fn the_shipped_keepalived_config_passes_keepaliveds_test() {
     let (ok, errors) = test(None);
     assert!(!ok && errors.contains("ZBRIDGE_SELF"), "{errors}");
 }
+
+/// deploy/keepalived/zbridge-check on `url`: whether it passed, and how
+/// long it took.
+fn run_check(url: &str) -> (bool, Duration) {
+    let started = Instant::now();
+    let status = Command::new(root().join("deploy/keepalived/zbridge-check"))
+        .arg(url)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("run zbridge-check");
+    (status.success(), started.elapsed())
+}
+
+#[test]
+fn zbridge_check_passes_only_a_healthy_bridge_and_ends_within_keepaliveds_interval() {
+    // keepalived's interval: a check still running then skips a turn.
+    const INTERVAL: Duration = Duration::from_secs(1);
+    let mut python = Command::new("python3");
+    python.arg(root().join("tests/peers/http_answers.py"));
+    let (_answers, line) =
+        Process::spawn(python, |l| l.starts_with("ready ")).expect("the HTTP server starts");
+    let port = line["ready ".len()..].trim();
+    for (name, passes) in [
+        ("ok", true),
+        ("slow", true),
+        ("hang", false),
+        ("unavailable", false),
+        ("okay", false),
+        ("notjson", false),
+        ("empty", false),
+        ("204", false),
+        ("301", false),
+    ] {
+        let (passed, took) = run_check(&format!("http://127.0.0.1:{port}/{name}"));
+        assert_eq!(passed, passes, "/{name}");
+        assert!(took < INTERVAL, "/{name}: the check took {took:?}");
+    }
+    let (passed, _) = run_check(&format!("http://127.0.0.1:{}/", free_port()));
+    assert!(!passed, "nothing listening");
+
+    // A real bridge: healthy, in its role only; a role it cannot have
+    // (a typo) fails; hung (SIGSTOP), it fails within the interval.
+    let bridge = bridge(&[]);
+    let health = format!("{}/health", bridge.ready["monitor"].as_str().unwrap());
+    assert!(wait_until(Duration::from_secs(10), || run_check(&health).0));
+    for (query, passes) in [
+        ("?role=active", true),
+        ("?role=passive", false),
+        ("?role=ACTIVE", false),
+        ("?role=", false),
+    ] {
+        let (passed, took) = run_check(&format!("{health}{query}"));
+        assert_eq!(passed, passes, "{query}");
+        assert!(took < INTERVAL, "{query}: the check took {took:?}");
+    }
+    bridge.signal("STOP").unwrap();
+    let (passed, took) = run_check(&health);
+    bridge.signal("CONT").unwrap();
+    assert!(!passed, "a hung bridge");
+    assert!(took < INTERVAL, "a hung bridge: the check took {took:?}");
+}

@@ -245,3 +245,83 @@ fn req_correlate_clients_and_any_spelling_of_a_target_are_served() {
     assert!(doc["targets"].get("py").is_some(), "{doc}");
     assert!(doc["targets"].get("PY").is_none(), "{doc}");
 }
+
+#[test]
+fn a_hung_backend_holds_at_most_max_queued_bytes_and_more_is_refused_at_once() {
+    const CAP: u64 = 4 << 20;
+    const REQUESTS: u32 = 300;
+    let payload = vec![b'x'; 256 << 10];
+    let (service, port) = py_service("py", 0);
+    let bridge = bridge(&[
+        format!("--pc2-addr=tcp://127.0.0.1:{port}"),
+        "--request-timeout=2".into(),
+        format!("--max-queued-bytes={CAP}"),
+    ]);
+    let client = Dealer::connect(&bridge.frontend);
+    let id = |n: u32| [&[0u8][..], &n.to_be_bytes()].concat();
+    assert_eq!(
+        client.call(&[&id(0), b"", b"pc2", b"awake"]),
+        [id(0), vec![], b"py".to_vec(), b"awake".to_vec()]
+    );
+    let baseline = bridge.rss_kb().unwrap();
+    service.signal("STOP").unwrap();
+    // 256 KiB requests, one every 10 ms (25 MiB/s), to a hung service.
+    let mut sent = std::collections::HashMap::new();
+    let mut refused = Vec::new();
+    let (mut timeouts, mut over_cap, mut most_queued, mut most_rss) = (0, 0, 0, baseline);
+    let started = std::time::Instant::now();
+    let mut n = 0;
+    while n < REQUESTS || !sent.is_empty() {
+        if n < REQUESTS && started.elapsed() >= Duration::from_millis(10 * u64::from(n)) {
+            n += 1;
+            client.send(&[&id(n), b"", b"pc2", &payload]);
+            sent.insert(id(n), std::time::Instant::now());
+        }
+        if let Some(reply) = client.recv(Duration::from_millis(5)) {
+            let at = sent.remove(&reply[0]).expect("a reply to a request sent");
+            let (code, message) = error_of(&reply[2..]);
+            match code.as_str() {
+                // Over the cap; those refusals open the breaker.
+                "backend_unavailable" => {
+                    assert!(message.contains("max_queued_bytes"), "{message}");
+                    over_cap += 1;
+                    refused.push(at.elapsed());
+                }
+                "circuit_open" => refused.push(at.elapsed()),
+                "timeout" => timeouts += 1,
+                other => panic!("{other}: {message}"),
+            }
+        }
+        if n % 20 == 0 {
+            let queued = status(&bridge.frontend)["targets"]["pc2"]["queued_bytes"]
+                .as_u64()
+                .unwrap();
+            most_queued = most_queued.max(queued);
+            most_rss = most_rss.max(bridge.rss_kb().unwrap());
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "bounded");
+    }
+    refused.sort();
+    assert!(timeouts > 0 && over_cap > 0 && refused.len() > REQUESTS as usize / 2);
+    eprintln!(
+        "hung service, {REQUESTS} requests of 256 KiB at 100/s, max_queued_bytes {CAP}: {timeouts} timeout, {} refused at once ({over_cap} over the cap, the rest circuit_open; p50 {:?}, max {:?}); most queued {most_queued} B; RSS {baseline} -> {most_rss} KiB",
+        refused.len(),
+        refused[refused.len() / 2],
+        refused[refused.len() - 1],
+    );
+    // The breaker's probe may go past the cap, up to twice it.
+    assert!(most_queued <= 2 * CAP, "{most_queued} bytes queued");
+    // Refused at once, not after request_timeout (2 s).
+    assert!(refused[refused.len() / 2] < Duration::from_millis(500));
+    // What the bridge holds stays near the cap (not 300 x 256 KiB = 75 MiB).
+    assert!(
+        most_rss < baseline + 48 * 1024,
+        "RSS {baseline} -> {most_rss} KiB"
+    );
+    // Awake, the service reads its queue: the bytes are shown read.
+    service.signal("CONT").unwrap();
+    assert!(wait_until(Duration::from_secs(20), || {
+        let _ = client.call(&[&id(0), b"", b"pc2", b"awake"]);
+        status(&bridge.frontend)["targets"]["pc2"]["queued_bytes"] == 0
+    }));
+}

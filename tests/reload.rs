@@ -309,3 +309,46 @@ fn a_reload_refused_when_a_target_cannot_be_opened_changes_nothing() {
         "max_frames is not applied either"
     );
 }
+
+#[test]
+fn a_config_path_that_becomes_a_fifo_is_refused_the_bridge_relays_on_and_stops_on_sigterm() {
+    let Watched {
+        echo: _echo,
+        good: _,
+        config,
+        mut bridge,
+        client,
+    } = Watched::start();
+    std::fs::remove_file(&config.0).unwrap();
+    let made = std::process::Command::new("mkfifo")
+        .arg(&config.0)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let rejected = |bridge: &BridgeProcess| {
+        bridge
+            .events()
+            .iter()
+            .filter(|e| {
+                e["event"] == "reload_rejected"
+                    && e["message"].as_str().unwrap_or("").contains("is a FIFO")
+            })
+            .count()
+    };
+    // The file watcher sees it (no signal), and refuses it at once.
+    assert!(
+        wait_until(Duration::from_secs(10), || rejected(&bridge) == 1),
+        "{}",
+        bridge.log().join("\n")
+    );
+    assert!(bridge.wait_for_log("config reload rejected", Duration::from_secs(1)));
+    assert_eq!(client.call(&[b"t", b"still"]), [b"still".to_vec()]);
+    // SIGHUP: the same.
+    bridge.signal("HUP").unwrap();
+    assert!(wait_until(Duration::from_secs(5), || rejected(&bridge) == 2));
+    assert_eq!(client.call(&[b"t", b"again"]), [b"again".to_vec()]);
+    assert_eq!(status(&bridge.frontend)["config_generation"], 0);
+    bridge.signal("TERM").unwrap();
+    let exit = bridge.wait_exit(Duration::from_secs(10));
+    assert!(exit.is_some_and(|e| e.success()), "{exit:?}");
+}

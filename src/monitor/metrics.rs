@@ -307,6 +307,7 @@ fn openmetrics(status: &Value, durations: Vec<Durations>) -> String {
     let requests = Family::<Labels, Counter>::default();
     let replies = Family::<Labels, Counter>::default();
     let in_flight = Family::<Labels, Gauge<f64, AtomicU64>>::default();
+    let queued = Family::<Labels, Gauge<f64, AtomicU64>>::default();
     let breaker_open = Family::<Labels, Gauge<f64, AtomicU64>>::default();
     for (name, target) in status["targets"].as_object().into_iter().flatten() {
         let t = labels(&[("target", name)]);
@@ -319,6 +320,9 @@ fn openmetrics(status: &Value, durations: Vec<Durations>) -> String {
         in_flight
             .get_or_create(&t)
             .set(target["in_flight"].as_f64().unwrap_or(0.0));
+        queued
+            .get_or_create(&t)
+            .set(target["queued_bytes"].as_f64().unwrap_or(0.0));
         breaker_open
             .get_or_create(&t)
             .set(f64::from(u8::from(target["breaker"] != "closed")));
@@ -337,6 +341,11 @@ fn openmetrics(status: &Value, durations: Vec<Durations>) -> String {
         "zbridge_target_in_flight",
         "Requests in flight to a target",
         in_flight,
+    );
+    registry.register(
+        "zbridge_target_queued_bytes",
+        "Bytes of requests sent to a target that no reply has shown read yet (max_queued_bytes caps them)",
+        queued,
     );
     registry.register(
         "zbridge_target_breaker_open",
@@ -431,7 +440,7 @@ mod tests {
         openmetrics(
             &json!({"requests_total": 7, "role": "active", "errors_total": {"timeout": 2},
                 "targets": {"pc2": {"requests_total": 4, "in_flight": 1, "breaker": "closed",
-                    "latency_ms": {"p50": 1.0, "p99": 2.0}}}}),
+                    "queued_bytes": 300, "latency_ms": {"p50": 1.0, "p99": 2.0}}}}),
             vec![Durations {
                 target: "pc2".into(),
                 sum_s: 0.5,
@@ -454,6 +463,7 @@ mod tests {
             "zbridge_requests_total 7",
             "zbridge_errors_total{code=\"timeout\"} 2",
             "zbridge_target_requests_total{target=\"pc2\"} 4",
+            "zbridge_target_queued_bytes{target=\"pc2\"} 300.0",
             "zbridge_role 1",
         ] {
             assert!(text.contains(line), "{line} in {text}");

@@ -46,7 +46,8 @@ const JSON: &str = "application/json";
 /// is older than `stale`: the relay loop is stuck. `/health?role=active`
 /// (or `passive`) also says 503 when the bridge is healthy in the other
 /// role: keepalived asks it to move the floating address to the machine
-/// whose bridge holds the primary port (deploy/keepalived).
+/// whose bridge holds the primary port (deploy/keepalived). Another role
+/// value is a 400 naming the two.
 fn respond(
     url: &str,
     accept: Option<&str>,
@@ -66,7 +67,19 @@ fn respond(
             let role = query
                 .split('&')
                 .find_map(|pair| pair.strip_prefix("role="));
-            health(&snapshot, stale, role)
+            match role {
+                Some(want) if !ROLES.contains(&want) => (
+                    400,
+                    JSON,
+                    json!({"status": "error", "message": format!(
+                        "unknown role {:?}: /health?role= takes {} (lower case)",
+                        truncate(want),
+                        ROLES.join(" or ")
+                    )})
+                    .to_string(),
+                ),
+                _ => health(&snapshot, stale, role),
+            }
         }
         "/status" => (200, JSON, snapshot.status.to_string()),
         "/metrics" => {
@@ -81,6 +94,15 @@ fn respond(
                 .to_string(),
         ),
     }
+}
+
+/// The roles `/health?role=` takes; anything else (a typo in a check's
+/// URL) is a 400, not a 503 that reads as "the other role".
+const ROLES: [&str; 2] = ["active", "passive"];
+
+/// A query value as shown in an error: at most 40 characters.
+fn truncate(value: &str) -> String {
+    value.chars().take(40).collect()
 }
 
 /// The health answer; with `want_role`, a healthy bridge in another role
@@ -169,6 +191,18 @@ mod tests {
             json!({"status": "unavailable", "role": "active",
                    "reason": "the role is active, not passive"})
         );
+        // A role that does not exist is a mistake in the URL: 400, named.
+        for typo in ["", "ACTIVE", "null", "activ", "active%20"] {
+            let (code, _, body) = respond(&format!("/health?role={typo}"), None, now(), stale);
+            assert_eq!(code, 400, "{typo}: {body}");
+            let doc: Value = serde_json::from_str(&body).unwrap();
+            let message = doc["message"].as_str().unwrap();
+            assert!(
+                message.contains(&format!("unknown role {typo:?}"))
+                    && message.contains("active or passive"),
+                "{message}"
+            );
+        }
         // Unhealthy says why, whatever the role asked for.
         let stuck = snapshot(true, Duration::from_secs(3), &[]);
         let (code, _, body) = respond("/health?role=active", None, stuck, stale);

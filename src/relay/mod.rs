@@ -15,9 +15,10 @@
 //! | [`send`] | carries out the request path's actions: the only code that sends on frontends and DEALERs |
 //! | [`roles`] | steps the role machine ([`crate::ha::machine`]) and carries out its effects: bind, drain, publish, notify |
 //! | [`reload`] | the target diff of a reloaded config (pure, tested) and applying it |
+//! | [`loader`] | reads a reloaded config on a thread of its own (requests coalesced), waking the loop when done |
 //! | [`snapshot`] | what `/status`, `/metrics` and the ready line show |
 //! | [`drain`] | when a draining frontend closes (pure): behind a reply, after a quiet window, at `drain_timeout` |
-//! | `breaker`, `inflight`, `limit`, `stats`, `watch`, `cork` | small parts: circuit breaker, in-flight table and keys, rate limits, counters, config file watch, TCP_CORK |
+//! | `breaker`, `inflight`, `limit`, `stats`, `watch`, `cork`, `queued` | small parts: circuit breaker, in-flight table and keys, rate limits, counters, config file watch, TCP_CORK, bytes a target's connection may hold |
 //!
 //! A request is parsed (pure code in `zbridge-protocol`), checked against
 //! the rate limits, the target's in-flight cap and breaker, and sent to the
@@ -34,6 +35,8 @@ mod cork;
 mod drain;
 mod inflight;
 mod limit;
+mod loader;
+mod queued;
 mod reload;
 mod roles;
 mod send;
@@ -138,6 +141,8 @@ pub struct Relay {
     set_level: Box<dyn Fn(LogLevel)>,
     /// Whether and when the config file changed.
     watch: watch::Watch,
+    /// Reads reloaded configs off this thread.
+    loader: loader::Loader,
     /// The stream thread was found stopped (logged once).
     streams_stopped: bool,
     /// When the attempt to take the primary port was last logged.
@@ -221,6 +226,7 @@ impl Relay {
             monitor_endpoint,
             next_snapshot: now,
             watch: watch::Watch::new(source.stamp(), now),
+            loader: loader::Loader::start(source.clone())?,
             source,
             set_level,
             streams_stopped: false,
@@ -272,7 +278,7 @@ impl Relay {
                 && now >= self.watch.next_check()
                 && self.watch.check(now, self.source.stamp())
             {
-                self.reload(now, "the config file changed", events);
+                self.reload("the config file changed");
             }
             self.close_drained_targets();
             if self.exit {
@@ -285,7 +291,10 @@ impl Relay {
                 self.on_stop(woke, events);
             }
             if ready.hangup && stop.take_hangup() {
-                self.reload(woke, "SIGHUP", events);
+                self.reload("SIGHUP");
+            }
+            if let Some(loaded) = ready.reloaded.then(|| self.loader.take()).flatten() {
+                self.apply_reload(woke, loaded, events);
             }
             if ready.heartbeats {
                 for message in self.heartbeats.receive(woke) {
@@ -396,12 +405,13 @@ impl Relay {
 
     /// Wait for any socket or the stop descriptor, up to `timeout_ms`.
     fn poll(&self, stop: &Stop, timeout_ms: i64, ready: &mut Readiness) -> anyhow::Result<()> {
-        let mut items = Vec::with_capacity(self.state.targets.len() + 9);
+        let mut items = Vec::with_capacity(self.state.targets.len() + 10);
         items.push(zmq::PollItem::from_fd(stop.fd(), zmq::POLLIN));
         items.push(zmq::PollItem::from_fd(stop.hangup_fd(), zmq::POLLIN));
         items.push(self.heartbeats.subscriber().as_poll_item(zmq::POLLIN));
         items.push(self.heartbeats.links().as_poll_item(zmq::POLLIN));
         items.push(zmq::PollItem::from_fd(self.probe.fd(), zmq::POLLIN));
+        items.push(zmq::PollItem::from_fd(self.loader.fd(), zmq::POLLIN));
         let mut front_index = [None; 2];
         for (i, frontend) in self.frontends.iter().enumerate() {
             if let Some(f) = frontend {
@@ -431,6 +441,7 @@ impl Relay {
         ready.heartbeats = items[2].is_readable();
         ready.peer_link = items[3].is_readable();
         ready.probe = items[4].is_readable();
+        ready.reloaded = items[5].is_readable();
         for (i, index) in front_index.iter().enumerate() {
             ready.frontends[i] = index.is_some_and(|j| items[j].is_readable());
             ready.connections[i] = index.is_some_and(|j| items[j + 1].is_readable());
@@ -521,6 +532,8 @@ struct Readiness {
     /// The heartbeat subscriber's monitor has events.
     peer_link: bool,
     probe: bool,
+    /// The loader has read a config.
+    reloaded: bool,
     heartbeats: bool,
     frontends: [bool; 2],
     /// A frontend's socket monitor has events.

@@ -2,10 +2,12 @@
 //! target is kept (same name, without regard to case, and same endpoint;
 //! its timeout and breaker settings follow the new config), re-pointed (a
 //! new DEALER; the old one is retired and stays until its requests are
-//! answered), added, or removed (retired). [`Relay::reload`] re-reads the
-//! config and applies the diff: it opens the new DEALERs first, so that a
-//! reload whose socket cannot open changes nothing.
+//! answered), added, or removed (retired). [`Relay::reload`] asks the
+//! loader to re-read the config (off the relay thread) and
+//! [`Relay::apply_reload`] applies the diff: it opens the new DEALERs
+//! first, so that a reload whose socket cannot open changes nothing.
 
+use super::loader::Loaded;
 use super::roles::settings;
 use super::state::State;
 use super::{open_dealer, Events, Relay};
@@ -15,23 +17,38 @@ use std::time::Instant;
 use tracing::{error, info, warn};
 
 impl Relay {
-    /// Re-read the config and apply what can change while running.
-    pub(super) fn reload(&mut self, now: Instant, why: &str, events: Events) {
+    /// Ask for the config to be re-read, off the relay thread
+    /// ([`super::loader`]); [`Relay::apply_reload`] applies it when read.
+    pub(super) fn reload(&mut self, why: &'static str) {
         // What is read now need not be read again by the file watcher.
         self.watch.read(self.source.stamp());
-        let new = match self.source.reload(&self.state.config) {
+        self.loader.ask(why);
+    }
+
+    /// Apply a config the loader has read: what can change while running.
+    pub(super) fn apply_reload(&mut self, now: Instant, loaded: Loaded, events: Events) {
+        let Loaded {
+            why,
+            coalesced,
+            config,
+        } = loaded;
+        let new = match config.and_then(|new| new.replaces(&self.state.config).map(|()| new)) {
             Ok(config) => config,
             Err(e) => {
                 error!(
                     key = %e.key,
                     error = %e,
                     trigger = why,
+                    coalesced,
                     "config reload rejected: the running config stays"
                 );
                 events(json!({"event": "reload_rejected", "key": e.key, "message": e.message}));
                 return;
             }
         };
+        if let Some(clients) = &new.curve_clients {
+            clients.log_refused();
+        }
         let old = &self.state.config;
         let restart = old.restart_keys_changed(&new);
         for key in &restart {
@@ -86,6 +103,7 @@ impl Relay {
         info!(
             generation,
             trigger = why,
+            coalesced,
             targets = ?new.targets.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(),
             restart_needed = ?restart,
             "config reloaded"

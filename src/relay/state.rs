@@ -26,7 +26,7 @@ mod tests;
 
 pub(super) use status::HaView;
 
-use super::breaker::{Admission, Breaker, Transition};
+use super::breaker::{Admission, Breaker, State as BreakerState, Transition};
 use super::inflight::{Key, Table};
 use super::limit::{Limit, Limiter};
 use super::stats::Stats;
@@ -340,6 +340,7 @@ impl<D> State<D> {
                 // head. Counted as sent when decided; not sent after all.
                 let held = &mut self.targets[target];
                 held.requests_total -= 1;
+                held.queued.unsent(key);
                 if let Some(pending) = self.table.get_mut(key) {
                     pending.waiting = true;
                 }
@@ -348,6 +349,7 @@ impl<D> State<D> {
             Event::Failed { target, key, error } => {
                 let failed = &mut self.targets[target];
                 failed.requests_total -= 1;
+                failed.queued.unsent(key);
                 warn!(target_name = %failed.name, error = %error, "cannot send to the backend");
                 // Left in the table as waiting: its deadline answers it.
                 if let Some(pending) = self.table.get_mut(key) {
@@ -512,6 +514,22 @@ impl<D> State<D> {
             }
             Admission::Allowed(transition) => log_transition(to_target, transition),
         }
+        // What a hung backend leaves unread stays in its connection: capped.
+        // The half-open breaker's probe may go past the cap (up to twice
+        // it), as its reply is what shows the queue gone; a refusal counts
+        // as a failure, so that the breaker opens and a probe comes.
+        let bytes: usize = frames.iter().skip(payload).map(|f| f.len()).sum();
+        let (queued, cap) = (to_target.queued.bytes(), self.config.max_queued_bytes);
+        let probe = to_target.breaker.state() == BreakerState::HalfOpen;
+        if queued + bytes > if probe { cap.saturating_mul(2) } else { cap } {
+            let transition = to_target.breaker.on_failure(now);
+            log_transition(to_target, transition);
+            let message = format!(
+                "target {} holds {queued} bytes of requests its backend has not read (max_queued_bytes {cap}): the backend is hung or not keeping up; retry later",
+                to_target.name
+            );
+            return self.reject(to, ErrorCode::BackendUnavailable, &message, actions);
+        }
         let waiting = !to_target.waiting.is_empty();
         self.fronts[to.port.index()].in_flight += 1;
         let key = self.table.insert(Pending {
@@ -531,6 +549,7 @@ impl<D> State<D> {
         } else {
             // Taken back if the send would block (Event::Blocked).
             to_target.requests_total += 1;
+            to_target.queued.sent(key, bytes);
             actions.push(Action::Forward {
                 target,
                 key,
@@ -549,6 +568,7 @@ impl<D> State<D> {
             };
             pending.waiting = false;
             held.requests_total += 1;
+            held.queued.sent(key, frames.iter().map(|f| f.len()).sum());
             actions.push(Action::Forward {
                 target,
                 key,
@@ -582,6 +602,7 @@ impl<D> State<D> {
             debug!(target_name = %self.targets[target].name, frames = frames.len(), "dropped a backend message without a bridge envelope");
             return;
         };
+        self.targets[target].queued.answered(key);
         let Some(pending) = self.take(key) else {
             self.stats.late_replies_total += 1;
             debug!(target_name = %self.targets[target].name, "dropped a late reply: its request was already answered");

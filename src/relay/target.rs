@@ -8,6 +8,7 @@
 
 use super::breaker::Breaker;
 use super::inflight::{Deadlines, Key};
+use super::queued::Queued;
 use super::stats::Histogram;
 use crate::config;
 use std::collections::VecDeque;
@@ -31,6 +32,8 @@ pub(super) struct Target<D> {
     /// whose key has left the table (expired) is skipped when sent, and
     /// dropped from the front of the queue when its request expires.
     pub waiting: VecDeque<(Key, Vec<zmq::Message>)>,
+    /// Sent to the DEALER and not yet shown gone by a reply.
+    pub queued: Queued,
     pub requests_total: u64,
     pub replies_total: u64,
     pub latency: Histogram,
@@ -48,6 +51,7 @@ impl<D> Target<D> {
             in_flight: 0,
             retired: false,
             waiting: VecDeque::new(),
+            queued: Queued::default(),
             requests_total: 0,
             replies_total: 0,
             latency: Histogram::default(),

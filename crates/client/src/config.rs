@@ -108,8 +108,7 @@ impl ClientConfig {
     /// Read the bridge's config file (its `[client]` section, if any).
     pub fn from_file(path: impl AsRef<Path>) -> Result<ClientConfig, ConfigError> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| ConfigError::new("", format!("cannot read {}: {e}", path.display())))?;
+        let text = crate::rules::read_config_file(path)?;
         ClientConfig::from_toml_str(&text).map_err(|e| ConfigError {
             message: format!("{} (in {})", e.message, path.display()),
             ..e

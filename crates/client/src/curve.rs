@@ -21,9 +21,9 @@ pub const KEY_CHARS: usize = 40;
 /// The largest key file read, in bytes: one key and a little room.
 pub const MAX_KEY_FILE_BYTES: u64 = 4096;
 /// The most `*.pub` files a `curve_clients` directory may hold. The bridge
-/// reads them all at start and on each reload, on its request path (about
-/// 12 µs a file: 10,000 files hold requests some 0.1 s); a larger directory
-/// is refused rather than read.
+/// reads them all at start and on each reload, off its request path (about
+/// 12 µs a file, 20 µs on a busy machine); a larger directory is refused
+/// rather than read.
 pub const MAX_CLIENT_KEYS: usize = 10_000;
 
 /// A CURVE public key (32 bytes); printed as Z85.
@@ -191,33 +191,57 @@ pub fn read_secret(path: &Path, key: &str) -> Result<SecretKey, ConfigError> {
         })
 }
 
-/// A public key file: one Z85 key on its first line.
+/// A public key file: one Z85 key on one line; blank lines around it and
+/// surrounding blanks are accepted, a second key is refused (which of the
+/// two was meant cannot be told).
 pub fn read_public(path: &Path, key: &str) -> Result<PublicKey, ConfigError> {
     let (text, _) = read_key_file(path, key)?;
-    if text.trim().is_empty() {
+    let shown = path.display();
+    let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
+    let Some(first) = lines.next() else {
+        return Err(ConfigError::new(
+            key,
+            format!("{shown} is empty; it should hold a Z85 public key"),
+        ));
+    };
+    let more = lines.count();
+    if more > 0 {
         return Err(ConfigError::new(
             key,
             format!(
-                "{} is empty; it should hold a Z85 public key",
-                path.display()
+                "{shown} holds {} lines; a public key file holds one key: one file per key",
+                more + 1
             ),
         ));
     }
-    PublicKey::from_z85(text.lines().next().unwrap_or(""))
-        .map_err(|why| ConfigError::new(key, format!("{}: {why}", path.display())))
+    PublicKey::from_z85(first).map_err(|why| ConfigError::new(key, format!("{shown}: {why}")))
+}
+
+/// The public keys in a `curve_clients` directory, and the `*.pub` files
+/// in it that hold no usable key.
+#[derive(Debug, Default)]
+pub struct ClientKeysRead {
+    pub keys: BTreeSet<PublicKey>,
+    /// Each refused file, named with the reason (a FIFO, not Z85, two
+    /// keys, ...). Its key is not admitted; the other files' keys are.
+    pub refused: Vec<ConfigError>,
 }
 
 /// The public keys in `dir`: one per `*.pub` file (other files are left
 /// alone, so a README or an editor's backup does not count), at most
-/// [`MAX_CLIENT_KEYS`] of them.
-pub fn read_clients(dir: &Path, key: &str) -> Result<BTreeSet<PublicKey>, ConfigError> {
+/// [`MAX_CLIENT_KEYS`] of them. A `*.pub` file that holds no usable key is
+/// refused alone ([`ClientKeysRead::refused`]): a mistake in one file
+/// neither admits anyone nor keeps the rest of the directory (a key just
+/// removed, say) from taking effect. A directory that cannot be listed, or
+/// holds too many files, is refused whole.
+pub fn read_clients(dir: &Path, key: &str) -> Result<ClientKeysRead, ConfigError> {
     let entries = std::fs::read_dir(dir).map_err(|e| {
         ConfigError::new(
             key,
             format!("cannot read the directory {}: {e}", dir.display()),
         )
     })?;
-    let mut keys = BTreeSet::new();
+    let mut read = ClientKeysRead::default();
     let mut files = 0;
     for entry in entries {
         let path = entry
@@ -234,10 +258,15 @@ pub fn read_clients(dir: &Path, key: &str) -> Result<BTreeSet<PublicKey>, Config
                     ),
                 ));
             }
-            keys.insert(read_public(&path, key)?);
+            match read_public(&path, key) {
+                Ok(public) => {
+                    read.keys.insert(public);
+                }
+                Err(refused) => read.refused.push(refused),
+            }
         }
     }
-    Ok(keys)
+    Ok(read)
 }
 
 /// A key file's text and metadata, read as the token file is
@@ -533,11 +562,44 @@ mod tests {
         write(&dir.join("a.pub"), &a.public.z85(), 0o644);
         write(&dir.join("b.pub"), &format!("{}\n", b.public), 0o644);
         write(&dir.join("README"), "not a key", 0o644);
-        let keys = read_clients(&dir, "curve_clients").unwrap();
-        assert_eq!(keys, BTreeSet::from([a.public, b.public]));
+        let read = read_clients(&dir, "curve_clients").unwrap();
+        assert_eq!(read.keys, BTreeSet::from([a.public, b.public]));
+        assert!(read.refused.is_empty());
+    }
+
+    #[test]
+    fn a_pub_file_without_one_usable_key_is_refused_alone() {
+        let dir = dir("refused");
+        let (a, b) = (KeyPair::generate().unwrap(), KeyPair::generate().unwrap());
+        // Blank lines and blanks around the key: accepted.
+        write(
+            &dir.join("a.pub"),
+            &format!("\n  \r\n\t{} \r\n\n", a.public),
+            0o644,
+        );
         write(&dir.join("c.pub"), "garbage", 0o644);
-        let e = read_clients(&dir, "curve_clients").unwrap_err();
-        assert!(e.message.contains("c.pub"), "{e}");
+        write(
+            &dir.join("two.pub"),
+            &format!("{}\n\n{}\n", a.public, b.public),
+            0o644,
+        );
+        write(&dir.join("empty.pub"), "\n \n", 0o644);
+        let read = read_clients(&dir, "curve_clients").unwrap();
+        assert_eq!(
+            read.keys,
+            BTreeSet::from([a.public]),
+            "b is in two.pub only"
+        );
+        let mut refused: Vec<String> = read.refused.iter().map(|e| e.message.clone()).collect();
+        refused.sort();
+        assert_eq!(refused.len(), 3, "{refused:?}");
+        assert!(refused[0].contains("c.pub: "), "{refused:?}");
+        assert!(refused[1].contains("empty.pub is empty"), "{refused:?}");
+        assert!(
+            refused[2].contains("two.pub holds 2 lines; a public key file holds one key"),
+            "{refused:?}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
@@ -548,7 +610,7 @@ mod tests {
             std::fs::write(dir.join(format!("{i}.pub")), &key).unwrap();
         }
         std::fs::write(dir.join("README"), "not counted").unwrap();
-        assert_eq!(read_clients(&dir, "curve_clients").unwrap().len(), 1);
+        assert_eq!(read_clients(&dir, "curve_clients").unwrap().keys.len(), 1);
         std::fs::write(dir.join("one-more.pub"), &key).unwrap();
         let e = read_clients(&dir, "curve_clients").unwrap_err();
         assert!(e.message.contains("more than 10000 *.pub files"), "{e}");

@@ -97,6 +97,10 @@ pub const TOKEN_ENV: &str = "ZBRIDGE_AUTH_TOKEN";
 /// The largest token file read, in bytes; a longer one is refused.
 pub const MAX_TOKEN_FILE_BYTES: u64 = 4096;
 
+/// The largest config file read, in bytes (a config of a hundred targets
+/// is about 10 KiB); a longer one is refused.
+pub const MAX_CONFIG_FILE_BYTES: u64 = 1 << 20;
+
 /// A duration key's value: more than 0 and at most [`MAX_SECONDS`].
 pub fn seconds(key: &str, value: f64) -> Result<Duration, ConfigError> {
     match Duration::try_from_secs_f64(value) {
@@ -187,7 +191,17 @@ fn read_token_file(path: &str) -> Result<Vec<u8>, ConfigError> {
     }
 }
 
-/// The text of a small file that holds a secret or a key (`what`, for the
+/// The text of a config file, read as [`read_small_file`] reads: a FIFO,
+/// a device or a directory at the path is refused at once, never waited on.
+/// The bridge (start, reload, `check-config`) and the client
+/// (`ClientConfig::from_file`) both read their config through it.
+pub fn read_config_file(path: &std::path::Path) -> Result<String, ConfigError> {
+    read_small_file(path, MAX_CONFIG_FILE_BYTES, "config")
+        .map(|(text, _)| text)
+        .map_err(|why| ConfigError::new("", why))
+}
+
+/// The text of a small file: a config, a secret or a key (`what`, for the
 /// error): only a regular file of at most `max_bytes` is read. A device
 /// (`/dev/zero`), a FIFO or a directory is refused before it is opened,
 /// and again, by the descriptor, after (should the path have changed in
@@ -230,7 +244,7 @@ pub(crate) fn read_small_file(
         .map_err(|e| format!("cannot read {shown}: {e}"))?;
     if bytes.len() as u64 > max_bytes {
         return Err(format!(
-            "{shown} is longer than {max_bytes} bytes; a {what} file holds one line"
+            "{shown} is longer than {max_bytes} bytes, more than a {what} file may hold"
         ));
     }
     let text = String::from_utf8(bytes).map_err(|_| format!("{shown} is not text"))?;

@@ -113,6 +113,8 @@ impl<D> State<D> {
                     "endpoint": t.endpoint,
                     "in_flight": t.in_flight,
                     "waiting_for_backend": t.waiting.iter().filter(|(k, _)| self.table.get(*k).is_some()).count(),
+                    "queued_bytes": t.queued.bytes(),
+                    "queued_requests": t.queued.requests(),
                     "breaker": t.breaker.state().as_str(),
                     "requests_total": t.requests_total,
                     "replies_total": t.replies_total,

@@ -553,6 +553,40 @@ fn a_reply_frees_its_slot_and_counts() {
 }
 
 #[test]
+fn what_a_hung_backend_has_not_read_is_capped_and_a_reply_shows_it_read() {
+    // TO_ALPHA is 24 bytes: four fit in 100.
+    let mut b = Bridge::new("max_message_bytes = 100\nmax_queued_bytes = 100");
+    let queued = |b: &Bridge, ms| b.status(ms)["targets"]["alpha"]["queued_bytes"].clone();
+    let keys: Vec<Key> = (0..4)
+        .map(|_| forwarded(b.request(0, P, &[TO_ALPHA])).1)
+        .collect();
+    let full = refusal(b.request(0, P, &[TO_ALPHA]));
+    assert_eq!(full.code, ErrorCode::BackendUnavailable);
+    assert!(
+        full.message.contains("holds 96 bytes") && full.message.contains("max_queued_bytes 100"),
+        "{}",
+        full.message
+    );
+    // Answered `timeout`, but still unread as far as the bridge can tell;
+    // the refusal and the timeouts open the breaker.
+    assert_eq!(b.tick(1000).len(), 4);
+    assert_eq!(queued(&b, 1000), 96);
+    assert_eq!(b.status(1000)["targets"]["alpha"]["breaker"], "open");
+    // A late reply to the second: it and the first were read.
+    assert_eq!(b.answer(1500, ALPHA, keys[1], b"late"), []);
+    assert_eq!(queued(&b, 1500), 48);
+    assert_eq!(b.status(1500)["targets"]["alpha"]["queued_requests"], 2);
+    // The half-open breaker's probe goes past the cap (its reply is what
+    // shows the rest read), and its reply frees everything before it.
+    let (_, probe, _) = forwarded(b.request(3000, P, &[TO_ALPHA]));
+    assert_eq!(queued(&b, 3000), 72);
+    to_client(b.answer(3001, ALPHA, probe, b"ok"));
+    assert_eq!(queued(&b, 3001), 0);
+    assert_eq!(b.status(3001)["targets"]["alpha"]["breaker"], "closed");
+    forwarded(b.request(3002, P, &[TO_ALPHA]));
+}
+
+#[test]
 fn a_late_reply_is_dropped_and_counted() {
     let mut b = Bridge::new("");
     let (_, key, _) = forwarded(b.request(0, P, &[TO_ALPHA]));
