@@ -10,7 +10,11 @@
 //! handler ([`Zap`], RFC 27) in each libzmq context that has a CURVE server:
 //! the keys of `curve_clients` and the pair's own key are admitted (all keys
 //! when `curve_clients` is not set), any other is refused, counted and
-//! logged at most once per [`REFUSAL_LOG_EVERY`]. The allowed keys are
+//! logged at most once per [`REFUSAL_LOG_EVERY`]. Handshakes that fail
+//! before ZAP (no CURVE, the wrong server key) are counted with them, by
+//! the frontend's socket monitor; those on a plain port (no CURVE wanted
+//! there) are counted apart, so that the refusal count means what it says
+//! while clients migrate. The allowed keys are
 //! swapped in place on reload ([`Admission::set_allowed`]).
 //!
 //! Keys are read by `zbridge_client::curve` (the client reads them the same
@@ -19,6 +23,7 @@
 use crate::throttle::LogThrottle;
 use anyhow::Context as _;
 use std::collections::BTreeSet;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -27,6 +32,7 @@ use std::time::{Duration, Instant};
 use tracing::{debug, warn};
 pub use zbridge_client::curve::{ClientKeys, KeyPair, PublicKey};
 use zbridge_client::ConfigError;
+use zbridge_socket::HandshakeFailure;
 
 /// Where libzmq asks a context's ZAP handler (RFC 27).
 const ZAP_ENDPOINT: &str = "inproc://zeromq.zap.01";
@@ -99,7 +105,12 @@ pub struct Admission {
     /// `None`: every client that knows the server key.
     allowed: RwLock<Option<BTreeSet<PublicKey>>>,
     refused: AtomicU64,
-    log: Mutex<LogThrottle>,
+    /// One throttle per cause, so that one cause's flood does not hide
+    /// another's first line.
+    log: Mutex<std::collections::HashMap<&'static str, LogThrottle>>,
+    /// Handshakes failed on a plain port, and their log's throttle.
+    plain_failed: AtomicU64,
+    plain_log: Mutex<LogThrottle>,
 }
 
 impl Admission {
@@ -108,7 +119,9 @@ impl Admission {
             pair: pair.public,
             allowed: RwLock::new(clients.map(|c| c.keys.clone())),
             refused: AtomicU64::new(0),
-            log: Mutex::new(LogThrottle::default()),
+            log: Mutex::new(std::collections::HashMap::new()),
+            plain_failed: AtomicU64::new(0),
+            plain_log: Mutex::new(LogThrottle::default()),
         })
     }
 
@@ -119,17 +132,48 @@ impl Admission {
         }
     }
 
-    /// Count clients that failed the handshake before ZAP (no CURVE on a
-    /// CURVE frontend); logged like a refused key.
-    pub fn refuse_handshakes(&self, count: u64) {
-        for _ in 0..count {
-            self.refuse("(a client without CURVE)", &[]);
+    /// A connection from `peer` whose handshake failed before ZAP:
+    /// refused like a key not admitted on a CURVE port, counted apart on a
+    /// `plain` one.
+    pub fn handshake_failed(
+        &self,
+        peer: Option<SocketAddr>,
+        plain: bool,
+        failure: HandshakeFailure,
+    ) {
+        let address = peer.map_or_else(|| "?".into(), |a| a.to_string());
+        if !plain {
+            return self.refuse(&address, &[], failed_why(failure));
+        }
+        let total = self.plain_failed.fetch_add(1, Ordering::Relaxed) + 1;
+        let why = match failure {
+            HandshakeFailure::Mechanism => {
+                "a CURVE client on the plain port: give it the CURVE port"
+            }
+            _ => "not a ZeroMQ client (a port scan, an HTTP probe?) or one that gave up",
+        };
+        if self
+            .plain_log
+            .lock()
+            .is_ok_and(|mut log| log.due(Instant::now(), REFUSAL_LOG_EVERY))
+        {
+            warn!(
+                address,
+                why,
+                plain_handshakes_failed_total = total,
+                "a handshake failed on a plain port (logged at most every 10 s)"
+            );
         }
     }
 
     /// Connections refused since start.
     pub fn refused(&self) -> u64 {
         self.refused.load(Ordering::Relaxed)
+    }
+
+    /// Handshakes failed on a plain port since start.
+    pub fn plain_failed(&self) -> u64 {
+        self.plain_failed.load(Ordering::Relaxed)
     }
 
     /// Whether a client with this key (32 bytes, from the ZAP request) is
@@ -151,24 +195,34 @@ impl Admission {
         }
     }
 
-    fn refuse(&self, address: &str, key: &[u8]) {
+    fn refuse(&self, address: &str, key: &[u8], why: &'static str) {
         let total = self.refused.fetch_add(1, Ordering::Relaxed) + 1;
-        let due = self
-            .log
-            .lock()
-            .is_ok_and(|mut log| log.due(Instant::now(), REFUSAL_LOG_EVERY));
+        let due = self.log.lock().is_ok_and(|mut log| {
+            (log.entry(why).or_default()).due(Instant::now(), REFUSAL_LOG_EVERY)
+        });
         let key =
             <[u8; 32]>::try_from(key).map_or_else(|_| "?".into(), |k| PublicKey::from(k).z85());
         if due {
             warn!(
                 address,
                 client_key = %key,
+                why,
                 curve_refused_total = total,
-                "CURVE client refused: no CURVE, or a public key not in curve_clients (logged at most every 10 s)"
+                "CURVE client refused (logged at most every 10 s for each cause)"
             );
         } else {
             debug!(address, curve_refused_total = total, "CURVE client refused");
         }
+    }
+}
+
+/// What a handshake that failed on a CURVE port says about the client.
+fn failed_why(failure: HandshakeFailure) -> &'static str {
+    match failure {
+        HandshakeFailure::Mechanism => "a client without CURVE: give it curve_server_key and a key pair, or a plain port",
+        HandshakeFailure::Cryptographic => "a CURVE handshake that did not decrypt: the client has the wrong curve_server_key",
+        HandshakeFailure::Closed(_) => "the client closed the connection during the handshake: a CURVE client with the wrong curve_server_key, or not a ZeroMQ client",
+        HandshakeFailure::Refused(_) | HandshakeFailure::Protocol(_) => "not a ZeroMQ client of a kind that fits (a port scan, an HTTP probe?)",
     }
 }
 
@@ -247,7 +301,12 @@ fn answer(request: &[Vec<u8>], admission: &Admission) -> Vec<Vec<u8>> {
     } else if field(5) == b"CURVE" && admission.admits(field(6)) {
         (b"200", b"OK")
     } else {
-        admission.refuse(&String::from_utf8_lossy(field(3)), field(6));
+        let why = if field(5) == b"CURVE" {
+            "its public key is not in curve_clients: add it there and reload, if it is one of ours"
+        } else {
+            "not a CURVE client"
+        };
+        admission.refuse(&String::from_utf8_lossy(field(3)), field(6), why);
         (b"400", b"key not allowed")
     };
     vec![

@@ -813,16 +813,22 @@ fn a_flood_of_refused_clients_leaves_allowed_ones_served_memory_flat_and_the_log
         "{}",
         monitor_status(&bridge)
     );
-    let warned = bridge
-        .log()
-        .iter()
+    let log = bridge.log();
+    let warned: Vec<&String> = (log.iter())
         .filter(|l| l.contains("WARN") && l.contains("CURVE client refused"))
-        .count();
-    // At most one line per 10 s (REFUSAL_LOG_EVERY), however many refusals.
-    let most = 1 + started.elapsed().as_secs() / 10;
+        .collect();
+    // At most one line per cause per 10 s (REFUSAL_LOG_EVERY), however
+    // many refusals: the cause is the line's `why`.
+    let most = 1 + started.elapsed().as_secs() as usize / 10;
+    let mut causes = std::collections::BTreeMap::<&str, usize>::new();
+    for line in &warned {
+        let why = line.split("why=").nth(1).and_then(|w| w.split('"').nth(1));
+        *causes.entry(why.expect("a why")).or_default() += 1;
+    }
     assert!(
-        (1..=most).contains(&(warned as u64)),
-        "{warned} refusal lines in {:?}",
+        !causes.is_empty() && causes.len() <= 4 && causes.values().all(|&n| n <= most),
+        "{} refusal lines in {:?}: {causes:?}",
+        warned.len(),
         started.elapsed()
     );
 }
@@ -1077,4 +1083,108 @@ fn a_bad_pub_file_is_refused_alone_by_name_and_blank_lines_around_a_key_are_acce
         .is_some());
     assert!(bridge.wait_for_log("typo.pub", Duration::from_secs(5)));
     assert!(ask("agent.key").is_none(), "the removed key is refused");
+}
+
+/// The error a library client with `keys` (none: no CURVE) gets from
+/// `endpoint` within a few seconds, and the reasons of its EndpointDown
+/// events.
+fn library_refusal(endpoint: &str, keys: Option<ClientKeys>) -> (String, Vec<&'static str>) {
+    let mut config = ClientConfig::local();
+    config.endpoints = vec![endpoint.to_string()];
+    config.heartbeat_endpoints.clear();
+    config.request_timeout = Duration::from_millis(500);
+    config.max_reconnect_attempts = 2;
+    config.curve = keys;
+    let client = Client::connect(config).unwrap();
+    let events = client.events();
+    let error = client
+        .request("pc2", b"x")
+        .expect_err("refused")
+        .to_string();
+    let reasons = events
+        .try_iter()
+        .filter_map(|e| match e {
+            zbridge_client::Event::EndpointDown { reason, .. } => Some(reason),
+            _ => None,
+        })
+        .collect();
+    (error, reasons)
+}
+
+#[test]
+fn failed_handshakes_are_named_to_the_client_and_in_the_bridge_log_and_a_plain_port_counts_apart() {
+    let keys = Keys::new();
+    let echo = EchoService::start(None).unwrap();
+    let plain_port = free_port();
+    let mut flags = keys.flags();
+    flags.push(format!("--pc2-addr={}", echo.endpoint));
+    flags.push(format!("--plain-primary-port={plain_port}"));
+    let bridge = bridge(&flags);
+
+    // Our key not in curve_clients: the ZAP refusal reaches the client.
+    let (error, reasons) = library_refusal(&bridge.frontend, Some(keys.client("stranger.key")));
+    assert!(
+        error.contains("refused our CURVE key") && error.contains("curve_clients"),
+        "{error}"
+    );
+    assert!(reasons.contains(&"handshake_failed"), "{reasons:?}");
+
+    // The wrong server key: the bridge cannot read our hello and hangs up.
+    let mut wrong = keys.client("agent.key");
+    wrong.server = read_public(&keys.path("stranger.key.pub"), "test").unwrap();
+    let (error, _) = library_refusal(&bridge.frontend, Some(wrong));
+    assert!(
+        error.contains("curve_server_key is the bridge's public key"),
+        "{error}"
+    );
+    assert!(
+        bridge.wait_for_log("wrong curve_server_key", Duration::from_secs(5)),
+        "the bridge names the likely cause: {}",
+        bridge.log().join("\n")
+    );
+    let log = bridge.log();
+    let line = log
+        .iter()
+        .find(|l| l.contains("wrong curve_server_key"))
+        .unwrap();
+    assert!(line.contains("127.0.0.1:"), "the client's address: {line}");
+
+    // No CURVE at all, on the CURVE port.
+    let (error, _) = library_refusal(&bridge.frontend, None);
+    assert!(
+        error.contains("requires CURVE") || error.contains("does it require CURVE"),
+        "{error}"
+    );
+
+    // Probes on the plain port are not CURVE refusals.
+    let curve_refused = refused(&bridge);
+    for _ in 0..10 {
+        let mut probe = std::net::TcpStream::connect(("127.0.0.1", plain_port)).unwrap();
+        use std::io::{Read, Write};
+        probe.write_all(b"GET /health HTTP/1.0\r\n\r\n").unwrap();
+        probe
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let _ = probe.read_to_end(&mut Vec::new());
+    }
+    let plain_failed = || {
+        monitor_status(&bridge)["plain_handshakes_failed_total"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    assert!(
+        wait_until(Duration::from_secs(2), || plain_failed() >= 10),
+        "{}",
+        monitor_status(&bridge)
+    );
+    assert_eq!(refused(&bridge), curve_refused, "CURVE refusals unchanged");
+    let metrics = monitor(&bridge, "metrics").unwrap();
+    assert!(
+        metrics.contains(&format!(
+            "zbridge_plain_handshakes_failed_total {}",
+            plain_failed()
+        )),
+        "{metrics}"
+    );
+    assert!(bridge.wait_for_log("a handshake failed on a plain port", Duration::from_secs(1)));
 }

@@ -211,3 +211,30 @@ fn a_client_over_its_rate_limit_gets_rate_limited_while_another_is_served() {
         limited
     );
 }
+
+#[test]
+fn a_target_that_is_a_pub_socket_is_named_as_such_not_as_a_service_that_is_not_running() {
+    // The mistake the issue saw: the target points at a service's PUB.
+    let context = zmq::Context::new();
+    let publisher = context.socket(zmq::PUB).unwrap();
+    publisher.set_linger(0).unwrap();
+    publisher.bind("tcp://127.0.0.1:*").unwrap();
+    let endpoint = publisher.get_last_endpoint().unwrap().unwrap();
+    let config = TempConfig::new(&format!(
+        "[targets.feed]\nendpoint = \"{endpoint}\"\nrequest_timeout = 0.5\n"
+    ));
+    let bridge = bridge(&[config.flag()]);
+    assert!(
+        bridge.wait_for_log("ends the bridge's handshake", Duration::from_secs(5)),
+        "{}",
+        bridge.log().join("\n")
+    );
+    let client = Dealer::connect(&bridge.frontend);
+    let (code, message) = error_of(&client.call(&[b"feed", b"x"]));
+    assert_eq!(code, "backend_unavailable");
+    assert!(message.contains("REP or ROUTER socket"), "{message}");
+    assert!(!message.contains("is the service running"), "{message}");
+    let status = status(&bridge.frontend);
+    let refused = status["targets"]["feed"]["handshake_refused"].as_str();
+    assert!(refused.is_some_and(|r| r.contains("PUB")), "{status}");
+}

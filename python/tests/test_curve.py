@@ -76,8 +76,17 @@ def test_an_unknown_key_and_a_plain_pyzmq_socket_get_nothing(lab, keys):
         curve_server_key=public,
         curve_secret_key_file=str(path / "stranger.key"),
     ) as c:
-        with pytest.raises(zbridge.Error):
+        events = c.events()
+        with pytest.raises(zbridge.AllBridgesDown) as refused:
             c.request("pc2", b"let me in")
+        # It says why, and what to do.
+        assert "refused our CURVE key" in str(refused.value), refused.value
+        assert "curve_clients" in str(refused.value), refused.value
+        downs = []
+        while (event := events.get(timeout=0)) is not None:
+            if isinstance(event, zbridge.EndpointDown):
+                downs.append(event.reason)
+        assert "handshake_failed" in downs, downs
     ctx = zmq.Context()
     try:
         sock = ctx.socket(zmq.DEALER)

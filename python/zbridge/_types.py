@@ -108,8 +108,10 @@ class Connected:
 @dataclass(frozen=True)
 class EndpointDown:
     """A bridge is out of use. ``reason``: ``disconnected``,
-    ``not_connected``, ``no_answer``, ``heartbeat_silence``, ``draining``,
-    ``leaving``."""
+    ``handshake_failed`` (the bridge refused our CURVE key, or one side has
+    CURVE and the other not: the client's log and the ``AllBridgesDown``
+    that follows say which), ``not_connected``, ``no_answer``,
+    ``heartbeat_silence``, ``draining``, ``leaving``."""
 
     endpoint: str
     reason: str

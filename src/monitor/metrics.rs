@@ -245,8 +245,14 @@ fn openmetrics(status: &Value, durations: Vec<Durations>) -> String {
     counter(
         &mut registry,
         "zbridge_curve_refused",
-        "CURVE connections refused by the ZAP handler (key not in curve_clients)",
+        "CURVE connections refused: a key not in curve_clients, a client without CURVE or with the wrong server key",
         &status["curve_refused_total"],
+    );
+    counter(
+        &mut registry,
+        "zbridge_plain_handshakes_failed",
+        "Handshakes failed on a plain port (plain_primary_port, plain_secondary_port): CURVE clients there, probes",
+        &status["plain_handshakes_failed_total"],
     );
     gauge(
         &mut registry,

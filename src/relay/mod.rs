@@ -12,6 +12,7 @@
 //! | `mod.rs` | the loop: poll, read, hand events to the machines; sockets it opens |
 //! | [`state`] | the request path, pure: `step(now, event) -> actions` for a request, a reply, a deadline, a blocked send, a drain; the status document (`state/status.rs`); tables in `state/tests.rs` |
 //! | [`target`] | one target: its DEALER and its breaker, deadlines, waiting queue, counters |
+//! | [`dealer`] | a target's DEALER and its socket monitor: a service that ends the handshake is told from one not running |
 //! | [`send`] | carries out the request path's actions: the only code that sends on frontends and DEALERs |
 //! | [`roles`] | steps the role machine ([`crate::ha::machine`]) and carries out its effects: bind, drain, publish, notify |
 //! | [`reload`] | the target diff of a reloaded config (pure, tested) and applying it |
@@ -32,6 +33,7 @@
 
 mod breaker;
 mod cork;
+mod dealer;
 mod drain;
 mod inflight;
 mod limit;
@@ -46,7 +48,7 @@ mod stats;
 mod target;
 mod watch;
 
-use crate::config::{Config, LogLevel, Source, Target};
+use crate::config::{Config, LogLevel, Source};
 use crate::curve;
 use crate::ha::machine::{Effect, Event, Machine, Peer, Phase, Port};
 use crate::ha::{Heartbeats, Probe};
@@ -55,6 +57,7 @@ use crate::notify::Notifier;
 use crate::stop::Stop;
 use crate::streams::Streams;
 use crate::throttle::LogThrottle;
+use dealer::Dealer;
 use roles::settings;
 use send::{carry_out, send_waiting};
 use serde_json::Value;
@@ -64,8 +67,8 @@ use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
 use zbridge_protocol::heartbeat::{Message, Role, State as PeerState};
 use zbridge_protocol::time::later;
-use zbridge_socket::sys::{peer_of, shut_down};
-use zbridge_socket::{next_event, readable, recv_frames, watch, writable};
+use zbridge_socket::sys::{local_port_of, peer_of, shut_down};
+use zbridge_socket::{next_event, readable, recv_frames, watch, writable, HandshakeFailure};
 
 /// Messages read from one socket before the loop looks at the others.
 const BATCH: usize = 256;
@@ -93,6 +96,7 @@ pub(crate) struct Frontend {
     endpoint: String,
     /// The plain endpoint bound beside a CURVE one (`plain_*_port`).
     plain: Option<String>,
+    plain_port: Option<u16>,
     port: u16,
     /// Set while draining: when to close it ([`drain`]).
     drain: Option<drain::Drain>,
@@ -102,8 +106,28 @@ pub(crate) struct Frontend {
     connections: Vec<RawFd>,
     /// Connections that have not finished their handshake yet, oldest
     /// first, with their peer's address (to tell a descriptor that libzmq
-    /// closed and the kernel reused from the one accepted).
-    pending: std::collections::VecDeque<(RawFd, Option<std::net::SocketAddr>)>,
+    /// closed and the kernel reused from the one accepted, and to name a
+    /// client whose handshake failed) and whether the plain port took it.
+    pending: std::collections::VecDeque<Pending>,
+    /// A handshake failure reported, waiting for its connection's
+    /// `DISCONNECTED` (libzmq reports the two in turn).
+    failure: Option<HandshakeFailure>,
+}
+
+/// A connection waiting for its handshake.
+struct Pending {
+    fd: RawFd,
+    peer: Option<std::net::SocketAddr>,
+    plain: bool,
+}
+
+/// What a frontend's socket monitor reported in one read.
+#[derive(Default)]
+struct Connections {
+    /// Handshakes that failed: the peer, whether on the plain port, why.
+    failed: Vec<(Option<std::net::SocketAddr>, bool, HandshakeFailure)>,
+    /// Connections shut down before their handshake finished.
+    shed: u64,
 }
 
 /// The frontends by [`Port`] index.
@@ -125,7 +149,7 @@ pub struct Relay {
     machine: Machine,
     first_effects: Vec<Effect>,
     /// The request path, with the targets and their DEALERs.
-    state: State<zmq::Socket>,
+    state: State<Dealer>,
     /// What the request path decided and the loop is to carry out (kept to
     /// reuse its memory).
     actions: Vec<Action>,
@@ -180,7 +204,7 @@ impl Relay {
         let dealers = config
             .targets
             .iter()
-            .map(|target| open_dealer(&context, &config, target))
+            .map(|target| Dealer::open(&context, &config, target))
             .collect::<anyhow::Result<Vec<_>>>()?;
         wait_connected(&dealers, CONNECT_GRACE)?;
         let heartbeats = Heartbeats::new(&context, &config, now)?;
@@ -496,9 +520,11 @@ impl Relay {
     /// handshakes failed.
     fn track_connections(&mut self, i: usize) {
         if let Some(frontend) = &mut self.frontends[i] {
-            let (failed, shed) = count_connections(frontend, self.pending_max);
+            let Connections { failed, shed } = count_connections(frontend, self.pending_max);
             if let Some(admission) = &self.admission {
-                admission.refuse_handshakes(failed);
+                for (peer, plain, failure) in failed {
+                    admission.handshake_failed(peer, plain, failure);
+                }
             }
             if shed > 0 {
                 self.state.ha.connections_shed += shed;
@@ -585,6 +611,9 @@ fn open_frontend(
         }
         _ => None,
     };
+    let plain_port = plain
+        .as_deref()
+        .and_then(|p| p.rsplit(':').next()?.parse().ok());
     let port = bound
         .rsplit(':')
         .next()
@@ -594,11 +623,13 @@ fn open_frontend(
         socket,
         endpoint: bound,
         plain,
+        plain_port,
         port,
         drain: None,
         events,
         connections: Vec::new(),
         pending: std::collections::VecDeque::new(),
+        failure: None,
     })
 }
 
@@ -609,42 +640,48 @@ fn open_frontend(
 /// first: a flood of peers that connect and say nothing cannot take the
 /// descriptors that clients and the monitoring server need (each would
 /// otherwise hold one for `handshake_timeout`). Returns the handshakes that
-/// failed (watched with CURVE on: a client without CURVE) and the
-/// connections shut down.
-fn count_connections(frontend: &mut Frontend, pending_max: usize) -> (u64, u64) {
-    let (mut failed, mut shed) = (0, 0);
+/// failed (watched with CURVE on) and the connections shut down.
+fn count_connections(frontend: &mut Frontend, pending_max: usize) -> Connections {
+    let mut tally = Connections::default();
     while let Some((event, value)) = next_event(&frontend.events) {
-        if event == zmq::SocketEvent::HANDSHAKE_FAILED_PROTOCOL.to_raw()
-            || event == zmq::SocketEvent::HANDSHAKE_FAILED_NO_DETAIL.to_raw()
-        {
-            failed += 1;
+        if let Some(failure) = HandshakeFailure::of(event, value) {
+            frontend.failure = Some(failure);
             continue;
         }
         let fd = RawFd::try_from(value).unwrap_or(-1);
         if event == zmq::SocketEvent::ACCEPTED.to_raw() {
             frontend.connections.push(fd);
-            frontend.pending.push_back((fd, peer_of(fd)));
+            let plain = frontend.plain_port.is_some() && local_port_of(fd) == frontend.plain_port;
+            let peer = peer_of(fd);
+            frontend.pending.push_back(Pending { fd, peer, plain });
             if frontend.drain.is_some() {
                 cork::hold(&[fd]);
             }
         } else if event == zmq::SocketEvent::HANDSHAKE_SUCCEEDED.to_raw() {
-            frontend.pending.retain(|&(c, _)| c != fd);
+            frontend.pending.retain(|p| p.fd != fd);
         } else if event == zmq::SocketEvent::DISCONNECTED.to_raw() {
             frontend.connections.retain(|&c| c != fd);
-            frontend.pending.retain(|&(c, _)| c != fd);
+            let failure = frontend.failure.take();
+            // A failure of a connection still waiting for its handshake (a
+            // shed one is no longer waiting: it is counted as shed).
+            if let Some(at) = frontend.pending.iter().position(|p| p.fd == fd) {
+                if let (Some(gone), Some(failure)) = (frontend.pending.remove(at), failure) {
+                    tally.failed.push((gone.peer, gone.plain, failure));
+                }
+            }
         }
     }
     while frontend.pending.len() > pending_max {
-        let Some((fd, peer)) = frontend.pending.pop_front() else {
+        let Some(Pending { fd, peer, .. }) = frontend.pending.pop_front() else {
             break;
         };
         // Still the connection accepted (not a reused descriptor).
         if peer.is_some() && peer_of(fd) == peer {
             shut_down(fd);
-            shed += 1;
+            tally.shed += 1;
         }
     }
-    (failed, shed)
+    tally
 }
 
 /// Connections per frontend that may wait for their handshake: an eighth
@@ -655,34 +692,8 @@ fn pending_max() -> usize {
     usize::try_from(limit / 8).unwrap_or(usize::MAX).max(8)
 }
 
-/// A DEALER to a target's backend.
-fn open_dealer(
-    context: &zmq::Context,
-    config: &Config,
-    target: &Target,
-) -> anyhow::Result<zmq::Socket> {
-    use anyhow::Context as _;
-    let dealer = context.socket(zmq::DEALER)?;
-    dealer.set_immediate(true)?;
-    dealer.set_linger(0)?;
-    dealer.set_ipv6(true)?;
-    let hwm = i32::try_from(config.max_in_flight.saturating_mul(2)).unwrap_or(i32::MAX);
-    dealer.set_sndhwm(hwm)?;
-    dealer.set_rcvhwm(hwm)?;
-    if let (Some(pair), Some(server)) = (&config.curve, &target.curve_server_key) {
-        curve::client(&dealer, pair, server)?;
-    }
-    dealer.connect(&target.endpoint).with_context(|| {
-        format!(
-            "cannot connect target {} to {}",
-            target.name, target.endpoint
-        )
-    })?;
-    Ok(dealer)
-}
-
 /// Wait until every dealer has a connected backend, or `grace` passes.
-fn wait_connected(dealers: &[zmq::Socket], grace: Duration) -> zmq::Result<()> {
+fn wait_connected(dealers: &[Dealer], grace: Duration) -> zmq::Result<()> {
     let deadline = Instant::now() + grace;
     loop {
         let mut items: Vec<_> = dealers

@@ -10,7 +10,7 @@
 use super::loader::Loaded;
 use super::roles::settings;
 use super::state::State;
-use super::{open_dealer, Events, Relay};
+use super::{Dealer, Events, Relay};
 use crate::config;
 use serde_json::json;
 use std::time::Instant;
@@ -64,7 +64,7 @@ impl Relay {
         let Plan { retired, added } = plan(&self.state, &new.targets);
         let mut opened = Vec::new();
         for target in added {
-            match open_dealer(&self.context, &new, target) {
+            match Dealer::open(&self.context, &new, target) {
                 Ok(dealer) => opened.push((target, dealer)),
                 Err(e) => {
                     let key = format!("targets.{}", target.name);

@@ -5,7 +5,7 @@
 
 use super::inflight::Key;
 use super::state::{Action, Client, Event as PathEvent, State};
-use super::Frontends;
+use super::{Dealer, Frontends};
 use std::time::Instant;
 
 /// Carry out the request path's actions, in order, and tell it what could
@@ -13,7 +13,7 @@ use std::time::Instant;
 /// frames [`super::state::Body::Input`] moves out). Returns whether a send to a
 /// backend would have blocked.
 pub(super) fn carry_out(
-    state: &mut State<zmq::Socket>,
+    state: &mut State<Dealer>,
     frontends: &Frontends,
     actions: &mut Vec<Action>,
     now: Instant,
@@ -64,7 +64,7 @@ pub(super) fn carry_out(
 /// Send the requests that waited for `target`'s backend, in the order they
 /// came, until none is left or one would block again.
 pub(super) fn send_waiting(
-    state: &mut State<zmq::Socket>,
+    state: &mut State<Dealer>,
     frontends: &Frontends,
     actions: &mut Vec<Action>,
     now: Instant,

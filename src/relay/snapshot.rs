@@ -8,12 +8,13 @@ use crate::ha::machine::{Phase, Port};
 use crate::monitor;
 use serde_json::json;
 use std::time::Instant;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 impl Relay {
     /// Refresh what the monitoring server shows.
     pub(super) fn snapshot(&mut self, now: Instant) {
         self.state.sample(now);
+        self.read_handshakes();
         // The stream thread refreshes its part every 100 ms too.
         let mut problems = Vec::new();
         if let Some(streams) = &self.streams {
@@ -29,11 +30,17 @@ impl Relay {
                 problems.push(STREAMS_STOPPED.to_string());
             }
         }
-        // With the stream thread's part: CURVE refusals (ZAP handlers).
-        let refused = self.admission.as_ref().map_or(0, |a| a.refused());
+        // With the stream thread's part: CURVE refusals (ZAP handlers and
+        // failed handshakes), and failed handshakes on a plain port.
+        let admission = self.admission.as_deref();
+        let refused = admission.map_or(0, |a| a.refused());
+        let plain_failed = admission.map_or(0, |a| a.plain_failed());
         self.state
             .streams
             .insert("curve_refused_total".into(), refused.into());
+        self.state
+            .streams
+            .insert("plain_handshakes_failed_total".into(), plain_failed.into());
         self.sync_view(now);
         let snapshot = monitor::Snapshot {
             status: self.state.status(now),
@@ -50,6 +57,29 @@ impl Relay {
     }
 
     /// Copy what the status document shows of the HA side.
+    /// What each target's service did with the bridge's handshakes: a
+    /// service that ends them is said once, and again once it accepts.
+    fn read_handshakes(&mut self) {
+        for target in &mut self.state.targets {
+            let Some(refused) = target.dealer.as_mut().and_then(|d| d.handshakes()) else {
+                continue;
+            };
+            if refused == target.refused {
+                continue;
+            }
+            match refused {
+                Some(why) => {
+                    warn!(target_name = %target.name, endpoint = %target.endpoint, why, "the target's service ends the bridge's handshake: requests for it wait, then get backend_unavailable")
+                }
+                None if target.refused.is_some() => {
+                    info!(target_name = %target.name, endpoint = %target.endpoint, "the target's service accepts the bridge's handshake again")
+                }
+                None => {}
+            }
+            target.refused = refused;
+        }
+    }
+
     pub(super) fn sync_view(&mut self, now: Instant) {
         let view = &mut self.state.ha;
         view.role = role_name(self.machine.phase());
@@ -70,7 +100,7 @@ impl Relay {
             .map(|f| f.endpoint.clone());
         let mut targets = serde_json::Map::new();
         for target in &self.state.targets {
-            let connected = target.dealer.as_ref().is_some_and(writable);
+            let connected = target.dealer.as_deref().is_some_and(writable);
             info!(target_name = %target.name, endpoint = %target.endpoint, connected, "target");
             targets.insert(
                 target.name.clone(),

@@ -630,10 +630,13 @@ impl<D> State<D> {
                 log_transition(expired, transition);
                 let timeout = expired.request_timeout.as_secs_f64();
                 let (code, message) = if pending.waiting {
+                    let why = expired
+                        .refused
+                        .unwrap_or("is the service running? The bridge keeps reconnecting");
                     (
                         ErrorCode::BackendUnavailable,
                         format!(
-                            "target {} had no connected backend at {} for {timeout:.3} s (request_timeout): is the service running? The bridge keeps reconnecting",
+                            "target {} had no connected backend at {} for {timeout:.3} s (request_timeout): {why}",
                             expired.name, expired.endpoint
                         ),
                     )

@@ -37,6 +37,11 @@ pub(super) struct Target<D> {
     pub requests_total: u64,
     pub replies_total: u64,
     pub latency: Histogram,
+    /// Why the service ended our last handshake, since the last one that
+    /// succeeded (set by the loop from the DEALER's socket monitor): said
+    /// to the requests that wait for it in vain, instead of "is it
+    /// running?".
+    pub refused: Option<&'static str>,
 }
 
 impl<D> Target<D> {
@@ -55,6 +60,7 @@ impl<D> Target<D> {
             requests_total: 0,
             replies_total: 0,
             latency: Histogram::default(),
+            refused: None,
         }
     }
 

@@ -22,7 +22,7 @@ use tracing::{debug, info, warn};
 use zbridge_protocol::heartbeat::{Message, State, Verifier};
 use zbridge_protocol::time::later;
 use zbridge_protocol::{parse_error_reply, ErrorCode};
-use zbridge_socket::{next_event, watch};
+use zbridge_socket::{next_event, watch, HandshakeFailure, HANDSHAKE_FAILED};
 
 const PING: &[u8] = br#"{"action":"ping"}"#;
 
@@ -78,6 +78,8 @@ struct Endpoint {
     monitor: zmq::Socket,
     /// libzmq finished a handshake and has not reported a disconnect.
     connected: bool,
+    /// Why the last handshake failed, since the last one that succeeded.
+    failed: Option<HandshakeFailure>,
     /// In use. A bridge that failed is down until it has answered probes
     /// for `hold_down` (or a failover notification names it).
     up: bool,
@@ -419,10 +421,14 @@ impl Engine {
                 attempts: live.sent,
             }
         } else {
+            let curve = self.config.curve.is_some();
             ClientError::AllBridgesDown {
                 attempts: live.tries,
                 endpoints: self.endpoints.iter().map(|e| e.url.clone()).collect(),
                 waited: now.saturating_duration_since(live.started),
+                handshakes: (self.endpoints.iter())
+                    .filter_map(|e| Some(format!("{}: {}", e.url, advice(e.failed?, curve))))
+                    .collect(),
             }
         };
         let target = live.call.target.as_deref().unwrap_or("(named in the JSON)");
@@ -602,11 +608,12 @@ impl Engine {
     }
 
     fn take_monitor_events(&mut self, i: usize) {
-        while let Some((event, _)) = next_event(&self.endpoints[i].monitor) {
+        while let Some((event, value)) = next_event(&self.endpoints[i].monitor) {
             let now = Instant::now();
             match event {
                 e if e == zmq::SocketEvent::HANDSHAKE_SUCCEEDED.to_raw() => {
                     self.endpoints[i].connected = true;
+                    self.endpoints[i].failed = None;
                     self.endpoints[i].fresh_until = None;
                     let endpoint = self.endpoints[i].url.clone();
                     self.emit(Event::Connected { endpoint });
@@ -615,10 +622,28 @@ impl Engine {
                 e if e == zmq::SocketEvent::DISCONNECTED.to_raw() => {
                     self.endpoints[i].connected = false;
                     self.endpoints[i].probe = None;
-                    self.mark_down(i, "disconnected", now, true);
+                    let reason = match self.endpoints[i].failed {
+                        Some(_) => "handshake_failed",
+                        None => "disconnected",
+                    };
+                    self.mark_down(i, reason, now, true);
                 }
-                _ => {}
+                e => {
+                    if let Some(failure) = HandshakeFailure::of(e, value) {
+                        self.handshake_failed(i, failure);
+                    }
+                }
             }
+        }
+    }
+
+    /// A bridge ended our handshake: said once per change (libzmq retries
+    /// every 25 ms), and kept for the error of the calls that fail.
+    fn handshake_failed(&mut self, i: usize, failure: HandshakeFailure) {
+        let e = &mut self.endpoints[i];
+        if e.failed.replace(failure) != Some(failure) {
+            let why = advice(failure, self.config.curve.is_some());
+            warn!(endpoint = %e.url, "zbridge client: the handshake failed: {why}");
         }
     }
 
@@ -840,14 +865,12 @@ fn open_endpoint(
     if let Some(keys) = &config.curve {
         keys.apply(&socket)?;
     }
-    let events = watch(
-        context,
-        &socket,
-        &[
-            zmq::SocketEvent::HANDSHAKE_SUCCEEDED,
-            zmq::SocketEvent::DISCONNECTED,
-        ],
-    )?;
+    let mut kinds = vec![
+        zmq::SocketEvent::HANDSHAKE_SUCCEEDED,
+        zmq::SocketEvent::DISCONNECTED,
+    ];
+    kinds.extend(HANDSHAKE_FAILED);
+    let events = watch(context, &socket, &kinds)?;
     socket.connect(url)?;
     let (host, port) = host_port(url);
     Ok(Endpoint {
@@ -857,6 +880,7 @@ fn open_endpoint(
         socket,
         monitor: events,
         connected: false,
+        failed: None,
         up: true,
         answering_since: None,
         fresh_until: Some(later(now, config.request_timeout.min(CONNECT_GRACE))),
@@ -864,6 +888,24 @@ fn open_endpoint(
         next_probe: now,
         breaker: Breaker::new(config.breaker, now),
     })
+}
+
+/// What a failed handshake means for a client, and what to check;
+/// `curve`: whether this client uses CURVE.
+fn advice(failure: HandshakeFailure, curve: bool) -> String {
+    match (failure, curve) {
+        (HandshakeFailure::Refused(status), _) => format!(
+            "the bridge refused our CURVE key (ZAP status {status}): add our public key to the bridge's curve_clients directory, then reload it (SIGHUP)"
+        ),
+        (HandshakeFailure::Mechanism, true) => "the bridge does not use CURVE on this port (a plain port?): use its CURVE port, or drop curve_server_key from our config".into(),
+        (HandshakeFailure::Mechanism, false) => "the bridge requires CURVE on this port: set curve_server_key (the bridges' public key) and our key pair (curve_secret_key_file) in our config".into(),
+        (HandshakeFailure::Cryptographic, _) => "our CURVE handshake did not decrypt: curve_server_key is not the bridge's public key".into(),
+        (HandshakeFailure::Closed(_), true) => "the bridge refused our CURVE handshake (it closed the connection): check that curve_server_key is the bridge's public key, and that our key is in its curve_clients".into(),
+        (HandshakeFailure::Closed(_), false) => "the bridge closed the connection during the handshake: does it require CURVE (curve_server_key), and is this port a zbridge frontend?".into(),
+        (HandshakeFailure::Protocol(code), _) => format!(
+            "the handshake failed (ZMTP protocol error {code:#x}): is this port a zbridge frontend?"
+        ),
+    }
 }
 
 fn open_source(context: &zmq::Context, url: &str, config: &ClientConfig) -> zmq::Result<Source> {

@@ -138,6 +138,10 @@ pub enum ClientError {
         endpoints: Vec<String>,
         /// From the call to the verdict.
         waited: std::time::Duration,
+        /// The endpoints whose last handshake failed, each with why and
+        /// what to check (a CURVE key refused, no CURVE where it is
+        /// needed).
+        handshakes: Vec<String>,
     },
     /// An answer that is not a zbridge reply.
     BadReply(String),
@@ -168,6 +172,19 @@ impl fmt::Display for ClientError {
                 attempts,
                 endpoints,
                 waited,
+                handshakes,
+            } if !handshakes.is_empty() => write!(
+                f,
+                "no bridge reachable at {} ({attempts} tries in {:.1} s): {}",
+                endpoints.join(", "),
+                waited.as_secs_f64(),
+                handshakes.join("; ")
+            ),
+            ClientError::AllBridgesDown {
+                attempts,
+                endpoints,
+                waited,
+                ..
             } => write!(
                 f,
                 "no bridge reachable at {} ({attempts} tries in {:.1} s, max_reconnect_attempts rounds over them): check that the bridges run (zbridge run --mode active, --mode passive) and listen there (zbridge status --endpoint ENDPOINT, or ss -ltn on their host), and that nothing between this host and theirs blocks the ports",

@@ -1,8 +1,8 @@
 //! The libzmq socket helpers that the daemon (relay, HA, streams) and the
 //! client library share, so that each exists once: socket monitors
 //! ([`watch`], [`next_event`]), whole-message reads ([`recv_frames`]),
-//! readiness ([`readable`], [`writable`]) and the port a socket was bound
-//! to ([`bound_port`]).
+//! readiness ([`readable`], [`writable`]), the port a socket was bound
+//! to ([`bound_port`]) and why a handshake failed ([`HandshakeFailure`]).
 //!
 //! Unsafe code is denied here and forbidden in every other zbridge crate;
 //! the two calls that need it, socket options that neither the `zmq` crate
@@ -49,6 +49,55 @@ pub fn pipe(context: &zmq::Context, what: &str) -> zmq::Result<(zmq::Socket, zmq
     theirs.set_linger(0)?;
     theirs.connect(&endpoint)?;
     Ok((ours, theirs))
+}
+
+/// The monitor events that report a failed handshake.
+pub const HANDSHAKE_FAILED: [zmq::SocketEvent; 3] = [
+    zmq::SocketEvent::HANDSHAKE_FAILED_NO_DETAIL,
+    zmq::SocketEvent::HANDSHAKE_FAILED_PROTOCOL,
+    zmq::SocketEvent::HANDSHAKE_FAILED_AUTH,
+];
+
+/// Why a ZMTP handshake failed, as a socket monitor reports it (each kind
+/// is followed by a `DISCONNECTED` event of the same connection).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HandshakeFailure {
+    /// The server's ZAP handler refused the client (its status code; 400:
+    /// a CURVE key not admitted).
+    Refused(u32),
+    /// The peers speak different security mechanisms: CURVE against none.
+    Mechanism,
+    /// A CURVE message that did not decrypt: the client has the wrong
+    /// server key.
+    Cryptographic,
+    /// Another ZMTP protocol error (libzmq's code): a peer that is not a
+    /// ZeroMQ socket of a kind that fits, an HTTP probe.
+    Protocol(u32),
+    /// The connection closed before the handshake finished (its errno): the
+    /// other side hung up on us, or gave up.
+    Closed(u32),
+}
+
+/// libzmq's ZMQ_PROTOCOL_ERROR_ZMTP_CRYPTOGRAPHIC (zmq.h).
+const ZMTP_CRYPTOGRAPHIC: u32 = 0x1100_0001;
+/// libzmq's ZMQ_PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH (zmq.h).
+const ZMTP_MECHANISM_MISMATCH: u32 = 0x1100_0002;
+
+impl HandshakeFailure {
+    /// The failure a monitor event reports, if it reports one.
+    pub fn of(event: u16, value: u32) -> Option<HandshakeFailure> {
+        use zmq::SocketEvent as E;
+        Some(match event {
+            e if e == E::HANDSHAKE_FAILED_AUTH.to_raw() => HandshakeFailure::Refused(value),
+            e if e == E::HANDSHAKE_FAILED_NO_DETAIL.to_raw() => HandshakeFailure::Closed(value),
+            e if e == E::HANDSHAKE_FAILED_PROTOCOL.to_raw() => match value {
+                ZMTP_MECHANISM_MISMATCH => HandshakeFailure::Mechanism,
+                ZMTP_CRYPTOGRAPHIC => HandshakeFailure::Cryptographic,
+                code => HandshakeFailure::Protocol(code),
+            },
+            _ => return None,
+        })
+    }
 }
 
 /// The next monitor event waiting on `events` (from [`watch`]): its raw

@@ -64,6 +64,11 @@ pub fn peer_of(fd: RawFd) -> Option<std::net::SocketAddr> {
     borrowed(fd).peer_addr().ok()
 }
 
+/// The local port of the TCP connection `fd`: which listener accepted it.
+pub fn local_port_of(fd: RawFd) -> Option<u16> {
+    borrowed(fd).local_addr().ok().map(|a| a.port())
+}
+
 /// Shut the TCP connection `fd` down both ways: its peer sees it close and
 /// libzmq, reading it, closes it and frees the descriptor.
 pub fn shut_down(fd: RawFd) {

@@ -119,6 +119,7 @@ impl<D> State<D> {
                     "requests_total": t.requests_total,
                     "replies_total": t.replies_total,
                     "latency_ms": {"p50": t.latency.quantile_ms(0.5), "p99": t.latency.quantile_ms(0.99)},
+                    "handshake_refused": t.refused,
                 });
                 (t.name.clone(), doc)
             })

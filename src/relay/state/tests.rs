@@ -347,6 +347,30 @@ fn a_request_no_backend_took_in_time_gets_backend_unavailable() {
 }
 
 #[test]
+fn a_request_for_a_service_that_ends_the_handshake_is_told_why() {
+    let mut b = Bridge::new("");
+    b.connected[ALPHA] = false;
+    b.state.targets[ALPHA].refused = Some("not a REP or ROUTER socket");
+    assert_eq!(b.request(0, P, &[TO_ALPHA]), []);
+    let json = refusal(b.tick(1000));
+    assert_eq!(json.code, ErrorCode::BackendUnavailable);
+    assert!(
+        json.message.contains("not a REP or ROUTER socket"),
+        "{}",
+        json.message
+    );
+    assert!(
+        !json.message.contains("is the service running"),
+        "{}",
+        json.message
+    );
+    assert_eq!(
+        b.status(1000)["targets"]["alpha"]["handshake_refused"],
+        "not a REP or ROUTER socket"
+    );
+}
+
+#[test]
 fn a_target_at_max_in_flight_refuses_more() {
     let mut b = Bridge::new("max_in_flight = 2");
     let (_, first, _) = forwarded(b.request(0, P, &[TO_ALPHA]));
