@@ -292,6 +292,15 @@ fn the_demo_loses_nothing_and_says_truly_whether_the_stream_moved() {
         .unwrap_or_else(|| panic!("no takeover line: {output}"));
     assert!(took < 500, "took {took} ms: {output}");
     assert_eq!(output.matches(", lost 0,").count(), 2, "{output}");
+    // The chart marks the kill once; the rate said is the rate aimed at,
+    // with what was sent beside it.
+    assert_eq!(
+        output.matches("<- kill -9 of the active").count(),
+        1,
+        "{output}"
+    );
+    assert!(output.contains("each aims at 500 requests/s"), "{output}");
+    assert!(output.contains("(sent: A "), "{output}");
     // The subscriber follows whichever bridge's copy reached it first: a
     // move when that was the killed active's, none when it was the
     // survivor's (the demo checks the count against its own claim and

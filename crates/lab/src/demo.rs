@@ -79,11 +79,14 @@ pub fn run(seconds: u64) -> anyhow::Result<()> {
     let stream = seen.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
     println!(
         "\nload: client A knows both bridges ({}, {}), client B only the primary port;\n\
-         each sends {} requests/s for {} s; after {:.1} s the active gets kill -9.\n",
+         each aims at {} requests/s for {} s (sent: A {:.0}/s, B {:.0}/s, the pace a\n\
+         client in lockstep keeps on this machine); after {:.1} s the active gets kill -9.\n",
         report.primary_endpoint,
         report.secondary_endpoint,
         scenario.rate,
         total.as_secs(),
+        report.both.sent as f64 / total.as_secs_f64(),
+        report.primary_only.sent as f64 / total.as_secs_f64(),
         before.as_secs_f64()
     );
     println!("  time     client A answered    client B answered    (per 200 ms)");
@@ -92,16 +95,23 @@ pub fn run(seconds: u64) -> anyhow::Result<()> {
         .timeline
         .len()
         .max(report.primary_only.timeline.len());
+    // The row whose 200 ms hold the kill.
+    let kill_row = (before.as_millis() / 200 * 2) as usize;
     for row in (0..rows).step_by(2) {
         let a = window(&report.both, row);
         let b = window(&report.primary_only, row);
         println!(
-            "  {:>4.1}s  {:>4} {:<12}     {:>4} {:<12}",
+            "  {:>4.1}s  {:>4} {:<12}     {:>4} {:<12}{}",
             row as f64 / 10.0,
             a,
             "#".repeat((a / 10) as usize),
             b,
-            "#".repeat((b / 10) as usize)
+            "#".repeat((b / 10) as usize),
+            if row == kill_row {
+                " <- kill -9 of the active"
+            } else {
+                ""
+            }
         );
     }
     println!("\nwhat happened:");
