@@ -115,6 +115,9 @@
     const peer = st.peer || {};
     const heard = peer.last_heartbeat_age_s !== undefined;
     $("peer").classList.toggle("gone", !peer.alive);
+    $("peer-hint").textContent = peer.alive
+      ? "As its heartbeats tell it. Its own page is on its monitoring port."
+      : heard ? "Not heard for " + duration(peer.last_heartbeat_age_s) + ": what its last heartbeat said." : "No heartbeat heard from it yet.";
     badge($("peer-role"), heard ? peer.role : "unknown", stale || !peer.alive);
     const age = heard ? duration(peer.last_heartbeat_age_s) + " ago" : "never heard";
     fields($("peer-fields"), [
@@ -237,14 +240,14 @@
     plot.replaceChildren();
     const W = 300, H = 80;
     const end = samples.length ? samples[samples.length - 1].time : 0;
-    const start = end - WINDOW_S;
+    const start = end - span(samples);
     let max = 0;
     for (const s of samples) {
       const v = value(s);
       if (isNum(v) && v > max) max = v;
     }
     const top = max > 0 ? max * 1.15 : 1;
-    const x = (t) => ((t - start) / WINDOW_S) * W;
+    const x = (t) => ((t - start) / (end - start)) * W;
     const y = (v) => H - (v / top) * H;
     plot.append(svg("line", { x1: 0, x2: W, y1: H / 2, y2: H / 2, class: "grid" }));
     // Seconds this bridge was passive, shaded.
@@ -278,8 +281,15 @@
     figure.querySelector(".max").textContent = "max " + num(max, digits);
   }
 
+  // The time the charts span: what there is, from one minute to fifteen.
+  function span(samples) {
+    const have = samples.length ? samples[samples.length - 1].time - samples[0].time : 0;
+    return Math.min(WINDOW_S, Math.max(60, Math.ceil(have / 60) * 60));
+  }
+
   function drawCharts() {
     const samples = page.history;
+    $("chart-span").textContent = "Last " + span(samples) / 60 + " min";
     chart("chart-rps", samples, (s) => s.requests_per_s, 1);
     chart("chart-eps", samples, (s) => s.errors_per_s, 1);
     chart("chart-p99", samples, (s) => s.p99_ms);
@@ -287,13 +297,13 @@
 
   // ---- events -------------------------------------------------------------
 
-  const FAILOVER_REASONS = ["peer_died", "peer_silent", "peer_leaving", "no_active_peer"];
-
   function describe(e) {
     switch (e.event) {
       case "role": {
-        const words = "role " + text(e.from) + " → " + text(e.to) + " (" + text(e.reason) + ", epoch " + text(e.epoch) + ")";
-        if (e.to === "active" && FAILOVER_REASONS.includes(e.reason)) return ["bad", "Failover: took over as active, " + words];
+        const words = text(e.from) + " → " + text(e.to) + " (" + text(e.reason) + ", epoch " + text(e.epoch) + ")";
+        if (e.from === "passive" && e.to === "active") return ["bad", "Failover: took over as active, role " + words];
+        if (e.from === "listening") return ["", "Joined the pair: role " + words];
+        if (e.from === "active") return ["warn", "Stepped down: role " + words];
         return ["warn", "Role change: " + words];
       }
       case "ready":
