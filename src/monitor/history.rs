@@ -178,11 +178,11 @@ impl Sampler {
     /// time since the last look (none the first time, or when the relay
     /// has not published since) and the events that changes between the
     /// two make.
-    pub fn observe(&mut self, snapshot: &Snapshot, time: f64) -> (Option<Sample>, Vec<Value>) {
+    pub fn observe(&mut self, snapshot: Snapshot, time: f64) -> (Option<Sample>, Vec<Value>) {
         let now = Seen {
             taken: snapshot.taken,
-            status: snapshot.status.clone(),
-            durations: snapshot.durations.clone(),
+            status: snapshot.status,
+            durations: snapshot.durations,
         };
         let Some(before) = self.seen.take() else {
             self.seen = Some(now);
@@ -463,7 +463,7 @@ mod tests {
             t0,
             &[(BOUNDS[0], 50), (BOUNDS[1], 0), (BOUNDS[2], 0)],
         );
-        assert!(sampler.observe(&first, 1000.0).0.is_none());
+        assert!(sampler.observe(first, 1000.0).0.is_none());
         // 200 requests in 2 s; 100 answered, all between 1 and 2 ms.
         let later = t0 + Duration::from_secs(2);
         let second = snapshot(
@@ -471,7 +471,7 @@ mod tests {
             later,
             &[(BOUNDS[0], 50), (BOUNDS[1], 100), (BOUNDS[2], 0)],
         );
-        let (sample, events) = sampler.observe(&second, 1002.0);
+        let (sample, events) = sampler.observe(second.clone(), 1002.0);
         let doc = sample.unwrap().to_json();
         assert_eq!(doc["seq"], 1);
         assert_eq!(doc["requests_per_s"], 100.0);
@@ -489,14 +489,14 @@ mod tests {
         assert_eq!(kinds, ["curve_refused", "heartbeats_rejected"]);
         assert_eq!(events[1]["count"], 4);
         // The same snapshot again (the relay has not published): no sample.
-        assert!(sampler.observe(&second, 1003.0).0.is_none());
+        assert!(sampler.observe(second, 1003.0).0.is_none());
         // Nothing answered: no latency, and the JSON says null.
         let third = snapshot(
             status(300, 5, "open", false),
             later + Duration::from_secs(1),
             &[(BOUNDS[0], 50), (BOUNDS[1], 100), (BOUNDS[2], 0)],
         );
-        let (sample, events) = sampler.observe(&third, 1003.0);
+        let (sample, events) = sampler.observe(third, 1003.0);
         let doc = sample.unwrap().to_json();
         assert_eq!(doc["p99_ms"], Value::Null);
         assert_eq!(doc["requests_per_s"], 0.0);
@@ -522,7 +522,7 @@ mod tests {
                 taken,
                 &[(BOUNDS[0], i), (BOUNDS[1], 0), (BOUNDS[2], 0)],
             );
-            let observed = sampler.observe(&s, i as f64);
+            let observed = sampler.observe(s, i as f64);
             record(&history, &journal, i as f64, observed);
         }
         let history = history.lock().unwrap();

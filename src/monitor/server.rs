@@ -119,7 +119,7 @@ async fn sample(shared: Shared, records: Records) {
             continue;
         };
         let time = unix_now();
-        let observed = sampler.observe(&snapshot, time);
+        let observed = sampler.observe(snapshot, time);
         history::record(&records.history, &records.journal, time, observed);
     }
 }
