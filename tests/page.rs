@@ -2,8 +2,8 @@
 //! Debian's Chromium, headless, driven through the DevTools protocol by
 //! tests/peers/browser.py. The page loads without a console error, shows
 //! both bridges of a running pair, moves under load, shows a kill -9 of
-//! the active on the survivor's page within two seconds, and shows text
-//! from the config as text. Screenshots go to `CARGO_TARGET_TMPDIR/page/`.
+//! the active on the survivor's page within two seconds, shows text from
+//! the config as text, and counts a flood of forged heartbeats in one line. Screenshots go to `CARGO_TARGET_TMPDIR/page/`.
 //!
 //! Chromium is installed with apt-get if it is missing (and
 //! websocket-client with pip); it runs with every host name but 127.0.0.1
@@ -347,6 +347,77 @@ fn the_page_shows_the_pair_live_and_a_kill_of_the_active_within_two_seconds() {
     );
     assert_eq!(browser.eval("document.querySelectorAll('img').length"), 0);
     assert_eq!(browser.eval("typeof window.pwned"), "undefined");
+    let errors = browser.errors();
+    assert!(errors.is_empty(), "the page logs no error: {errors:?}");
+}
+
+#[test]
+fn a_flood_of_forged_heartbeats_is_one_counted_event_on_the_page() {
+    use zbridge_protocol::heartbeat::{Heartbeat, Message, Node, Role, State};
+    let peer_port = free_port();
+    let mut args: Vec<String> = lone_bridge_flags()
+        .into_iter()
+        .filter(|f| !f.starts_with("--secondary-heartbeat-port"))
+        .collect();
+    args.extend([
+        format!("--secondary-heartbeat-port={peer_port}"),
+        "--auth-token=s3cret".into(),
+        "--main-pc-addr=".into(),
+        "--pc2-addr=".into(),
+    ]);
+    let bridge = BridgeProcess::spawn(exe(), &args).expect("bridge starts");
+    let mut browser = Browser::start();
+    browser.open(&format!("{}/", base(&bridge)));
+    assert!(wait_until(Duration::from_secs(5), || browser
+        .text("#verdict")
+        == "DEGRADED"));
+    // Someone on the peer's heartbeat port, without the token.
+    let context = zmq::Context::new();
+    let forger = context.socket(zmq::PUB).unwrap();
+    forger.set_linger(0).unwrap();
+    forger
+        .bind(&format!("tcp://127.0.0.1:{peer_port}"))
+        .unwrap();
+    let forged = |seq: u64| {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64();
+        Message::Heartbeat(Heartbeat {
+            timestamp: now,
+            instance: Role::Passive,
+            port: 1,
+            uptime: 1,
+            load: 0.0,
+            node: Node::Secondary,
+            boot: "forger".into(),
+            seq,
+            epoch: 1,
+            state: State::Running,
+        })
+        .encode(Some(b"guess"))
+    };
+    let rejected = |b: &mut Browser| -> Vec<String> {
+        b.events()
+            .into_iter()
+            .filter(|e| e.contains("Heartbeats rejected: bad_auth"))
+            .collect()
+    };
+    let mut seq = 0;
+    let counted = wait_until(Duration::from_secs(10), || {
+        for _ in 0..5 {
+            seq += 1;
+            forger.send(forged(seq), 0).unwrap();
+        }
+        let lines = rejected(&mut browser);
+        lines.len() == 1 && lines[0].contains('×') && {
+            let count = lines[0].rsplit('×').next().unwrap_or_default();
+            number(count.split(", ").next().unwrap_or_default()) >= 100.0
+        }
+    });
+    assert!(counted, "{:?}", browser.events());
+    assert_eq!(rejected(&mut browser).len(), 1, "one line, counted");
+    assert!(browser.text("#this-fields").contains("bad_auth"));
     let errors = browser.errors();
     assert!(errors.is_empty(), "the page logs no error: {errors:?}");
 }
