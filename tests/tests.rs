@@ -14,6 +14,7 @@ mod keepalived;
 mod monitor;
 mod netns;
 mod packages;
+mod page;
 mod readme;
 mod relay;
 mod reload;

@@ -10,13 +10,24 @@
 //! [`MAX_CONNECTIONS`] are open at once, and one past that is closed at once.
 //! Only GET and HEAD are served (405 with `Allow` otherwise); request bodies
 //! are never read. Answers go out without Nagle's delay (TCP_NODELAY).
+//!
+//! Every answer says `X-Content-Type-Options: nosniff`, `Cache-Control:
+//! no-store` and a `Content-Security-Policy` that lets the page load only
+//! its own files from this server and fetch only from it ([`POLICY`]).
+//!
+//! The same runtime runs the [`Sampler`] once a second: it reads the
+//! snapshot, never the relay, and writes `/history` and `/events`.
 
-use super::{respond, Shared};
+use super::history::{self, History, Sampler};
+use super::{journal, respond, Records, Shared};
 use crate::throttle::LogThrottle;
 use anyhow::Context as _;
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
-use hyper::header::{HeaderValue, ACCEPT, ALLOW, CONTENT_TYPE};
+use hyper::header::{
+    HeaderValue, ACCEPT, ALLOW, CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE,
+    X_CONTENT_TYPE_OPTIONS,
+};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
@@ -29,7 +40,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Sleep;
@@ -47,11 +58,22 @@ const MAX_BUF_BYTES: usize = 16 * 1024;
 const ALLOWED: &str = "GET, HEAD";
 /// How often a failing accept is logged at most.
 const ACCEPT_LOG_EVERY: Duration = Duration::from_secs(10);
+/// What the page may load and fetch: its own files and data, from this
+/// server; no inline script or style, no frames, no forms.
+const POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+/// How often the sampler looks at the snapshot (`/history`'s interval).
+const SAMPLE_EVERY: Duration = Duration::from_secs(1);
 
 /// Serve on `bind` (`HOST:PORT`, port 0 for any) from a thread; returns the
 /// bound port. `/health` says 503 when the snapshot is older than `stale`:
-/// the relay loop is stuck.
-pub fn start(bind: &str, shared: Shared, stale: Duration) -> anyhow::Result<u16> {
+/// the relay loop is stuck. `journal` is where the relay records its
+/// events; the sampler adds what it sees change.
+pub fn start(
+    bind: &str,
+    shared: Shared,
+    journal: journal::Shared,
+    stale: Duration,
+) -> anyhow::Result<u16> {
     let listener = std::net::TcpListener::bind(bind)
         .with_context(|| format!("cannot bind the monitoring HTTP server on {bind}"))?;
     listener.set_nonblocking(true)?;
@@ -67,11 +89,42 @@ pub fn start(bind: &str, shared: Shared, stale: Duration) -> anyhow::Result<u16>
     };
     std::thread::Builder::new()
         .name("monitor".into())
-        .spawn(move || runtime.block_on(serve(listener, shared, stale)))?;
+        .spawn(move || {
+            let records = Records {
+                history: History::shared(),
+                journal,
+            };
+            runtime.spawn(sample(Arc::clone(&shared), records.clone()));
+            runtime.block_on(serve(listener, shared, stale, records))
+        })?;
     Ok(port)
 }
 
-async fn serve(listener: TcpListener, shared: Shared, stale: Duration) {
+/// Unix seconds now.
+pub fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// Once a second, a sample of the snapshot into the history and what
+/// changed into the journal. The snapshot's lock is held only for a clone.
+async fn sample(shared: Shared, records: Records) {
+    let mut sampler = Sampler::default();
+    let mut every = tokio::time::interval(SAMPLE_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        let Some(snapshot) = shared.lock().ok().map(|s| s.clone()) else {
+            continue;
+        };
+        let time = unix_now();
+        let observed = sampler.observe(snapshot, time);
+        history::record(&records.history, &records.journal, time, observed);
+    }
+}
+
+async fn serve(listener: TcpListener, shared: Shared, stale: Duration, records: Records) {
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(HEAD_TIMEOUT)
@@ -116,8 +169,11 @@ async fn serve(listener: TcpListener, shared: Shared, stale: Duration) {
             debug!(error = %e, "cannot set TCP_NODELAY on a monitoring connection");
         }
         let shared = Arc::clone(&shared);
+        let records = records.clone();
         let service = service_fn(move |request| {
-            std::future::ready(Ok::<_, Infallible>(answer(&request, &shared, stale)))
+            std::future::ready(Ok::<_, Infallible>(answer(
+                &request, &shared, stale, &records,
+            )))
         });
         let connection = http.serve_connection(TokioIo::new(WriteDeadline::new(stream)), service);
         tokio::spawn(async move {
@@ -129,7 +185,12 @@ async fn serve(listener: TcpListener, shared: Shared, stale: Duration) {
     }
 }
 
-fn answer(request: &Request<Incoming>, shared: &Shared, stale: Duration) -> Response<Full<Bytes>> {
+fn answer(
+    request: &Request<Incoming>,
+    shared: &Shared,
+    stale: Duration,
+    records: &Records,
+) -> Response<Full<Bytes>> {
     let method = request.method();
     if method != Method::GET && method != Method::HEAD {
         let message = format!("method {method} not allowed: use {ALLOWED}");
@@ -143,7 +204,7 @@ fn answer(request: &Request<Incoming>, shared: &Shared, stale: Duration) -> Resp
     let snapshot = shared.lock().map(|s| s.clone()).ok();
     let url = request.uri().path_and_query().map_or("/", |p| p.as_str());
     let accept = request.headers().get(ACCEPT).and_then(|v| v.to_str().ok());
-    let (code, content_type, body) = respond(url, accept, snapshot, stale);
+    let (code, content_type, body) = respond(url, accept, snapshot, stale, records);
     response(code, content_type, body)
 }
 
@@ -151,9 +212,11 @@ fn response(code: u16, content_type: &'static str, body: String) -> Response<Ful
     let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() =
         StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    response
-        .headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    headers.insert(X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(CONTENT_SECURITY_POLICY, HeaderValue::from_static(POLICY));
     response
 }
 

@@ -61,7 +61,7 @@ use dealer::Dealer;
 use roles::settings;
 use send::{carry_out, send_waiting};
 use serde_json::Value;
-use state::{Action, Event as PathEvent, State};
+use state::{Action, Event as PathEvent, PeerBeat, State};
 use std::os::fd::RawFd;
 use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
@@ -159,6 +159,8 @@ pub struct Relay {
     busy: Duration,
     last_beat: Instant,
     monitor: monitor::Shared,
+    /// Where the events printed on stdout are recorded for `/events`.
+    journal: monitor::SharedJournal,
     monitor_endpoint: String,
     next_snapshot: Instant,
     source: Source,
@@ -226,7 +228,13 @@ impl Relay {
             .heartbeat_interval
             .saturating_mul(3)
             .max(Duration::from_secs(2));
-        let port = monitor::start(&bind, std::sync::Arc::clone(&monitor), stale)?;
+        let journal = monitor::Journal::shared();
+        let port = monitor::start(
+            &bind,
+            std::sync::Arc::clone(&monitor),
+            std::sync::Arc::clone(&journal),
+            stale,
+        )?;
         let monitor_endpoint = format!(
             "http://{}",
             bind.rsplit_once(':')
@@ -247,6 +255,7 @@ impl Relay {
             busy: Duration::ZERO,
             last_beat: now,
             monitor,
+            journal,
             monitor_endpoint,
             next_snapshot: now,
             watch: watch::Watch::new(source.stamp(), now),
@@ -265,6 +274,16 @@ impl Relay {
 
     /// Relay until `stop` fires and every frontend is drained.
     pub fn run(mut self, stop: &mut Stop, events: Events) -> anyhow::Result<()> {
+        // Every event also goes to `/events` (a few a minute at most: the
+        // lock is never contended for long).
+        let journal = std::sync::Arc::clone(&self.journal);
+        let mut recorded = |event: Value| {
+            if let Ok(mut journal) = journal.lock() {
+                journal.record(monitor::unix_now(), &event);
+            }
+            events(event);
+        };
+        let events: Events = &mut recorded;
         let now = Instant::now();
         let first = std::mem::take(&mut self.first_effects);
         self.apply(now, first, events);
@@ -323,12 +342,19 @@ impl Relay {
             if ready.heartbeats {
                 for message in self.heartbeats.receive(woke) {
                     let peer = match message {
-                        Message::Heartbeat(h) => Peer {
-                            role: h.instance,
-                            node: h.node,
-                            epoch: h.epoch,
-                            state: h.state,
-                        },
+                        Message::Heartbeat(h) => {
+                            self.state.ha.peer_beat = Some(PeerBeat {
+                                uptime_s: h.uptime,
+                                load: h.load,
+                                port: h.port,
+                            });
+                            Peer {
+                                role: h.instance,
+                                node: h.node,
+                                epoch: h.epoch,
+                                state: h.state,
+                            }
+                        }
                         // A notification says the sender became active.
                         Message::FailoverNotification(n) => Peer {
                             role: Role::Active,

@@ -42,8 +42,17 @@ impl Relay {
             .streams
             .insert("plain_handshakes_failed_total".into(), plain_failed.into());
         self.sync_view(now);
+        let mut status = self.state.status(now);
+        // Whether each target's DEALER can take a message now (a connected
+        // backend with room in its queue): one getsockopt per target.
+        for target in self.state.targets.iter().filter(|t| !t.retired) {
+            let connected = target.dealer.as_ref().is_some_and(writable);
+            if let Some(doc) = status["targets"].get_mut(&target.name) {
+                doc["connected"] = connected.into();
+            }
+        }
         let snapshot = monitor::Snapshot {
-            status: self.state.status(now),
+            status,
             durations: self.state.durations(),
             serving: self.machine.phase() != Phase::Stopping
                 && self.frontends.iter().any(Option::is_some),

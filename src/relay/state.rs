@@ -24,7 +24,7 @@ mod status;
 #[cfg(test)]
 mod tests;
 
-pub(super) use status::HaView;
+pub(super) use status::{HaView, PeerBeat};
 
 use super::breaker::{Admission, Breaker, State as BreakerState, Transition};
 use super::inflight::{Key, Table};

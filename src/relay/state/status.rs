@@ -21,6 +21,8 @@ pub(in crate::relay) struct HaView {
     pub epoch: u64,
     pub peer: Option<(Instant, Peer)>,
     pub peer_alive: bool,
+    /// What the peer's last heartbeat said of itself.
+    pub peer_beat: Option<PeerBeat>,
     pub failovers: u64,
     pub bind_failures: u64,
     pub step_downs: u64,
@@ -29,6 +31,16 @@ pub(in crate::relay) struct HaView {
     pub clients_connected: u64,
     /// Client connections shut down before their handshake finished.
     pub connections_shed: u64,
+}
+
+/// A heartbeat's word on its sender, shown in `peer` of the status.
+#[derive(Debug, Clone, Copy, Default)]
+pub(in crate::relay) struct PeerBeat {
+    pub uptime_s: u64,
+    /// The sender's relay loop's busy fraction, 0..1.
+    pub load: f64,
+    /// The frontend port it serves in its role.
+    pub port: u16,
 }
 
 impl<D> State<D> {
@@ -125,14 +137,20 @@ impl<D> State<D> {
             })
             .collect();
         let peer = self.ha.peer.map(|(at, p)| {
-            json!({
+            let mut doc = json!({
                 "role": p.role,
                 "node": p.node,
                 "epoch": p.epoch,
                 "state": p.state,
                 "last_heartbeat_age_s": now.saturating_duration_since(at).as_secs_f64(),
                 "alive": self.ha.peer_alive,
-            })
+            });
+            if let Some(beat) = self.ha.peer_beat {
+                doc["uptime_s"] = beat.uptime_s.into();
+                doc["load"] = beat.load.into();
+                doc["port"] = beat.port.into();
+            }
+            doc
         });
         let (throughput, error_rate) = self.rates();
         let mut doc = json!({

@@ -322,23 +322,29 @@ impl Drop for Proxy {
     }
 }
 
-/// GETs `/metrics` every `every` on a thread, until stopped.
+/// GETs `paths` of the monitor every `every` on a thread, until stopped.
 struct Scraper {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     thread: JoinHandle<u64>,
 }
 
+/// What the operator's page asks for each time it redraws (and the page
+/// itself, as if it were reloaded each time).
+const PAGE_PATHS: [&str; 5] = ["/", "/status", "/health", "/history", "/events"];
+
 impl Scraper {
-    fn start(monitor: &str, every: Duration) -> Scraper {
+    fn start(monitor: &str, every: Duration, paths: &[&str]) -> Scraper {
         use std::sync::atomic::Ordering;
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let url = format!("{monitor}/metrics");
+        let urls: Vec<String> = paths.iter().map(|p| format!("{monitor}{p}")).collect();
         let flag = std::sync::Arc::clone(&stop);
         let thread = std::thread::spawn(move || {
             let mut scrapes = 0;
             while !flag.load(Ordering::Relaxed) {
-                if crate::http_get(&url, Duration::from_secs(2)).is_some() {
-                    scrapes += 1;
+                for url in &urls {
+                    if crate::http_get(url, Duration::from_secs(2)).is_some() {
+                        scrapes += 1;
+                    }
                 }
                 std::thread::sleep(every);
             }
@@ -548,8 +554,14 @@ fn relay(
         .to_string();
     let scraped = medians(&contenders[2..3], rounds, |c| {
         let mut figures = Vec::new();
-        for scrape in [false, true] {
-            let scraper = scrape.then(|| Scraper::start(&monitor, Duration::from_millis(100)));
+        // Unscraped; /metrics every 100 ms; the operator's page open and
+        // polling four times as often as a real one, with the whole
+        // /history each time.
+        let watchers: [Option<(u64, &[&str])>; 3] =
+            [None, Some((100, &["/metrics"])), Some((250, &PAGE_PATHS))];
+        for watcher in watchers {
+            let scraper = watcher
+                .map(|(ms, paths)| Scraper::start(&monitor, Duration::from_millis(ms), paths));
             let r = load(c, 8, 16, u64::MAX, duration, 100).run()?;
             check(c.name, &r)?;
             figures.push(r.throughput());
@@ -560,11 +572,19 @@ fn relay(
         Ok(figures)
     })?;
     let (quiet, busy, scrapes) = (scraped[0][0], scraped[0][1], scraped[0][2]);
+    let (paged, gets) = (scraped[0][3], scraped[0][4]);
     println!(
         "\nmonitoring: multipart 100 B throughput {quiet:.0} req/s unscraped, {busy:.0} req/s with /metrics scraped every 100 ms ({scrapes:.0} scrapes a run): {:.3}x",
         busy / quiet
     );
-    let scrape_json = json!({"rps_quiet": quiet, "rps_scraped": busy, "ratio": busy / quiet});
+    println!(
+        "operator's page: {paged:.0} req/s with the page's five documents asked every 250 ms ({gets:.0} GETs a run): {:.3}x of unscraped",
+        paged / quiet
+    );
+    let scrape_json = json!({
+        "rps_quiet": quiet, "rps_scraped": busy, "ratio": busy / quiet,
+        "rps_page_open": paged, "ratio_page_open": paged / quiet,
+    });
 
     let mut memory_json = json!(null);
     if memory_requests > 0 {
