@@ -46,7 +46,7 @@ impl Relay {
         // Whether each target's DEALER can take a message now (a connected
         // backend with room in its queue): one getsockopt per target.
         for target in self.state.targets.iter().filter(|t| !t.retired) {
-            let connected = target.dealer.as_ref().is_some_and(writable);
+            let connected = target.dealer.as_deref().is_some_and(writable);
             if let Some(doc) = status["targets"].get_mut(&target.name) {
                 doc["connected"] = connected.into();
             }

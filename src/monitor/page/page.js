@@ -155,6 +155,7 @@
     const problems = [];
     for (const [name, t] of Object.entries(st.targets || {})) {
       if (t.breaker === "open") problems.push("target " + name + ": breaker open");
+      else if (t.connected === false && t.handshake_refused) problems.push("target " + name + ": " + text(t.handshake_refused));
       else if (t.connected === false && !(t.in_flight > 0)) problems.push("target " + name + ": not connected");
     }
     for (const p of health.body.problems || []) problems.push(text(p));
@@ -184,7 +185,9 @@
       const row = el("tr");
       cell(row, name);
       cell(row, text(t.endpoint), "endpoint");
-      cell(row, t.connected === undefined ? "–" : t.connected ? "yes" : "no", t.connected === false ? "bad" : "good");
+      // A service that ends the bridge's handshake says why (a PUB, CURVE).
+      const refused = t.connected === false && t.handshake_refused ? ": " + text(t.handshake_refused) : "";
+      cell(row, t.connected === undefined ? "–" : t.connected ? "yes" : "no" + refused, t.connected === false ? "bad" : "good");
       cell(row, text(t.breaker), t.breaker === "closed" ? "good" : t.breaker === "open" ? "bad" : "warn");
       cell(row, num(t.in_flight, 0), "n");
       cell(row, num(t.waiting_for_backend, 0), "n");
