@@ -185,7 +185,14 @@ impl Heartbeats {
     /// counted by reason and logged at most once per interval.
     pub fn receive(&mut self, now: Instant) -> Vec<Message> {
         let mut valid = Vec::new();
-        while let Ok(frame) = self.subscriber.recv_bytes(zmq::DONTWAIT) {
+        // To EAGAIN: the loop polls the subscriber by its signal descriptor
+        // (zbridge_socket::signal_item).
+        loop {
+            let frame = match self.subscriber.recv_bytes(zmq::DONTWAIT) {
+                Ok(frame) => frame,
+                Err(zmq::Error::EINTR) => continue,
+                Err(_) => break,
+            };
             match self.verifier.verify(&frame, unix_now()) {
                 Ok(message) if boot_of(&message) == self.boot => {}
                 Ok(message) => valid.push(message),
