@@ -185,8 +185,6 @@ impl Heartbeats {
     /// counted by reason and logged at most once per interval.
     pub fn receive(&mut self, now: Instant) -> Vec<Message> {
         let mut valid = Vec::new();
-        // To EAGAIN: the loop polls the subscriber by its signal descriptor
-        // (zbridge_socket::signal_item).
         loop {
             let frame = match self.subscriber.recv_bytes(zmq::DONTWAIT) {
                 Ok(frame) => frame,

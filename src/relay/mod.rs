@@ -68,9 +68,7 @@ use tracing::{debug, info, warn};
 use zbridge_protocol::heartbeat::{Message, Role, State as PeerState};
 use zbridge_protocol::time::later;
 use zbridge_socket::sys::{local_port_of, peer_of, shut_down};
-use zbridge_socket::{
-    next_event, readable, recv_frames, signal_item, watch, writable, HandshakeFailure,
-};
+use zbridge_socket::{next_event, readable, recv_frames, watch, writable, HandshakeFailure};
 
 /// Messages read from one socket before the loop looks at the others.
 const BATCH: usize = 256;
@@ -460,10 +458,8 @@ impl Relay {
         let mut items = Vec::with_capacity(self.state.targets.len() + 10);
         items.push(zmq::PollItem::from_fd(stop.fd(), zmq::POLLIN));
         items.push(zmq::PollItem::from_fd(stop.hangup_fd(), zmq::POLLIN));
-        // The sockets the loop only reads, to EAGAIN each time, are polled
-        // by their signal descriptors: one poll(2) a round, not three.
-        items.push(signal_item(self.heartbeats.subscriber())?);
-        items.push(signal_item(self.heartbeats.links())?);
+        items.push(self.heartbeats.subscriber().as_poll_item(zmq::POLLIN));
+        items.push(self.heartbeats.links().as_poll_item(zmq::POLLIN));
         items.push(zmq::PollItem::from_fd(self.probe.fd(), zmq::POLLIN));
         items.push(zmq::PollItem::from_fd(self.loader.fd(), zmq::POLLIN));
         let mut front_index = [None; 2];
@@ -471,7 +467,7 @@ impl Relay {
             if let Some(f) = frontend {
                 front_index[i] = Some(items.len());
                 items.push(f.socket.as_poll_item(zmq::POLLIN));
-                items.push(signal_item(&f.events)?);
+                items.push(f.events.as_poll_item(zmq::POLLIN));
             }
         }
         let first_dealer = items.len();

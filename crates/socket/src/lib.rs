@@ -34,21 +34,6 @@ pub fn watch(
     Ok(events)
 }
 
-/// A poll item for `socket`'s own signal descriptor (ZMQ_FD), readable
-/// when libzmq has queued commands for the socket, such as "a message
-/// arrived": in a poll it costs nothing beyond its descriptor, where an
-/// item for the socket itself costs a ZMQ_EVENTS query (a poll(2) of its
-/// own) twice per zmq_poll call.
-///
-/// The contract, as libzmq's for ZMQ_FD: only for a socket that the caller
-/// only ever reads (a monitor, a SUB), and reads until EAGAIN each time the
-/// item is readable. Reading to EAGAIN consumes the signal and leaves the
-/// socket's pipe asleep, so that the next message signals again; a read
-/// that stops before EAGAIN could leave a message unsignalled.
-pub fn signal_item<'a>(socket: &zmq::Socket) -> zmq::Result<zmq::PollItem<'a>> {
-    Ok(zmq::PollItem::from_fd(socket.get_fd()?, zmq::POLLIN))
-}
-
 /// Two connected inproc PAIR sockets of `context`, named after `what`:
 /// the control line between a thread and the one that started it.
 pub fn pipe(context: &zmq::Context, what: &str) -> zmq::Result<(zmq::Socket, zmq::Socket)> {
