@@ -57,6 +57,13 @@ impl Keys {
         ]
     }
 
+    /// One request through `frontend` by a pyzmq client with the secret
+    /// key file `name` (and the bridge's public key): its reply, or `None`.
+    fn ask_as(&self, frontend: &str, name: &str) -> Option<Vec<String>> {
+        let server = self.path("bridge.key.pub");
+        py_request(frontend, Some(&server), Some(&self.path(name)), "k", 1.0)
+    }
+
     /// A CURVE client's keys (`name`: its secret file) for the bridge.
     fn client(&self, name: &str) -> ClientKeys {
         ClientKeys {
@@ -307,16 +314,7 @@ fn a_reload_admits_a_key_added_to_curve_clients_and_drops_a_removed_one() {
         keys.s("clients")
     ));
     let bridge = bridge(&[config.flag()]);
-    let server = keys.path("bridge.key.pub");
-    let ask = |key: &str| {
-        py_request(
-            &bridge.frontend,
-            Some(&server),
-            Some(&keys.path(key)),
-            "k",
-            1.0,
-        )
-    };
+    let ask = |key: &str| keys.ask_as(&bridge.frontend, key);
     assert!(ask("stranger.key").is_none());
     // Rotation: the new key joins, both are allowed, then the old goes.
     std::fs::copy(keys.path("stranger.key.pub"), keys.path("clients/new.pub")).unwrap();
@@ -1061,16 +1059,7 @@ fn a_bad_pub_file_is_refused_alone_by_name_and_blank_lines_around_a_key_are_acce
     // ...a running bridge refuses that file alone, and says so.
     let bridge = bridge(&flags);
     assert!(bridge.wait_for_log("two.pub holds 2 lines", Duration::from_secs(5)));
-    let server = keys.path("bridge.key.pub");
-    let ask = |key: &str| {
-        py_request(
-            &bridge.frontend,
-            Some(&server),
-            Some(&keys.path(key)),
-            "k",
-            1.0,
-        )
-    };
+    let ask = |key: &str| keys.ask_as(&bridge.frontend, key);
     assert!(ask("agent.key").is_some(), "blank lines around a key");
     assert!(ask("stranger.key").is_none(), "its key is in two.pub only");
     // A bad file does not keep a removed key admitted: the revocation

@@ -255,7 +255,7 @@ fn a_signed_pair_under_load_rejects_no_genuine_heartbeat() {
 
 #[test]
 fn forged_stale_and_replayed_heartbeats_neither_delay_nor_cause_a_failover() {
-    use zbridge_protocol::heartbeat::{Heartbeat, Message, Node, Role, State};
+    use zbridge_protocol::heartbeat::{Node, Role};
     let pair = Pair::new(&["--auth-token=s3cret", "--heartbeat-max-skew=0.2"]);
     let (primary, secondary) = pair.start_both();
 
@@ -281,24 +281,7 @@ fn forged_stale_and_replayed_heartbeats_neither_delay_nor_cause_a_failover() {
     assert!(wait_until(Duration::from_secs(2), || forger
         .bind(&pair.heartbeat_endpoint(true))
         .is_ok()));
-    let forged = |seq: u64| {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs_f64();
-        Message::Heartbeat(Heartbeat {
-            timestamp: now,
-            instance: Role::Active,
-            port: pair.ports[0],
-            uptime: 100,
-            load: 0.1,
-            node: Node::Primary,
-            boot: "forger".into(),
-            seq,
-            epoch: 99,
-            state: State::Running,
-        })
-    };
+    let forged = |seq: u64| forged_heartbeat(Role::Active, Node::Primary, pair.ports[0], 99, seq);
     let mut seq = 0;
     let taken = loop {
         seq += 1;

@@ -353,7 +353,7 @@ fn the_page_shows_the_pair_live_and_a_kill_of_the_active_within_two_seconds() {
 
 #[test]
 fn a_flood_of_forged_heartbeats_is_one_counted_event_on_the_page() {
-    use zbridge_protocol::heartbeat::{Heartbeat, Message, Node, Role, State};
+    use zbridge_protocol::heartbeat::{Node, Role};
     let peer_port = free_port();
     let mut args: Vec<String> = lone_bridge_flags()
         .into_iter()
@@ -379,23 +379,7 @@ fn a_flood_of_forged_heartbeats_is_one_counted_event_on_the_page() {
         .bind(&format!("tcp://127.0.0.1:{peer_port}"))
         .unwrap();
     let forged = |seq: u64| {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs_f64();
-        Message::Heartbeat(Heartbeat {
-            timestamp: now,
-            instance: Role::Passive,
-            port: 1,
-            uptime: 1,
-            load: 0.0,
-            node: Node::Secondary,
-            boot: "forger".into(),
-            seq,
-            epoch: 1,
-            state: State::Running,
-        })
-        .encode(Some(b"guess"))
+        forged_heartbeat(Role::Passive, Node::Secondary, 1, 1, seq).encode(Some(b"guess"))
     };
     let rejected = |b: &mut Browser| -> Vec<String> {
         b.events()

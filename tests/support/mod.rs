@@ -367,3 +367,31 @@ impl Listener {
         }
     }
 }
+
+/// A heartbeat a forger would send now (boot "forger", state running), as
+/// `instance` of `node` serving `port` at `epoch`, numbered `seq`.
+pub fn forged_heartbeat(
+    instance: zbridge_protocol::heartbeat::Role,
+    node: zbridge_protocol::heartbeat::Node,
+    port: u16,
+    epoch: u64,
+    seq: u64,
+) -> zbridge_protocol::heartbeat::Message {
+    use zbridge_protocol::heartbeat::{Heartbeat, Message, State};
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    Message::Heartbeat(Heartbeat {
+        timestamp: now,
+        instance,
+        port,
+        uptime: 1,
+        load: 0.0,
+        node,
+        boot: "forger".into(),
+        seq,
+        epoch,
+        state: State::Running,
+    })
+}
