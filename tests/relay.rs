@@ -325,3 +325,25 @@ fn a_hung_backend_holds_at_most_max_queued_bytes_and_more_is_refused_at_once() {
         status(&bridge.frontend)["targets"]["pc2"]["queued_bytes"] == 0
     }));
 }
+
+#[test]
+fn the_build_wakes_its_threads_by_eventfd() {
+    // crates/zeromq-src-curve defines ZMQ_HAVE_EVENTFD, which zeromq-src
+    // leaves out: each libzmq mailbox (the context's reaper and I/O thread,
+    // every socket) then signals through an eventfd, not a socket pair.
+    // Without the define only tokio's one waker would be an eventfd.
+    let bridge = bridge(&[]);
+    let kinds: Vec<String> = std::fs::read_dir(format!("/proc/{}/fd", bridge.process.pid()))
+        .expect("the bridge's descriptors")
+        .filter_map(|entry| std::fs::read_link(entry.ok()?.path()).ok())
+        .map(|target| target.display().to_string())
+        .collect();
+    let eventfds = kinds
+        .iter()
+        .filter(|k| *k == "anon_inode:[eventfd]")
+        .count();
+    assert!(
+        eventfds >= 5,
+        "{eventfds} eventfd(s) among the bridge's descriptors {kinds:?}: libzmq was built without ZMQ_HAVE_EVENTFD (crates/zeromq-src-curve)"
+    );
+}
