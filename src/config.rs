@@ -90,6 +90,61 @@ pub struct StreamFile {
     /// The publisher's CURVE public key (Z85), as for a target.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub curve_server_key: Option<String>,
+    /// Keep the last message per topic and give it to a new subscription:
+    /// `true` (every topic) or a list of topic prefixes.
+    #[serde(default, skip_serializing_if = "LastValue::is_off")]
+    pub last_value: LastValue,
+    /// Topics whose last value is kept, at most (the topics updated
+    /// longest ago go first).
+    #[serde(default = "default_last_value_max_topics")]
+    pub last_value_max_topics: usize,
+    /// Bytes of last values kept, at most (the frames' lengths).
+    #[serde(default = "default_last_value_max_bytes")]
+    pub last_value_max_bytes: usize,
+}
+
+/// A stream's `last_value`: `true`, `false` or a list of topic prefixes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum LastValue {
+    All(bool),
+    Prefixes(Vec<String>),
+}
+
+impl Default for LastValue {
+    fn default() -> Self {
+        LastValue::All(false)
+    }
+}
+
+impl LastValue {
+    fn is_off(&self) -> bool {
+        self.prefixes().is_empty()
+    }
+
+    /// The prefixes whose topics keep their last value (none: off; the
+    /// empty prefix: every topic).
+    fn prefixes(&self) -> Vec<Vec<u8>> {
+        match self {
+            LastValue::All(false) => Vec::new(),
+            LastValue::All(true) => vec![Vec::new()],
+            LastValue::Prefixes(list) => {
+                let mut prefixes: Vec<Vec<u8>> =
+                    list.iter().map(|p| p.as_bytes().to_vec()).collect();
+                prefixes.sort();
+                prefixes.dedup();
+                prefixes
+            }
+        }
+    }
+}
+
+fn default_last_value_max_topics() -> usize {
+    10_000
+}
+
+fn default_last_value_max_bytes() -> usize {
+    64 << 20
 }
 
 macro_rules! keys {
@@ -339,6 +394,10 @@ pub struct Stream {
     pub name: String,
     pub endpoint: String,
     pub curve_server_key: Option<PublicKey>,
+    /// Topics under these prefixes keep their last value (empty: off).
+    pub last_value: Vec<Vec<u8>>,
+    pub last_value_max_topics: usize,
+    pub last_value_max_bytes: usize,
 }
 
 /// A validated configuration, ready to run.
@@ -832,10 +891,22 @@ impl File {
             .map(|(name, stream)| {
                 let key = format!("streams.{name}");
                 name_rule(&key, "stream", name)?;
+                let last_value = stream.last_value.prefixes();
+                if last_value.len() > MAX_LAST_VALUE_PREFIXES {
+                    return Err(ConfigError::new(
+                        format!("{key}.last_value"),
+                        format!(
+                            "at most {MAX_LAST_VALUE_PREFIXES} prefixes (true keeps every topic)"
+                        ),
+                    ));
+                }
                 Ok(Stream {
                     name: name.clone(),
                     endpoint: endpoint(&format!("{key}.endpoint"), &stream.endpoint)?,
                     curve_server_key: server_key(&key, &stream.curve_server_key)?,
+                    last_value,
+                    last_value_max_topics: stream.last_value_max_topics,
+                    last_value_max_bytes: stream.last_value_max_bytes,
                 })
             })
             .collect()
@@ -871,6 +942,9 @@ const FDS_PER_TARGET: u64 = 3;
 /// heartbeats) and room for targets re-pointed by a reload, which hold two
 /// sockets until the old one is drained.
 const MAX_TARGETS: usize = 1000;
+/// `last_value` prefixes per stream, at most: each upstream message is
+/// matched against all of them.
+const MAX_LAST_VALUE_PREFIXES: usize = 64;
 
 /// The targets, if the bridge can open them all: at most [`MAX_TARGETS`],
 /// and at most half of the open-file limit (the other half is kept for
