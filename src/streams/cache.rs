@@ -64,8 +64,12 @@ impl Cache {
             let key = self.order.remove(&entry.tick).unwrap_or_default();
             self.order.insert(self.tick, key);
             entry.tick = self.tick;
-            entry.frames.clear();
-            entry.frames.extend(frames.iter().map(|f| f.to_vec()));
+            // In place: a topic updated again allocates nothing.
+            entry.frames.resize_with(frames.len(), Vec::new);
+            for (kept, frame) in entry.frames.iter_mut().zip(frames) {
+                kept.clear();
+                kept.extend_from_slice(frame);
+            }
             self.counts.bytes += bytes;
             if bytes > self.max_bytes {
                 self.counts.too_large += 1;

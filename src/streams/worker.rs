@@ -127,6 +127,9 @@ impl Worker {
                     self.on_subscriptions(port);
                 }
             }
+            // One clock reading for the messages of a round: the machine
+            // uses it only to pace its warnings.
+            let now = Instant::now();
             for (i, readable) in ready.upstreams.iter().enumerate() {
                 if !*readable {
                     continue;
@@ -134,7 +137,6 @@ impl Worker {
                 for _ in 0..BATCH {
                     match recv_frames(&self.upstreams[i].socket, &mut frames) {
                         Ok(true) => {
-                            let now = Instant::now();
                             let event = Event::Message {
                                 upstream: i,
                                 frames: &frames,

@@ -204,7 +204,10 @@ fn late_joiner(exe: &std::path::Path, rounds: usize) -> anyhow::Result<serde_jso
         format!("tcp://127.0.0.1:{pub_port}"),
     ];
     let mut waits = [Vec::new(), Vec::new()];
-    for _ in 0..rounds.max(5) {
+    for round in 0..rounds.max(5) {
+        // Joins spread over the publisher's period: a join right after a
+        // publish would wait the whole period through the proxy.
+        std::thread::sleep(Duration::from_millis((round as u64 * 130) % 500));
         for (endpoint, samples) in endpoints.iter().zip(&mut waits) {
             samples.push(first_message(endpoint)?.as_secs_f64() * 1000.0);
         }
