@@ -95,12 +95,13 @@ pub struct StreamFile {
     #[serde(default, skip_serializing_if = "LastValue::is_off")]
     pub last_value: LastValue,
     /// Topics whose last value is kept, at most (the topics updated
-    /// longest ago go first).
-    #[serde(default = "default_last_value_max_topics")]
-    pub last_value_max_topics: usize,
-    /// Bytes of last values kept, at most (the frames' lengths).
-    #[serde(default = "default_last_value_max_bytes")]
-    pub last_value_max_bytes: usize,
+    /// longest ago go first); 10,000 if not given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_value_max_topics: Option<usize>,
+    /// Bytes of last values kept, at most (the frames' lengths); 64 MiB if
+    /// not given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_value_max_bytes: Option<usize>,
 }
 
 /// A stream's `last_value`: `true`, `false` or a list of topic prefixes.
@@ -139,13 +140,9 @@ impl LastValue {
     }
 }
 
-fn default_last_value_max_topics() -> usize {
-    10_000
-}
-
-fn default_last_value_max_bytes() -> usize {
-    64 << 20
-}
+/// A stream's last values kept, at most, unless its table says.
+const LAST_VALUE_MAX_TOPICS: usize = 10_000;
+const LAST_VALUE_MAX_BYTES: usize = 64 << 20;
 
 macro_rules! keys {
     ($( $(#[doc = $doc:literal])* $name:ident : $ty:ty = $default:expr ;)*) => {
@@ -900,13 +897,28 @@ impl File {
                         ),
                     ));
                 }
+                let bound = |field: &str, value: Option<usize>, default: usize| match value {
+                    Some(0) => Err(ConfigError::new(
+                        format!("{key}.{field}"),
+                        "must be at least 1".to_string(),
+                    )),
+                    value => Ok(value.unwrap_or(default)),
+                };
                 Ok(Stream {
                     name: name.clone(),
                     endpoint: endpoint(&format!("{key}.endpoint"), &stream.endpoint)?,
                     curve_server_key: server_key(&key, &stream.curve_server_key)?,
                     last_value,
-                    last_value_max_topics: stream.last_value_max_topics,
-                    last_value_max_bytes: stream.last_value_max_bytes,
+                    last_value_max_topics: bound(
+                        "last_value_max_topics",
+                        stream.last_value_max_topics,
+                        LAST_VALUE_MAX_TOPICS,
+                    )?,
+                    last_value_max_bytes: bound(
+                        "last_value_max_bytes",
+                        stream.last_value_max_bytes,
+                        LAST_VALUE_MAX_BYTES,
+                    )?,
                 })
             })
             .collect()
@@ -1130,6 +1142,39 @@ mod tests {
             Ok(_) => panic!("accepted: {text}"),
             Err(e) => e,
         }
+    }
+
+    #[test]
+    fn last_values_take_true_or_prefixes_and_bounds_of_at_least_one() {
+        let stream = |keys: &str| {
+            let text = format!("[streams.s]\nendpoint = \"tcp://127.0.0.1:9\"\n{keys}");
+            File::from_toml_str(&text)
+                .and_then(|f| f.validate())
+                .map(|c| c.streams[0].clone())
+        };
+        let off = stream("").unwrap();
+        assert!(off.last_value.is_empty());
+        assert_eq!(
+            (off.last_value_max_topics, off.last_value_max_bytes),
+            (10_000, 64 << 20)
+        );
+        assert!(stream("last_value = false").unwrap().last_value.is_empty());
+        assert_eq!(stream("last_value = true").unwrap().last_value, [b""]);
+        let listed =
+            stream("last_value = [\"b.\", \"a.\", \"b.\"]\nlast_value_max_topics = 5").unwrap();
+        assert_eq!(listed.last_value, [b"a.".to_vec(), b"b.".to_vec()]);
+        assert_eq!(listed.last_value_max_topics, 5);
+        let e = stream("last_value = true\nlast_value_max_bytes = 0").unwrap_err();
+        assert_eq!(e.key, "streams.s.last_value_max_bytes");
+        let many: Vec<String> = (0..65).map(|i| format!("\"p{i}\"")).collect();
+        let e = stream(&format!("last_value = [{}]", many.join(","))).unwrap_err();
+        assert_eq!(e.key, "streams.s.last_value");
+        assert!(stream("last_value = 3").is_err());
+        // check-config shows the keys only where they are set.
+        let shown = File::from_toml_str("[streams.s]\nendpoint = \"tcp://127.0.0.1:9\"\n")
+            .unwrap()
+            .to_toml();
+        assert!(!shown.contains("last_value"), "{shown}");
     }
 
     #[test]
