@@ -153,6 +153,7 @@ pub fn stream(seconds: f64, rounds: usize, rate: f64) -> anyhow::Result<()> {
     drop(proxy);
     drop(publisher);
     let late = late_joiner(&exe, rounds)?;
+    let repeated = repeats(&exe)?;
     let failover = kill_9(&exe, rate)?;
     let ratio = |r: f64| (r * 100.0).round() / 100.0;
     println!(
@@ -163,6 +164,7 @@ pub fn stream(seconds: f64, rounds: usize, rate: f64) -> anyhow::Result<()> {
             "ratio_to_proxy_last_value": ratio(with_kept / proxied),
             "ratio_to_direct": ratio(bridged / direct),
             "late_joiner": late,
+            "repeats": repeated,
             "kill_9": failover,
         })
     );
@@ -250,6 +252,88 @@ fn raw_subscriber(
         }
         Ok(())
     })
+}
+
+/// Topics kept for [`repeats`].
+const KEPT_TOPICS: usize = 10_000;
+
+/// What a late joiner costs those already subscribed: a bridge keeping
+/// the last value of 10,000 topics under `t.`, a subscriber to `t.` that
+/// has them, then a second one joins: how long until it has them all, and
+/// how many the first gets again (flagged), in how long.
+fn repeats(exe: &std::path::Path) -> anyhow::Result<serde_json::Value> {
+    let context = zmq::Context::new();
+    let publisher = context.socket(zmq::PUB)?;
+    publisher.set_linger(0)?;
+    publisher.set_sndhwm(0)?;
+    publisher.bind("tcp://127.0.0.1:*")?;
+    let upstream = publisher
+        .get_last_endpoint()?
+        .map_err(|_| anyhow::anyhow!("non-UTF-8 endpoint"))?;
+    let config = stream_config(&upstream, "last_value = true\n");
+    let pub_port = free_port();
+    let bridge = lone_stream_bridge(exe, &config, pub_port)?;
+    let kept = || {
+        status(&bridge.frontend)
+            .and_then(|s| s["streams"]["bench"]["last_values"]["topics"].as_u64())
+    };
+    // The bridge's subscription reaches the publisher a moment after the
+    // connection: publish again until every topic is kept.
+    let payload = [b'x'; PAYLOAD];
+    for _ in 0..5 {
+        for i in 0..KEPT_TOPICS {
+            publisher.send(format!("t.{i:05}").as_bytes(), zmq::SNDMORE)?;
+            publisher.send(&payload[..], 0)?;
+        }
+        if wait_until(Duration::from_secs(2), || {
+            kept() == Some(KEPT_TOPICS as u64)
+        }) {
+            break;
+        }
+    }
+    if kept() != Some(KEPT_TOPICS as u64) {
+        bail!("the bridge kept {:?} topics, not {KEPT_TOPICS}", kept());
+    }
+    let endpoint = format!("tcp://127.0.0.1:{pub_port}");
+    let join = || -> anyhow::Result<zmq::Socket> {
+        let socket = context.socket(zmq::SUB)?;
+        socket.set_linger(0)?;
+        socket.set_rcvhwm(0)?;
+        socket.set_subscribe(b"t.")?;
+        socket.connect(&endpoint)?;
+        Ok(socket)
+    };
+    // Messages until `n` last values have come: the time it took.
+    let take = |socket: &zmq::Socket, start: Instant| -> anyhow::Result<Duration> {
+        let mut flagged = 0;
+        while flagged < KEPT_TOPICS {
+            if socket.poll(zmq::POLLIN, 5000)? == 0 {
+                bail!("{flagged} of {KEPT_TOPICS} last values within 5 s");
+            }
+            while let Ok(frames) = socket.recv_multipart(zmq::DONTWAIT) {
+                let last = frames.last().map(Vec::as_slice).unwrap_or_default();
+                if zbridge_protocol::stream::parse_stamp(last).is_some_and(|s| s.last_value) {
+                    flagged += 1;
+                }
+            }
+        }
+        Ok(start.elapsed())
+    };
+    let first = join()?;
+    take(&first, Instant::now())?;
+    let start = Instant::now();
+    let second = join()?;
+    let joined = take(&second, start)?;
+    let repeated = take(&first, start)?;
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    println!(
+        "a late joiner to a prefix with {KEPT_TOPICS} kept topics ({PAYLOAD} B): it has them all {:.1} ms after its connect; the subscriber already there gets all {KEPT_TOPICS} again (flagged), the last {:.1} ms after the join",
+        ms(joined),
+        ms(repeated)
+    );
+    Ok(
+        json!({"topics": KEPT_TOPICS, "joiner_all_ms": ms(joined), "repeats_to_existing": KEPT_TOPICS, "repeats_done_ms": ms(repeated)}),
+    )
 }
 
 /// A pair on loopback relaying a stream published at `rate`; plain SUBs on
