@@ -434,3 +434,37 @@ fn a_refused_subscription_gets_no_last_values() {
     }
     assert_eq!(run.at(1, sub(0, "state.")), vec![]);
 }
+
+#[test]
+fn an_upstream_reconnecting_during_a_takeover_numbers_on_for_both_ports_under_a_new_session() {
+    let mut run = Run::bound();
+    run.table(vec![
+        (0, Event::UpstreamUp(0), vec![]),
+        (1, sub(0, "x."), both(true, "x.")),
+        (2, Event::Hold(1), vec![Action::Bind(1)]),
+        (2, Event::Bound(1, "tcp://127.0.0.1:5631".into()), vec![]),
+        (3, sub(1, "x."), vec![]),
+    ]);
+    assert_eq!(run.message(0, "x.1"), seqs(&[("x.", 1)]));
+    run.table(vec![
+        (4, Event::UpstreamDown(0), vec![]),
+        (5, Event::UpstreamUp(0), vec![]),
+        (6, Event::Release(0), vec![Action::Close(0)]),
+    ]);
+    assert_eq!(run.message(0, "x.2"), seqs(&[("x.", 2)]));
+    assert_eq!(parse_stamp(run.machine.stamp()).unwrap().session, 1);
+}
+
+#[test]
+fn a_bridge_holding_no_pub_port_keeps_last_values_and_gives_them_once_it_binds() {
+    // A passive before it binds 5631, or one between ports.
+    let mut run = Run::new();
+    assert_eq!(run.message(1, "state.a"), None);
+    assert_eq!(run.at(1, sub(0, "state.")), vec![]);
+    run.at(2, Event::Hold(0));
+    run.at(2, Event::Bound(0, "tcp://127.0.0.1:5630".into()));
+    assert_eq!(
+        replays(&run.at(3, sub(0, "state."))),
+        [(0, "state.a".into(), vec![("state.".into(), 0)])]
+    );
+}
