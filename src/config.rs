@@ -90,7 +90,59 @@ pub struct StreamFile {
     /// The publisher's CURVE public key (Z85), as for a target.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub curve_server_key: Option<String>,
+    /// Keep the last message per topic and give it to a new subscription:
+    /// `true` (every topic) or a list of topic prefixes.
+    #[serde(default, skip_serializing_if = "LastValue::is_off")]
+    pub last_value: LastValue,
+    /// Topics whose last value is kept, at most (the topics updated
+    /// longest ago go first); 10,000 if not given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_value_max_topics: Option<usize>,
+    /// Bytes of last values kept, at most (the frames' lengths); 64 MiB if
+    /// not given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_value_max_bytes: Option<usize>,
 }
+
+/// A stream's `last_value`: `true`, `false` or a list of topic prefixes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum LastValue {
+    All(bool),
+    Prefixes(Vec<String>),
+}
+
+impl Default for LastValue {
+    fn default() -> Self {
+        LastValue::All(false)
+    }
+}
+
+impl LastValue {
+    fn is_off(&self) -> bool {
+        self.prefixes().is_empty()
+    }
+
+    /// The prefixes whose topics keep their last value (none: off; the
+    /// empty prefix: every topic).
+    fn prefixes(&self) -> Vec<Vec<u8>> {
+        match self {
+            LastValue::All(false) => Vec::new(),
+            LastValue::All(true) => vec![Vec::new()],
+            LastValue::Prefixes(list) => {
+                let mut prefixes: Vec<Vec<u8>> =
+                    list.iter().map(|p| p.as_bytes().to_vec()).collect();
+                prefixes.sort();
+                prefixes.dedup();
+                prefixes
+            }
+        }
+    }
+}
+
+/// A stream's last values kept, at most, unless its table says.
+const LAST_VALUE_MAX_TOPICS: usize = 10_000;
+const LAST_VALUE_MAX_BYTES: usize = 64 << 20;
 
 macro_rules! keys {
     ($( $(#[doc = $doc:literal])* $name:ident : $ty:ty = $default:expr ;)*) => {
@@ -339,6 +391,10 @@ pub struct Stream {
     pub name: String,
     pub endpoint: String,
     pub curve_server_key: Option<PublicKey>,
+    /// Topics under these prefixes keep their last value (empty: off).
+    pub last_value: Vec<Vec<u8>>,
+    pub last_value_max_topics: usize,
+    pub last_value_max_bytes: usize,
 }
 
 /// A validated configuration, ready to run.
@@ -832,10 +888,37 @@ impl File {
             .map(|(name, stream)| {
                 let key = format!("streams.{name}");
                 name_rule(&key, "stream", name)?;
+                let last_value = stream.last_value.prefixes();
+                if last_value.len() > MAX_LAST_VALUE_PREFIXES {
+                    return Err(ConfigError::new(
+                        format!("{key}.last_value"),
+                        format!(
+                            "at most {MAX_LAST_VALUE_PREFIXES} prefixes (true keeps every topic)"
+                        ),
+                    ));
+                }
+                let bound = |field: &str, value: Option<usize>, default: usize| match value {
+                    Some(0) => Err(ConfigError::new(
+                        format!("{key}.{field}"),
+                        "must be at least 1".to_string(),
+                    )),
+                    value => Ok(value.unwrap_or(default)),
+                };
                 Ok(Stream {
                     name: name.clone(),
                     endpoint: endpoint(&format!("{key}.endpoint"), &stream.endpoint)?,
                     curve_server_key: server_key(&key, &stream.curve_server_key)?,
+                    last_value,
+                    last_value_max_topics: bound(
+                        "last_value_max_topics",
+                        stream.last_value_max_topics,
+                        LAST_VALUE_MAX_TOPICS,
+                    )?,
+                    last_value_max_bytes: bound(
+                        "last_value_max_bytes",
+                        stream.last_value_max_bytes,
+                        LAST_VALUE_MAX_BYTES,
+                    )?,
                 })
             })
             .collect()
@@ -871,6 +954,9 @@ const FDS_PER_TARGET: u64 = 3;
 /// heartbeats) and room for targets re-pointed by a reload, which hold two
 /// sockets until the old one is drained.
 const MAX_TARGETS: usize = 1000;
+/// `last_value` prefixes per stream, at most: each upstream message is
+/// matched against all of them.
+const MAX_LAST_VALUE_PREFIXES: usize = 64;
 
 /// The targets, if the bridge can open them all: at most [`MAX_TARGETS`],
 /// and at most half of the open-file limit (the other half is kept for
@@ -1056,6 +1142,39 @@ mod tests {
             Ok(_) => panic!("accepted: {text}"),
             Err(e) => e,
         }
+    }
+
+    #[test]
+    fn last_values_take_true_or_prefixes_and_bounds_of_at_least_one() {
+        let stream = |keys: &str| {
+            let text = format!("[streams.s]\nendpoint = \"tcp://127.0.0.1:9\"\n{keys}");
+            File::from_toml_str(&text)
+                .and_then(|f| f.validate())
+                .map(|c| c.streams[0].clone())
+        };
+        let off = stream("").unwrap();
+        assert!(off.last_value.is_empty());
+        assert_eq!(
+            (off.last_value_max_topics, off.last_value_max_bytes),
+            (10_000, 64 << 20)
+        );
+        assert!(stream("last_value = false").unwrap().last_value.is_empty());
+        assert_eq!(stream("last_value = true").unwrap().last_value, [b""]);
+        let listed =
+            stream("last_value = [\"b.\", \"a.\", \"b.\"]\nlast_value_max_topics = 5").unwrap();
+        assert_eq!(listed.last_value, [b"a.".to_vec(), b"b.".to_vec()]);
+        assert_eq!(listed.last_value_max_topics, 5);
+        let e = stream("last_value = true\nlast_value_max_bytes = 0").unwrap_err();
+        assert_eq!(e.key, "streams.s.last_value_max_bytes");
+        let many: Vec<String> = (0..65).map(|i| format!("\"p{i}\"")).collect();
+        let e = stream(&format!("last_value = [{}]", many.join(","))).unwrap_err();
+        assert_eq!(e.key, "streams.s.last_value");
+        assert!(stream("last_value = 3").is_err());
+        // check-config shows the keys only where they are set.
+        let shown = File::from_toml_str("[streams.s]\nendpoint = \"tcp://127.0.0.1:9\"\n")
+            .unwrap()
+            .to_toml();
+        assert!(!shown.contains("last_value"), "{shown}");
     }
 
     #[test]

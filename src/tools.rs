@@ -145,11 +145,19 @@ pub fn subscribe(
                 "stream": m.stream, "prefix": text(&m.prefix), "seq": m.seq,
                 "source": format!("{:016x}", m.source),
                 "frames": m.frames.iter().map(|f| text(f)).collect::<Vec<_>>(),
+                "last_value": m.last_value,
             })
             .to_string(),
             (Delivery::Message(m), false) => {
                 let frames: Vec<String> = m.frames.iter().map(|f| text(f)).collect();
-                format!("{} #{} {}", m.stream, m.seq, frames.join(" | "))
+                // A last value is the topic's state as the bridge kept
+                // it, not a new message: no number of its own.
+                let number = if m.last_value {
+                    "(last value)".to_string()
+                } else {
+                    format!("#{}", m.seq)
+                };
+                format!("{} {number} {}", m.stream, frames.join(" | "))
             }
             (
                 Delivery::Gap {

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use zbridge_client::{ClientConfig, Delivery, Subscriber};
 
 /// The pyzmq publisher of tests/peers on `port` (0: any), with its flags.
-fn publisher(port: u16, flags: &[&str]) -> (Process, u16) {
+pub(crate) fn publisher(port: u16, flags: &[&str]) -> (Process, u16) {
     let mut command = Command::new("python3");
     command
         .arg(root().join("tests/peers/publisher.py"))
@@ -20,15 +20,21 @@ fn publisher(port: u16, flags: &[&str]) -> (Process, u16) {
 }
 
 /// A config with one stream, `dream`, from `port`.
-fn stream_config(port: u16) -> TempConfig {
+pub(crate) fn stream_config(port: u16) -> TempConfig {
+    stream_config_with(port, "")
+}
+
+/// A config with one stream, `dream`, from `port`, with more keys of its
+/// table (`extra`: TOML lines).
+pub(crate) fn stream_config_with(port: u16, extra: &str) -> TempConfig {
     TempConfig::new(&format!(
-        "[streams.dream]\nendpoint = \"tcp://127.0.0.1:{port}\"\n"
+        "[streams.dream]\nendpoint = \"tcp://127.0.0.1:{port}\"\n{extra}"
     ))
 }
 
 /// A lone active bridge with the stream of `config`, its pub port on
 /// `pub_port`.
-fn stream_bridge(config: &TempConfig, pub_port: u16, extra: &[String]) -> BridgeProcess {
+pub(crate) fn stream_bridge(config: &TempConfig, pub_port: u16, extra: &[String]) -> BridgeProcess {
     let mut flags = vec![
         config.flag(),
         format!("--primary-pub-port={pub_port}"),
@@ -64,17 +70,17 @@ impl LoneStream {
 }
 
 /// The `dream` stream's part of the status document.
-fn dream(bridge: &BridgeProcess) -> Value {
+pub(crate) fn dream(bridge: &BridgeProcess) -> Value {
     status(&bridge.frontend)["streams"]["dream"].clone()
 }
 
 /// Whether the `dream` stream comes up within 5 s.
-fn stream_up(bridge: &BridgeProcess) -> bool {
+pub(crate) fn stream_up(bridge: &BridgeProcess) -> bool {
     wait_until(Duration::from_secs(5), || dream(bridge)["up"] == true)
 }
 
 /// The library's settings for pub endpoints on this host.
-fn subscriber_settings(pub_ports: &[u16]) -> ClientConfig {
+pub(crate) fn subscriber_settings(pub_ports: &[u16]) -> ClientConfig {
     let mut settings = ClientConfig::local();
     settings.pub_endpoints = pub_ports
         .iter()
@@ -85,7 +91,7 @@ fn subscriber_settings(pub_ports: &[u16]) -> ClientConfig {
 }
 
 /// The publisher's counter in a message (its second frame).
-fn counter(frames: &[Vec<u8>]) -> u64 {
+pub(crate) fn counter(frames: &[Vec<u8>]) -> u64 {
     std::str::from_utf8(&frames[1]).unwrap().parse().unwrap()
 }
 
@@ -97,6 +103,7 @@ struct Feed {
     gaps: u64,
     unknown_gaps: u64,
     moves: u64,
+    last_values: u64,
 }
 
 impl Feed {
@@ -105,6 +112,7 @@ impl Feed {
             Delivery::Message(m) => {
                 self.counters.push(counter(&m.frames));
                 self.sources.push(m.source);
+                self.last_values += u64::from(m.last_value);
             }
             Delivery::Gap {
                 missed: Some(n), ..
@@ -243,9 +251,10 @@ fn the_upstream_is_asked_for_a_prefix_only_once_someone_subscribes_to_it() {
 /// A pair relaying a stream published at 1,000 msg/s, a library
 /// subscriber, then `signal` to the active: the subscriber must move to
 /// the passive's copies, in order, and report exactly what it missed.
-fn fault_of_the_active_with_a_subscriber(signal: &str) {
+/// `stream_keys`: more keys of the stream's table.
+fn fault_of_the_active_with_a_subscriber(signal: &str, stream_keys: &str) -> Feed {
     let (_publisher, port) = publisher(0, &["--topics=a.", "--rate=1000", "--count=60000"]);
-    let config = stream_config(port);
+    let config = stream_config_with(port, stream_keys);
     let pub_ports = [free_port(), free_port()];
     let pair = Pair::new(&[
         &config.flag(),
@@ -305,17 +314,27 @@ fn fault_of_the_active_with_a_subscriber(signal: &str) {
         feed.gaps,
         "what it missed is what it reported"
     );
+    feed
 }
 
 #[test]
 fn kill_9_of_the_active_at_1000_messages_per_second_the_subscriber_moves_and_counts_what_it_missed()
 {
-    fault_of_the_active_with_a_subscriber("KILL");
+    fault_of_the_active_with_a_subscriber("KILL", "");
 }
 
 #[test]
 fn a_hung_active_is_left_by_the_subscriber_when_its_connection_falls_silent() {
-    fault_of_the_active_with_a_subscriber("STOP");
+    fault_of_the_active_with_a_subscriber("STOP", "");
+}
+
+#[test]
+fn with_last_values_kill_9_of_the_active_costs_the_library_subscriber_no_gap_and_no_duplicate() {
+    let feed = fault_of_the_active_with_a_subscriber("KILL", "last_value = true\n");
+    // In order once (checked above); nothing missed, no gap: the new
+    // active's last values to the reconnected link are all dropped as had.
+    assert_eq!((feed.missed(1), feed.gaps), (0, 0), "{feed:?}");
+    assert!(feed.last_values <= 1, "at most the first: {feed:?}");
 }
 
 #[test]

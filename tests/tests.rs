@@ -11,6 +11,7 @@ mod errors;
 mod garbage;
 mod ha;
 mod keepalived;
+mod last_values;
 mod monitor;
 mod netns;
 mod packages;

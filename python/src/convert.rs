@@ -124,6 +124,7 @@ pub fn delivery<'py>(py: Python<'py>, d: &Delivery) -> PyResult<Bound<'py, PyAny
                 frames_out(py, &m.frames)?,
                 m.source,
                 m.session,
+                m.last_value,
             ),
         ),
         Delivery::Gap {

@@ -110,3 +110,26 @@ def test_async_iteration_delivers_the_stream_in_order(lab):
     assert all(isinstance(d, zbridge.StreamMessage) and d.frames[0] == b"b." for d in got), got[:3]
     seqs = [d.seq for d in got]
     assert seqs == list(range(seqs[0], seqs[0] + 300)), "numbered under b. one by one, in order"
+
+
+def test_a_late_subscriber_starts_with_the_last_values_flagged_then_goes_on_live(lab):
+    # The bridge asks for everything ("") for its cache; the publisher
+    # starts then, and stays up after its 30 messages.
+    upstream = lab.publisher("--topics=state.a,state.b,event.", "--rate=1000", "--count=30", "--wait-subscriber")
+    pub_port = free_port()
+    bridge = lab.bridge(
+        lab.config(f'[streams.dream]\nendpoint = "{upstream}"\nlast_value = true\n'),
+        f"--primary-pub-port={pub_port}",
+        f"--secondary-pub-port={free_port()}",
+    )
+    assert wait_until(lambda: dream(bridge).get("last_values", {}).get("topics") == 3, 10), dream(bridge)
+    client = zbridge.Client(endpoints=[bridge.frontend], heartbeat_endpoints=[], pub_endpoints=[tcp(pub_port)])
+    with client, client.subscribe("dream", "state.") as sub:
+        got = [sub.recv(timeout=5), sub.recv(timeout=5)]
+        # Nothing more: the publisher has stopped and the rest is event.
+        assert sub.recv(timeout=0.2) is None
+    # Message i has topic i % 3: the last state.a is 27, state.b 28.
+    assert [(d.frames[0], int(d.frames[1]), d.last_value) for d in got] == [
+        (b"state.a", 27, True),
+        (b"state.b", 28, True),
+    ], got

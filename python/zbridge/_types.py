@@ -159,7 +159,10 @@ class StreamMessage:
 
     ``prefix`` is the subscribed prefix it was numbered under, ``seq`` its
     number there, ``source`` the numbering bridge process, ``session`` that
-    bridge's connection to the upstream.
+    bridge's connection to the upstream. ``last_value``: the last message
+    of its topic as the bridge kept it (a stream with ``last_value``),
+    given as the subscription began, not a new publish; ``seq`` is then the
+    number of the last message published under the prefix.
     """
 
     stream: str
@@ -168,6 +171,7 @@ class StreamMessage:
     frames: List[bytes] = field(repr=False)
     source: int
     session: int
+    last_value: bool = False
 
 
 @dataclass(frozen=True)

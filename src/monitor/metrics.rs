@@ -382,6 +382,11 @@ fn stream_metrics(registry: &mut Registry, status: &Value) {
     let refused = Family::<Labels, Counter>::default();
     let up = Family::<Labels, Gauge<f64, AtomicU64>>::default();
     let subscriptions = Family::<Labels, Gauge<f64, AtomicU64>>::default();
+    let lv_topics = Family::<Labels, Gauge<f64, AtomicU64>>::default();
+    let lv_bytes = Family::<Labels, Gauge<f64, AtomicU64>>::default();
+    let lv_evicted = Family::<Labels, Counter>::default();
+    let lv_too_large = Family::<Labels, Counter>::default();
+    let lv_replayed = Family::<Labels, Counter>::default();
     for (name, stream) in streams {
         let s = labels(&[("stream", name)]);
         let count = |key: &str| stream[key].as_u64().unwrap_or(0);
@@ -398,7 +403,45 @@ fn stream_metrics(registry: &mut Registry, status: &Value) {
         subscriptions
             .get_or_create(&s)
             .set(count("subscriptions") as f64);
+        let kept = &stream["last_values"];
+        if kept.is_object() {
+            let count = |key: &str| kept[key].as_u64().unwrap_or(0);
+            lv_topics.get_or_create(&s).set(count("topics") as f64);
+            lv_bytes.get_or_create(&s).set(count("bytes") as f64);
+            lv_evicted.get_or_create(&s).inc_by(count("evicted_total"));
+            lv_too_large
+                .get_or_create(&s)
+                .inc_by(count("too_large_total"));
+            lv_replayed
+                .get_or_create(&s)
+                .inc_by(count("replayed_total"));
+        }
     }
+    registry.register(
+        "zbridge_stream_last_value_topics",
+        "Topics whose last message the bridge keeps for new subscribers (last_value)",
+        lv_topics,
+    );
+    registry.register(
+        "zbridge_stream_last_value_bytes",
+        "Bytes of last values kept (the frames' lengths; last_value_max_bytes bounds them)",
+        lv_bytes,
+    );
+    registry.register(
+        "zbridge_stream_last_value_evicted",
+        "Last values dropped to stay within last_value_max_topics or last_value_max_bytes",
+        lv_evicted,
+    );
+    registry.register(
+        "zbridge_stream_last_value_too_large",
+        "Messages not kept as a last value because they alone pass last_value_max_bytes",
+        lv_too_large,
+    );
+    registry.register(
+        "zbridge_stream_last_value_replayed",
+        "Last values sent to new subscriptions",
+        lv_replayed,
+    );
     registry.register(
         "zbridge_stream_received",
         "Messages read from a stream's upstream",
@@ -479,7 +522,8 @@ mod tests {
         assert!(!text.contains("quantile"), "{text}");
         assert!(text.ends_with("# EOF\n"), "{text}");
         let text = openmetrics(
-            &json!({"streams": {"dream": {"up": true, "subscriber_stalls_total": 3}}}),
+            &json!({"streams": {"dream": {"up": true, "subscriber_stalls_total": 3,
+                "last_values": {"topics": 2, "evicted_total": 5}}}}),
             Vec::new(),
         );
         assert!(
@@ -490,6 +534,12 @@ mod tests {
             text.contains("zbridge_stream_up{stream=\"dream\"} 1"),
             "{text}"
         );
+        for line in [
+            "zbridge_stream_last_value_topics{stream=\"dream\"} 2.0",
+            "zbridge_stream_last_value_evicted_total{stream=\"dream\"} 5",
+        ] {
+            assert!(text.contains(line), "{line} in {text}");
+        }
     }
 
     #[test]

@@ -18,6 +18,15 @@
 //! past that it delivers what it has and reports a gap of unknown size.
 //! Identical consecutive messages are told apart only by position, so a
 //! repeat of the same bytes may be matched one too early.
+//!
+//! Last values (a stream with `last_value`) carry the number of the last
+//! message published under the prefix. A feed with nothing delivered yet
+//! starts with them; further last values at that same number are
+//! delivered once each (by content) until a live message comes. A feed
+//! that has delivered live messages drops them: it has had every message
+//! up to its number (or been told of its loss as a gap), and a last value
+//! numbered above it was read before the live messages that another
+//! connection of the same bridge still holds, which will follow.
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -62,6 +71,10 @@ pub struct StreamMessage {
     /// The bridge's connection to the upstream (see the stamp).
     pub session: u32,
     pub frames: Vec<Vec<u8>>,
+    /// The last value of its topic, from the bridge's cache, given to this
+    /// subscriber as it subscribed: not a new publish. `seq` is then the
+    /// number of the last message published under the prefix.
+    pub last_value: bool,
 }
 
 #[derive(Default)]
@@ -79,6 +92,9 @@ struct Feed {
     /// Moving since this time: waiting for the last delivered message to
     /// show up among another source's copies.
     moving_since: Option<Instant>,
+    /// The last values delivered at the current position (their content
+    /// hashes); empty once a live message has been delivered.
+    last_values: HashSet<u64>,
 }
 
 #[derive(Clone, Copy)]
@@ -141,7 +157,20 @@ impl Merge {
         match feed.current {
             None => {
                 feed.current = Some(Position::of(&message, hash));
+                if message.last_value {
+                    feed.last_values.insert(hash);
+                }
                 self.out.push_back(Delivery::Message(message));
+            }
+            Some(at) if at.source == message.source && message.last_value => {
+                feed.moving_since = None;
+                let fresh = message.seq == at.seq
+                    && message.session == at.session
+                    && !feed.last_values.is_empty()
+                    && feed.last_values.insert(hash);
+                if fresh {
+                    self.out.push_back(Delivery::Message(message));
+                }
             }
             Some(at) if at.source == message.source => {
                 // Its connection is back (a blip, not a death): stay.
@@ -164,6 +193,7 @@ impl Merge {
                     });
                 }
                 feed.current = Some(Position::of(&message, hash));
+                feed.last_values.clear();
                 self.out.push_back(Delivery::Message(message));
             }
             Some(at) => {
@@ -247,6 +277,7 @@ fn move_feed(feed: &mut Feed, now: Instant, grace: Duration, out: &mut VecDeque<
         None => return,
     };
     feed.moving_since = None;
+    feed.last_values.clear();
     let held = feed.standby.remove(&to).unwrap_or_default().held;
     let mut last = None;
     if let Some(h) = start.checked_sub(1).and_then(|i| held.get(i)) {
@@ -309,6 +340,14 @@ mod tests {
             source,
             session: 0,
             frames: vec![b"a.x".to_vec(), body.as_bytes().to_vec()],
+            last_value: false,
+        }
+    }
+
+    fn last_value(source: u64, seq: u64, body: &str) -> StreamMessage {
+        StreamMessage {
+            last_value: true,
+            ..message(source, seq, body)
         }
     }
 
@@ -413,5 +452,47 @@ mod tests {
         merge.tick(now + GRACE, GRACE);
         assert_eq!(drain(&mut merge), ["moved 1->2", "gap ?", "m8"]);
         assert_eq!(merge.next_deadline(GRACE), None);
+    }
+
+    #[test]
+    fn a_new_feed_starts_with_the_last_values_each_once_then_goes_on_live() {
+        let (mut merge, now) = (Merge::default(), Instant::now());
+        merge.message(now, GRACE, last_value(7, 40, "x=1"));
+        merge.message(now, GRACE, last_value(7, 40, "y=2"));
+        // The same last values again (another subscriber subscribed).
+        merge.message(now, GRACE, last_value(7, 40, "x=1"));
+        merge.message(now, GRACE, message(7, 41, "m41"));
+        // Replayed again after live messages: already had.
+        merge.message(now, GRACE, last_value(7, 41, "y=2"));
+        merge.message(now, GRACE, message(7, 42, "m42"));
+        assert_eq!(drain(&mut merge), ["x=1", "y=2", "m41", "m42"]);
+    }
+
+    #[test]
+    fn a_last_value_read_before_the_live_messages_it_follows_is_dropped_and_they_are_not() {
+        // Two connections to one bridge (during a takeover): the replay on
+        // one is read before the live messages still queued on the other.
+        let (mut merge, now) = (Merge::default(), Instant::now());
+        merge.message(now, GRACE, message(7, 1, "m1"));
+        merge.message(now, GRACE, last_value(7, 3, "m3"));
+        merge.message(now, GRACE, message(7, 2, "m2"));
+        merge.message(now, GRACE, message(7, 3, "m3"));
+        assert_eq!(drain(&mut merge), ["m1", "m2", "m3"]);
+    }
+
+    #[test]
+    fn the_other_bridges_last_values_wait_as_copies_and_a_move_skips_what_was_had() {
+        let (mut merge, now) = (Merge::default(), Instant::now());
+        merge.message(now, GRACE, last_value(1, 10, "x=1"));
+        merge.message(now, GRACE, last_value(2, 90, "x=1"));
+        merge.message(now, GRACE, message(1, 11, "m11"));
+        merge.message(now, GRACE, message(2, 91, "m11"));
+        merge.message(now, GRACE, message(2, 92, "m12"));
+        assert_eq!(drain(&mut merge), ["x=1", "m11"]);
+        merge.source_down(now, GRACE, 1);
+        assert_eq!(drain(&mut merge), ["moved 1->2", "m12"]);
+        // The new bridge replays to the connection that moved to it.
+        merge.message(now, GRACE, last_value(2, 92, "x=1"));
+        assert_eq!(drain(&mut merge), Vec::<String>::new());
     }
 }

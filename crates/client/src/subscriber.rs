@@ -206,6 +206,7 @@ impl Subscriber {
                 source: stamp.source,
                 session: stamp.session,
                 frames,
+                last_value: stamp.last_value,
             };
             self.merge.message(now, MOVE_GRACE, message);
         }

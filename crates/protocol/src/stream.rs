@@ -20,9 +20,20 @@
 //! | then, per matching prefix: 8 | sequence number, from 1 |
 //! | 2 | m, length of the prefix |
 //! | m | the prefix |
+//!
+//! A message replayed from a bridge's last-value cache (a stream with
+//! `last_value`) carries, for each prefix, the number of the last message
+//! published live under it (0 if none yet: it does not take a number of
+//! its own), then one more entry, the flag [`LAST_VALUE_FLAG`] numbered 0.
+//! Version 1 readers see the flag as one more prefix, which no subscriber
+//! asks for; [`parse_stamp`] takes it out and sets [`Stamp::last_value`].
 
 /// The stamp's format version, its first byte.
 pub const STAMP_VERSION: u8 = 1;
+
+/// The entry that marks a message replayed from the last-value cache: this
+/// prefix (a NUL byte, then `last`) numbered 0.
+pub const LAST_VALUE_FLAG: &[u8] = b"\0last";
 
 /// A parsed stamp, borrowing the frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,6 +44,10 @@ pub struct Stamp<'a> {
     /// `(prefix, sequence number)` for each subscribed prefix the message
     /// matched.
     pub seqs: Vec<(&'a [u8], u64)>,
+    /// A last value from the bridge's cache, replayed to a new
+    /// subscription, not a new publish: its numbers are those of the last
+    /// message published under each prefix.
+    pub last_value: bool,
 }
 
 impl Stamp<'_> {
@@ -45,15 +60,16 @@ impl Stamp<'_> {
     }
 }
 
-/// Write a stamp into `out` (cleared first). Prefixes longer than 65,535
-/// bytes and stream names longer than 255 are cut; the bridge's config
-/// and libzmq keep them far shorter.
+/// Write a stamp into `out` (cleared first); `last_value` adds the flag.
+/// Prefixes longer than 65,535 bytes and stream names longer than 255 are
+/// cut; the bridge's config and libzmq keep them far shorter.
 pub fn encode_stamp<'p>(
     out: &mut Vec<u8>,
     source: u64,
     session: u32,
     stream: &str,
     seqs: impl IntoIterator<Item = (&'p [u8], u64)>,
+    last_value: bool,
 ) {
     out.clear();
     out.push(STAMP_VERSION);
@@ -62,7 +78,8 @@ pub fn encode_stamp<'p>(
     let name = &stream.as_bytes()[..stream.len().min(255)];
     out.push(name.len() as u8);
     out.extend_from_slice(name);
-    for (prefix, seq) in seqs {
+    let flag = last_value.then_some((LAST_VALUE_FLAG, 0));
+    for (prefix, seq) in seqs.into_iter().chain(flag) {
         let prefix = &prefix[..prefix.len().min(usize::from(u16::MAX))];
         out.extend_from_slice(&seq.to_be_bytes());
         out.extend_from_slice(&(prefix.len() as u16).to_be_bytes());
@@ -85,6 +102,7 @@ pub fn parse_stamp(frame: &[u8]) -> Option<Stamp<'_>> {
     let (name, mut rest) = rest.split_at(usize::from(n));
     let stream = std::str::from_utf8(name).ok()?;
     let mut seqs = Vec::new();
+    let mut last_value = false;
     while !rest.is_empty() {
         let (seq, after) = rest.split_first_chunk::<8>()?;
         let (m, after) = after.split_first_chunk::<2>()?;
@@ -93,7 +111,12 @@ pub fn parse_stamp(frame: &[u8]) -> Option<Stamp<'_>> {
             return None;
         }
         let (prefix, after) = after.split_at(m);
-        seqs.push((prefix, u64::from_be_bytes(*seq)));
+        let seq = u64::from_be_bytes(*seq);
+        if seq == 0 && prefix == LAST_VALUE_FLAG {
+            last_value = true;
+        } else {
+            seqs.push((prefix, seq));
+        }
         rest = after;
     }
     Some(Stamp {
@@ -101,6 +124,7 @@ pub fn parse_stamp(frame: &[u8]) -> Option<Stamp<'_>> {
         session: u32::from_be_bytes(*session),
         stream,
         seqs,
+        last_value,
     })
 }
 
@@ -118,6 +142,7 @@ mod tests {
             3,
             "dream",
             [(&b"a."[..], 7), (&b""[..], 41)],
+            false,
         );
         let stamp = parse_stamp(&out).unwrap();
         assert_eq!(stamp.source, 0x0102_0304_0506_0708);
@@ -126,12 +151,24 @@ mod tests {
         assert_eq!(stamp.seq(b"a."), Some(7));
         assert_eq!(stamp.seq(b""), Some(41));
         assert_eq!(stamp.seq(b"b."), None);
+        assert!(!stamp.last_value);
+    }
+
+    #[test]
+    fn a_last_value_is_flagged_and_its_flag_is_no_prefix() {
+        let mut out = Vec::new();
+        encode_stamp(&mut out, 9, 0, "dream", [(&b"a."[..], 0)], true);
+        let stamp = parse_stamp(&out).unwrap();
+        assert!(stamp.last_value);
+        assert_eq!(stamp.seqs, [(&b"a."[..], 0)]);
+        // A version 1 reader that knows no flag sees one more prefix.
+        assert!(out.ends_with(b"\0\0\0\0\0\0\0\0\0\x05\0last"));
     }
 
     #[test]
     fn frames_that_are_not_stamps_are_refused() {
         let mut good = Vec::new();
-        encode_stamp(&mut good, 1, 0, "s", [(&b"topic"[..], 1)]);
+        encode_stamp(&mut good, 1, 0, "s", [(&b"topic"[..], 1)], false);
         assert!(parse_stamp(&good).is_some());
         for cut in 0..good.len() {
             // Cut inside the header or inside an entry: refused. Cut
@@ -160,16 +197,18 @@ mod tests {
             source in any::<u64>(),
             session in any::<u32>(),
             name in "[a-z]{1,20}",
-            seqs in proptest::collection::vec((proptest::collection::vec(any::<u8>(), 0..20), any::<u64>()), 0..5),
+            seqs in proptest::collection::vec((proptest::collection::vec(any::<u8>(), 0..20), 1..u64::MAX), 0..5),
+            last_value in any::<bool>(),
         ) {
             let mut out = Vec::new();
-            encode_stamp(&mut out, source, session, &name, seqs.iter().map(|(p, s)| (p.as_slice(), *s)));
+            encode_stamp(&mut out, source, session, &name, seqs.iter().map(|(p, s)| (p.as_slice(), *s)), last_value);
             let stamp = parse_stamp(&out).unwrap();
             prop_assert_eq!(stamp.source, source);
             prop_assert_eq!(stamp.session, session);
             prop_assert_eq!(stamp.stream, name.as_str());
             let back: Vec<(Vec<u8>, u64)> = stamp.seqs.iter().map(|(p, s)| (p.to_vec(), *s)).collect();
             prop_assert_eq!(back, seqs);
+            prop_assert_eq!(stamp.last_value, last_value);
         }
     }
 }

@@ -1,6 +1,8 @@
-//! `zbridge bench stream`: a stream through the bridge against libzmq's
-//! XSUB/XPUB proxy and a direct subscription, then what a kill -9 of the
-//! active costs a subscriber on the primary pub port and one using
+//! `zbridge bench stream`: a stream through the bridge (without and with
+//! last values) against libzmq's XSUB/XPUB proxy and a direct
+//! subscription; a late joiner's time to its first message on a slow state
+//! stream, the proxy's against the bridge's last value; then what a kill -9
+//! of the active costs a subscriber on the primary pub port and one using
 //! zbridge-client. Measurements, not tests; every load is bounded.
 
 use super::Proxy;
@@ -15,9 +17,52 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-/// A config file with one stream, `bench`, from `upstream`.
-fn stream_config(upstream: &str) -> TempConfig {
-    TempConfig::new(&format!("[streams.bench]\nendpoint = \"{upstream}\"\n"))
+/// A config file with one stream, `bench`, from `upstream`, with more
+/// keys of its table (`extra`: TOML lines).
+fn stream_config(upstream: &str, extra: &str) -> TempConfig {
+    TempConfig::new(&format!(
+        "[streams.bench]\nendpoint = \"{upstream}\"\n{extra}"
+    ))
+}
+
+/// A lone bridge republishing `config`'s stream on `pub_port`, connected
+/// to its upstream.
+fn lone_stream_bridge(
+    exe: &std::path::Path,
+    config: &TempConfig,
+    pub_port: u16,
+) -> anyhow::Result<BridgeProcess> {
+    let mut flags = lone_bridge_flags();
+    flags.extend([
+        "--main-pc-addr=".into(),
+        "--pc2-addr=".into(),
+        "--log-level=warn".into(),
+        config.flag(),
+        format!("--primary-pub-port={pub_port}"),
+        format!("--secondary-pub-port={}", free_port()),
+    ]);
+    let bridge = BridgeProcess::spawn(exe, &flags)?;
+    let up = wait_until(Duration::from_secs(5), || {
+        status(&bridge.frontend).is_some_and(|s| s["streams"]["bench"]["up"] == true)
+    });
+    if !up {
+        bail!("the bridge did not connect to the publisher");
+    }
+    Ok(bridge)
+}
+
+/// How long a SUB connecting to `endpoint` waits for its first message.
+fn first_message(endpoint: &str) -> anyhow::Result<Duration> {
+    let context = zmq::Context::new();
+    let socket = context.socket(zmq::SUB)?;
+    socket.set_linger(0)?;
+    socket.set_subscribe(b"a.")?;
+    let start = Instant::now();
+    socket.connect(endpoint)?;
+    if socket.poll(zmq::POLLIN, 5000)? == 0 {
+        bail!("nothing arrived from {endpoint} within 5 s");
+    }
+    Ok(start.elapsed())
 }
 
 /// Messages per second a SUB on `endpoint` receives while `publisher`
@@ -55,61 +100,126 @@ pub fn stream(seconds: f64, rounds: usize, rate: f64) -> anyhow::Result<()> {
     let exe = std::env::current_exe()?;
     let publisher = Publisher::start(None)?;
     let proxy = Proxy::start(zmq::XPUB, zmq::XSUB, &publisher.endpoint)?;
-    let config = stream_config(&publisher.endpoint);
+    let config = stream_config(&publisher.endpoint, "");
     let pub_port = free_port();
-    let mut flags = lone_bridge_flags();
-    flags.extend([
-        "--main-pc-addr=".into(),
-        "--pc2-addr=".into(),
-        "--log-level=warn".into(),
-        config.flag(),
-        format!("--primary-pub-port={pub_port}"),
-        format!("--secondary-pub-port={}", free_port()),
-    ]);
-    let bridge = BridgeProcess::spawn(&exe, &flags)?;
-    let up = wait_until(Duration::from_secs(5), || {
-        status(&bridge.frontend).is_some_and(|s| s["streams"]["bench"]["up"] == true)
-    });
-    if !up {
-        bail!("the bridge did not connect to the publisher");
-    }
+    let bridge = lone_stream_bridge(&exe, &config, pub_port)?;
+    // With last values the bridge takes every message from the start,
+    // subscribed or not: it is stopped (SIGSTOP) outside its own turns so
+    // that it takes no CPU from the others'.
+    let kept_config = stream_config(&publisher.endpoint, "last_value = true\n");
+    let kept_port = free_port();
+    let kept = lone_stream_bridge(&exe, &kept_config, kept_port)?;
+    kept.signal("STOP")?;
     let contenders = [
-        ("direct", publisher.endpoint.clone()),
-        ("libzmq XSUB/XPUB proxy", proxy.endpoint.clone()),
-        ("zbridge", format!("tcp://127.0.0.1:{pub_port}")),
+        ("direct", publisher.endpoint.clone(), None),
+        ("libzmq XSUB/XPUB proxy", proxy.endpoint.clone(), None),
+        ("zbridge", format!("tcp://127.0.0.1:{pub_port}"), None),
+        (
+            "zbridge, last_value = true",
+            format!("tcp://127.0.0.1:{kept_port}"),
+            Some(&kept),
+        ),
     ];
     println!(
         "zbridge bench stream: {PAYLOAD} B messages, the publisher as fast as it can, {rounds} interleaved rounds of {seconds} s"
     );
     let mut rates = vec![Vec::new(); contenders.len()];
     for round in 1..=rounds {
-        for ((name, endpoint), samples) in contenders.iter().zip(&mut rates) {
-            let r = received_rate(endpoint, &publisher, duration)?;
+        for ((name, endpoint, stopped), samples) in contenders.iter().zip(&mut rates) {
+            if let Some(bridge) = stopped {
+                bridge.signal("CONT")?;
+                settle(bridge);
+            }
+            let r = received_rate(endpoint, &publisher, duration);
+            if let Some(bridge) = stopped {
+                bridge.signal("STOP")?;
+            }
+            let r = r?;
             println!("round {round}: {name}: {r:.0} messages/s");
             samples.push(r);
         }
     }
+    kept.signal("CONT")?;
     let medians: Vec<f64> = rates.iter().map(|r| super::median(r)).collect();
-    let (direct, proxied, bridged) = (medians[0], medians[1], medians[2]);
+    let (direct, proxied, bridged, with_kept) = (medians[0], medians[1], medians[2], medians[3]);
     println!(
-        "medians: direct {direct:.0}/s, libzmq proxy {proxied:.0}/s, zbridge {bridged:.0}/s; zbridge / proxy = {:.2}x (goal >= 0.8x), zbridge / direct = {:.2}x",
+        "medians: direct {direct:.0}/s, libzmq proxy {proxied:.0}/s, zbridge {bridged:.0}/s, with last values {with_kept:.0}/s; zbridge / proxy = {:.2}x, with last values {:.2}x (goal >= 1.0x), zbridge / direct = {:.2}x",
         bridged / proxied,
+        with_kept / proxied,
         bridged / direct
     );
+    drop(kept);
     drop(bridge);
     drop(proxy);
     drop(publisher);
+    let late = late_joiner(&exe, rounds)?;
+    let repeated = repeats(&exe)?;
     let failover = kill_9(&exe, rate)?;
+    let ratio = |r: f64| (r * 100.0).round() / 100.0;
     println!(
         "{}",
         json!({
-            "messages_per_s": {"direct": direct.round(), "libzmq_proxy": proxied.round(), "zbridge": bridged.round()},
-            "ratio_to_proxy": (bridged / proxied * 100.0).round() / 100.0,
-            "ratio_to_direct": (bridged / direct * 100.0).round() / 100.0,
+            "messages_per_s": {"direct": direct.round(), "libzmq_proxy": proxied.round(), "zbridge": bridged.round(), "zbridge_last_value": with_kept.round()},
+            "ratio_to_proxy": ratio(bridged / proxied),
+            "ratio_to_proxy_last_value": ratio(with_kept / proxied),
+            "ratio_to_direct": ratio(bridged / direct),
+            "late_joiner": late,
+            "repeats": repeated,
             "kill_9": failover,
         })
     );
     Ok(())
+}
+
+/// Wait until a bridge let run again has taken in what queued for it
+/// while stopped (its count of received messages holds still).
+fn settle(bridge: &BridgeProcess) {
+    let received =
+        || status(&bridge.frontend).map(|s| s["streams"]["bench"]["received_total"].clone());
+    let mut last = received();
+    wait_until(Duration::from_secs(10), || {
+        std::thread::sleep(Duration::from_millis(100));
+        let now = received();
+        std::mem::replace(&mut last, now.clone()) == now
+    });
+}
+
+/// A state stream published twice a second: how long a SUB that joins
+/// waits for its first message through the proxy (until the next
+/// publish) and through a bridge with last values (at once).
+fn late_joiner(exe: &std::path::Path, rounds: usize) -> anyhow::Result<serde_json::Value> {
+    let publisher = Publisher::start(Some(2.0))?;
+    publisher.set(true);
+    let proxy = Proxy::start(zmq::XPUB, zmq::XSUB, &publisher.endpoint)?;
+    let config = stream_config(&publisher.endpoint, "last_value = true\n");
+    let pub_port = free_port();
+    let bridge = lone_stream_bridge(exe, &config, pub_port)?;
+    let kept = wait_until(Duration::from_secs(5), || {
+        status(&bridge.frontend)
+            .is_some_and(|s| s["streams"]["bench"]["last_values"]["topics"] == 1)
+    });
+    if !kept {
+        bail!("the bridge kept no last value");
+    }
+    let endpoints = [
+        proxy.endpoint.clone(),
+        format!("tcp://127.0.0.1:{pub_port}"),
+    ];
+    let mut waits = [Vec::new(), Vec::new()];
+    for round in 0..rounds.max(5) {
+        // Joins spread over the publisher's period: a join right after a
+        // publish would wait the whole period through the proxy.
+        std::thread::sleep(Duration::from_millis((round as u64 * 130) % 500));
+        for (endpoint, samples) in endpoints.iter().zip(&mut waits) {
+            samples.push(first_message(endpoint)?.as_secs_f64() * 1000.0);
+        }
+    }
+    let n = waits[0].len();
+    let [proxied, bridged] = waits.map(|w| super::median(&w));
+    println!(
+        "a late joiner on a stream published twice a second, time to its first message (median of {n}): libzmq proxy {proxied:.1} ms (the next publish), zbridge with last values {bridged:.2} ms"
+    );
+    Ok(json!({"publish_rate": 2.0, "libzmq_proxy_ms": proxied, "zbridge_last_value_ms": bridged}))
 }
 
 /// A plain SUB on `endpoint` (reconnecting every `ivl` ms) that records
@@ -144,6 +254,88 @@ fn raw_subscriber(
     })
 }
 
+/// Topics kept for [`repeats`].
+const KEPT_TOPICS: usize = 10_000;
+
+/// What a late joiner costs those already subscribed: a bridge keeping
+/// the last value of 10,000 topics under `t.`, a subscriber to `t.` that
+/// has them, then a second one joins: how long until it has them all, and
+/// how many the first gets again (flagged), in how long.
+fn repeats(exe: &std::path::Path) -> anyhow::Result<serde_json::Value> {
+    let context = zmq::Context::new();
+    let publisher = context.socket(zmq::PUB)?;
+    publisher.set_linger(0)?;
+    publisher.set_sndhwm(0)?;
+    publisher.bind("tcp://127.0.0.1:*")?;
+    let upstream = publisher
+        .get_last_endpoint()?
+        .map_err(|_| anyhow::anyhow!("non-UTF-8 endpoint"))?;
+    let config = stream_config(&upstream, "last_value = true\n");
+    let pub_port = free_port();
+    let bridge = lone_stream_bridge(exe, &config, pub_port)?;
+    let kept = || {
+        status(&bridge.frontend)
+            .and_then(|s| s["streams"]["bench"]["last_values"]["topics"].as_u64())
+    };
+    // The bridge's subscription reaches the publisher a moment after the
+    // connection: publish again until every topic is kept.
+    let payload = [b'x'; PAYLOAD];
+    for _ in 0..5 {
+        for i in 0..KEPT_TOPICS {
+            publisher.send(format!("t.{i:05}").as_bytes(), zmq::SNDMORE)?;
+            publisher.send(&payload[..], 0)?;
+        }
+        if wait_until(Duration::from_secs(2), || {
+            kept() == Some(KEPT_TOPICS as u64)
+        }) {
+            break;
+        }
+    }
+    if kept() != Some(KEPT_TOPICS as u64) {
+        bail!("the bridge kept {:?} topics, not {KEPT_TOPICS}", kept());
+    }
+    let endpoint = format!("tcp://127.0.0.1:{pub_port}");
+    let join = || -> anyhow::Result<zmq::Socket> {
+        let socket = context.socket(zmq::SUB)?;
+        socket.set_linger(0)?;
+        socket.set_rcvhwm(0)?;
+        socket.set_subscribe(b"t.")?;
+        socket.connect(&endpoint)?;
+        Ok(socket)
+    };
+    // Messages until `n` last values have come: the time it took.
+    let take = |socket: &zmq::Socket, start: Instant| -> anyhow::Result<Duration> {
+        let mut flagged = 0;
+        while flagged < KEPT_TOPICS {
+            if socket.poll(zmq::POLLIN, 5000)? == 0 {
+                bail!("{flagged} of {KEPT_TOPICS} last values within 5 s");
+            }
+            while let Ok(frames) = socket.recv_multipart(zmq::DONTWAIT) {
+                let last = frames.last().map(Vec::as_slice).unwrap_or_default();
+                if zbridge_protocol::stream::parse_stamp(last).is_some_and(|s| s.last_value) {
+                    flagged += 1;
+                }
+            }
+        }
+        Ok(start.elapsed())
+    };
+    let first = join()?;
+    take(&first, Instant::now())?;
+    let start = Instant::now();
+    let second = join()?;
+    let joined = take(&second, start)?;
+    let repeated = take(&first, start)?;
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    println!(
+        "a late joiner to a prefix with {KEPT_TOPICS} kept topics ({PAYLOAD} B): it has them all {:.1} ms after its connect; the subscriber already there gets all {KEPT_TOPICS} again (flagged), the last {:.1} ms after the join",
+        ms(joined),
+        ms(repeated)
+    );
+    Ok(
+        json!({"topics": KEPT_TOPICS, "joiner_all_ms": ms(joined), "repeats_to_existing": KEPT_TOPICS, "repeats_done_ms": ms(repeated)}),
+    )
+}
+
 /// A pair on loopback relaying a stream published at `rate`; plain SUBs on
 /// the primary pub port and a zbridge-client Subscriber; kill -9 of the
 /// active two seconds in, three seconds more.
@@ -151,7 +343,7 @@ fn kill_9(exe: &std::path::Path, rate: f64) -> anyhow::Result<serde_json::Value>
     let timings = (Duration::from_millis(100), Duration::from_millis(300));
     let publisher = Publisher::start(Some(rate))?;
     publisher.set(true);
-    let config = stream_config(&publisher.endpoint);
+    let config = stream_config(&publisher.endpoint, "");
     let pair = LoopbackPair::new(timings.0, timings.1)?;
     let pub_ports = [free_port(), free_port()];
     let flags = |mode: &str| {

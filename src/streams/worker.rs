@@ -1,0 +1,375 @@
+//! The stream thread's loop: poll the sockets, turn what is ready into
+//! [`Event`]s for the [`Machine`], carry out its [`Action`]s. It decides
+//! nothing itself.
+
+use super::machine::{Action, Event, Machine, Settings};
+use super::sockets::{
+    open_pub, open_upstream, publish, send_subscription, Frames, PubSettings, PubSocket,
+    UpstreamSocket,
+};
+use crate::config::{Config, Port};
+use serde_json::{Map, Value};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tracing::{error, warn};
+use zbridge_socket::{next_event, recv_frames};
+
+/// Messages read from one upstream before the loop looks at the others.
+const BATCH: usize = 256;
+/// How often the status document is refreshed.
+const STATUS_EVERY: Duration = Duration::from_millis(100);
+
+pub struct Worker {
+    context: zmq::Context,
+    control: zmq::Socket,
+    upstreams: Vec<UpstreamSocket>,
+    names: Vec<String>,
+    pubs: [Option<PubSocket>; 2],
+    endpoints: [String; 2],
+    pub_settings: PubSettings,
+    machine: Machine,
+    /// The machine's actions, and what carrying them out reports back;
+    /// kept for their capacity.
+    actions: Vec<Action>,
+    feedback: Vec<Event<'static>>,
+    status: Arc<Mutex<Map<String, Value>>>,
+    next_status: Instant,
+}
+
+impl Worker {
+    pub fn new(
+        context: &zmq::Context,
+        config: &Config,
+        control: zmq::Socket,
+        status: Arc<Mutex<Map<String, Value>>>,
+    ) -> anyhow::Result<Worker> {
+        let mut upstreams = Vec::new();
+        let mut settings = Vec::new();
+        for stream in &config.streams {
+            upstreams.push(open_upstream(context, config, stream)?);
+            settings.push(Settings {
+                name: stream.name.clone(),
+                endpoint: stream.endpoint.clone(),
+                source: random_source(),
+                last_value: stream.last_value.clone(),
+                last_value_max_topics: stream.last_value_max_topics,
+                last_value_max_bytes: stream.last_value_max_bytes,
+            });
+        }
+        let names = settings.iter().map(|s| s.name.clone()).collect();
+        let machine = Machine::new(settings, config.stream_hwm);
+        let mut worker = Worker {
+            context: context.clone(),
+            control,
+            upstreams,
+            names,
+            pubs: [None, None],
+            endpoints: [
+                config.pub_endpoint(Port::Primary),
+                config.pub_endpoint(Port::Secondary),
+            ],
+            pub_settings: PubSettings {
+                hwm: config.stream_hwm,
+                handshake_ms: config.handshake_ms(),
+                ipv6: config.bind_host.contains(':'),
+                curve: config.curve.clone(),
+                verbose: machine.replays(),
+            },
+            machine,
+            actions: Vec::new(),
+            feedback: Vec::new(),
+            status,
+            next_status: Instant::now(),
+        };
+        worker.handle(Instant::now(), Event::Start);
+        worker.publish_status(Instant::now());
+        Ok(worker)
+    }
+
+    pub fn run(mut self) {
+        let mut frames = Vec::with_capacity(8);
+        loop {
+            let now = Instant::now();
+            if self.machine.next_deadline().is_some_and(|t| now >= t) {
+                self.handle(now, Event::Tick);
+            }
+            if now >= self.next_status {
+                self.publish_status(now);
+            }
+            let next = self
+                .machine
+                .next_deadline()
+                .map_or(self.next_status, |t| t.min(self.next_status));
+            let timeout = next
+                .saturating_duration_since(now)
+                .as_micros()
+                .div_ceil(1000) as i64;
+            let ready = match self.poll(timeout) {
+                Ok(ready) => ready,
+                Err(e) => {
+                    error!(error = %e, "stream poll failed; streams stop");
+                    return;
+                }
+            };
+            if ready.control && !self.on_control(Instant::now()) {
+                return;
+            }
+            for (i, readable) in ready.upstream_events.iter().enumerate() {
+                if *readable {
+                    self.on_upstream_events(i);
+                }
+            }
+            for port in 0..2 {
+                if ready.pub_events[port] {
+                    self.on_pub_events(port);
+                }
+                if ready.subscriptions[port] {
+                    self.on_subscriptions(port);
+                }
+            }
+            // One clock reading for the messages of a round: the machine
+            // uses it only to pace its warnings.
+            let now = Instant::now();
+            for (i, readable) in ready.upstreams.iter().enumerate() {
+                if !*readable {
+                    continue;
+                }
+                for _ in 0..BATCH {
+                    match recv_frames(&self.upstreams[i].socket, &mut frames) {
+                        Ok(true) => {
+                            let event = Event::Message {
+                                upstream: i,
+                                frames: &frames,
+                            };
+                            self.machine.step(now, event, &mut self.actions);
+                            self.carry_out(now, &mut frames);
+                        }
+                        Ok(false) => break,
+                        Err(e) => {
+                            warn!(stream = %self.names[i], error = %e, "cannot read from the upstream");
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn poll(&self, timeout_ms: i64) -> zmq::Result<Ready> {
+        let mut items = vec![self.control.as_poll_item(zmq::POLLIN)];
+        for upstream in &self.upstreams {
+            items.push(upstream.socket.as_poll_item(zmq::POLLIN));
+            items.push(upstream.events.as_poll_item(zmq::POLLIN));
+        }
+        let mut pub_index = [None; 2];
+        for (port, bound) in self.pubs.iter().enumerate() {
+            if let Some(p) = bound {
+                pub_index[port] = Some(items.len());
+                items.push(p.socket.as_poll_item(zmq::POLLIN));
+                items.push(p.events.as_poll_item(zmq::POLLIN));
+            }
+        }
+        match zmq::poll(&mut items, timeout_ms) {
+            Ok(_) | Err(zmq::Error::EINTR) => {}
+            Err(e) => return Err(e),
+        }
+        let mut ready = Ready {
+            control: items[0].is_readable(),
+            ..Ready::default()
+        };
+        for i in 0..self.upstreams.len() {
+            ready.upstreams.push(items[1 + 2 * i].is_readable());
+            ready.upstream_events.push(items[2 + 2 * i].is_readable());
+        }
+        for (port, index) in pub_index.iter().enumerate() {
+            if let Some(j) = index {
+                ready.subscriptions[port] = items[*j].is_readable();
+                ready.pub_events[port] = items[*j + 1].is_readable();
+            }
+        }
+        Ok(ready)
+    }
+
+    /// Step the machine with an event that carries no frames, and carry
+    /// out what it says.
+    fn handle(&mut self, now: Instant, event: Event<'_>) {
+        self.machine.step(now, event, &mut self.actions);
+        self.carry_out(now, &mut Vec::new());
+    }
+
+    /// Carry out the machine's actions; `frames` is the message of the
+    /// event that asked for them. What that reports (a bind's outcome, a
+    /// stall) is stepped in turn.
+    fn carry_out(&mut self, now: Instant, frames: &mut Vec<zmq::Message>) {
+        while !self.actions.is_empty() {
+            let mut actions = std::mem::take(&mut self.actions);
+            for action in actions.drain(..) {
+                self.carry_out_one(now, action, frames);
+            }
+            self.actions = actions;
+            let mut feedback = std::mem::take(&mut self.feedback);
+            for event in feedback.drain(..) {
+                self.machine.step(now, event, &mut self.actions);
+            }
+            self.feedback = feedback;
+        }
+    }
+
+    fn carry_out_one(&mut self, now: Instant, action: Action, frames: &mut Vec<zmq::Message>) {
+        match action {
+            Action::Publish { upstream } => {
+                // The frames can be moved out for the last port bound; the
+                // port before it (during a takeover) gets copies.
+                let last = self.pubs.iter().rposition(Option::is_some);
+                for (port, bound) in self.pubs.iter_mut().enumerate() {
+                    let Some(bound) = bound else { continue };
+                    let read = Frames::Read(frames, Some(port) == last);
+                    match publish(&mut bound.socket, read, self.machine.stamp()) {
+                        Ok(true) => {}
+                        Ok(false) => self.feedback.push(Event::Stalled(upstream)),
+                        Err(e) => {
+                            warn!(stream = %self.names[upstream], error = %e, "cannot publish")
+                        }
+                    }
+                }
+            }
+            Action::Replay {
+                port,
+                upstream,
+                frames,
+                stamp,
+            } => {
+                let Some(bound) = &mut self.pubs[port] else {
+                    return;
+                };
+                match publish(&mut bound.socket, Frames::Kept(&frames), &stamp) {
+                    Ok(true) => {}
+                    Ok(false) => self.feedback.push(Event::Stalled(upstream)),
+                    Err(e) => {
+                        warn!(stream = %self.names[upstream], error = %e, "cannot send a last value")
+                    }
+                }
+            }
+            Action::Upstream {
+                upstream,
+                subscribe,
+                prefix,
+            } => send_subscription(&self.upstreams[upstream].socket, subscribe, &prefix),
+            Action::Bind(port) => {
+                let endpoint = &self.endpoints[port];
+                match open_pub(&self.context, endpoint, &self.pub_settings) {
+                    Ok((bound, endpoint)) => {
+                        self.pubs[port] = Some(bound);
+                        self.feedback.push(Event::Bound(port, endpoint));
+                        self.next_status = now;
+                    }
+                    Err(e) => self
+                        .feedback
+                        .push(Event::BindFailed(port, format!("{endpoint}: {e}"))),
+                }
+            }
+            Action::Close(port) => {
+                self.pubs[port] = None;
+                self.next_status = now;
+            }
+        }
+    }
+
+    /// Carry out the relay's commands; `false` to stop.
+    fn on_control(&mut self, now: Instant) -> bool {
+        while let Ok(command) = self.control.recv_bytes(zmq::DONTWAIT) {
+            let port = command.get(1).map_or(0, |p| usize::from(*p).min(1));
+            match command.first() {
+                Some(b'h') => self.handle(now, Event::Hold(port)),
+                Some(b'r') => self.handle(now, Event::Release(port)),
+                _ => return false,
+            }
+        }
+        true
+    }
+
+    fn on_upstream_events(&mut self, i: usize) {
+        let now = Instant::now();
+        while let Some((event, _)) = next_event(&self.upstreams[i].events) {
+            if event == zmq::SocketEvent::CONNECTED.to_raw() {
+                self.handle(now, Event::UpstreamUp(i));
+            } else if event == zmq::SocketEvent::DISCONNECTED.to_raw() {
+                self.handle(now, Event::UpstreamDown(i));
+            }
+        }
+        self.next_status = now;
+    }
+
+    fn on_pub_events(&mut self, port: usize) {
+        let now = Instant::now();
+        loop {
+            let Some(bound) = &self.pubs[port] else {
+                return;
+            };
+            let Some((event, _)) = next_event(&bound.events) else {
+                return;
+            };
+            if event == zmq::SocketEvent::ACCEPTED.to_raw() {
+                self.handle(now, Event::Joined(port));
+            } else if event == zmq::SocketEvent::DISCONNECTED.to_raw() {
+                self.handle(now, Event::Left(port));
+            }
+        }
+    }
+
+    /// Hand what subscribers on a port asked for (or withdrew) to the
+    /// machine.
+    fn on_subscriptions(&mut self, port: usize) {
+        loop {
+            let Some(bound) = &self.pubs[port] else {
+                return;
+            };
+            let Ok(message) = bound.socket.recv_bytes(zmq::DONTWAIT) else {
+                return;
+            };
+            let (subscribe, prefix) = match message.split_first() {
+                Some((1, prefix)) => (true, prefix),
+                Some((0, prefix)) => (false, prefix),
+                _ => continue,
+            };
+            let event = Event::Subscription {
+                port,
+                subscribe,
+                prefix,
+            };
+            self.handle(Instant::now(), event);
+        }
+    }
+
+    fn publish_status(&mut self, now: Instant) {
+        let doc = self.machine.status();
+        if let Ok(mut shared) = self.status.lock() {
+            *shared = doc;
+        }
+        self.next_status = now + STATUS_EVERY;
+    }
+}
+
+#[derive(Default)]
+struct Ready {
+    control: bool,
+    upstreams: Vec<bool>,
+    upstream_events: Vec<bool>,
+    subscriptions: [bool; 2],
+    pub_events: [bool; 2],
+}
+
+/// A stream's first numbering source: random, so that numbers from two
+/// bridges, or from one bridge before and after a restart, are never
+/// mistaken for one sequence.
+fn random_source() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    hasher.write_u32(std::process::id());
+    hasher.finish()
+}
