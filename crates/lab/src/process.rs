@@ -239,6 +239,12 @@ impl Process {
         Some(dir.count() as u64)
     }
 
+    /// CPU time (user and system) of all its threads so far, from the
+    /// kernel's accounting.
+    pub fn cpu_seconds(&self) -> Option<f64> {
+        cpu_seconds(&format!("/proc/{}/stat", self.pid()))
+    }
+
     /// Resident memory in KiB, from /proc.
     pub fn rss_kb(&self) -> Option<u64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).ok()?;
@@ -248,6 +254,16 @@ impl Process {
             .and_then(|v| v.split_whitespace().next())
             .and_then(|v| v.parse().ok())
     }
+}
+
+/// User plus system CPU seconds from a `/proc/.../stat` file (a process's
+/// or one thread's): fields 14 and 15, in USER_HZ (100 per second on Linux).
+pub fn cpu_seconds(stat: &str) -> Option<f64> {
+    let text = std::fs::read_to_string(stat).ok()?;
+    // The command name (field 2) may hold spaces: count after its ')'.
+    let fields: Vec<&str> = text.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(ticks as f64 / 100.0)
 }
 
 impl Drop for Process {

@@ -268,6 +268,9 @@ struct Proxy {
     endpoint: String,
     context: zmq::Context,
     thread: Option<JoinHandle<()>>,
+    /// The threads it runs on (its own, its context's I/O thread and
+    /// reaper), for its CPU time.
+    tasks: Vec<String>,
 }
 
 impl Proxy {
@@ -287,6 +290,7 @@ impl Proxy {
         upstream: &str,
         curve: Option<&zbridge_client::curve::KeyPair>,
     ) -> anyhow::Result<Proxy> {
+        let before = tasks();
         let context = zmq::Context::new();
         let front = context.socket(front)?;
         let back = context.socket(back)?;
@@ -305,12 +309,36 @@ impl Proxy {
             // Returns with ETERM when the context is destroyed.
             let _ = zmq::proxy(&front, &back);
         });
+        // The threads that appeared meanwhile are the proxy's: nothing
+        // else starts one while a bench sets up.
+        let tasks = tasks()
+            .into_iter()
+            .filter(|t| !before.contains(t))
+            .collect();
         Ok(Proxy {
             endpoint,
             context,
             thread: Some(thread),
+            tasks,
         })
     }
+
+    /// CPU time of the proxy's threads so far, from the kernel's accounting.
+    fn cpu_seconds(&self) -> f64 {
+        (self.tasks.iter())
+            .filter_map(|t| crate::process::cpu_seconds(&format!("/proc/self/task/{t}/stat")))
+            .sum()
+    }
+}
+
+/// This process's threads.
+fn tasks() -> Vec<String> {
+    std::fs::read_dir("/proc/self/task")
+        .map(|dir| {
+            dir.filter_map(|e| Some(e.ok()?.file_name().to_string_lossy().into_owned()))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 impl Drop for Proxy {
@@ -512,40 +540,70 @@ fn relay(
         );
     }
 
+    // CPU of the relay (the bridge's process, the proxy's threads) per
+    // 100,000 requests, in the 8 x 16 runs at 100 B.
+    let cpu_of = |c: &Contender| match c.name {
+        "libzmq proxy" => Some(proxy.cpu_seconds()),
+        "zbridge multipart" | "zbridge json" => bridge.process.cpu_seconds(),
+        _ => None,
+    };
     let mut throughput_json = serde_json::Map::new();
+    let mut cpu_json = serde_json::Map::new();
     for bytes in [100, 16 * 1024] {
-        println!(
-            "\nthroughput: 8 clients x 16 in flight, {bytes} B, {:.1} s each",
-            duration.as_secs_f64()
-        );
-        println!(
-            "{:<20} {:>12} {:>10} {:>10}",
-            "", "req/s", "/ proxy", "/ direct"
-        );
-        let rates: Vec<f64> = medians(&contenders, rounds, |c| {
-            let r = load(c, 8, 16, u64::MAX, duration, bytes).run()?;
-            check(c.name, &r)?;
-            Ok(vec![r.throughput()])
-        })?
-        .into_iter()
-        .map(|figures| figures[0])
-        .collect();
         let mut per_size = serde_json::Map::new();
-        for (c, rate) in contenders.iter().zip(&rates) {
-            let proxy = rates[c.baseline];
+        for (clients, in_flight) in [(8, 16), (1, 16), (8, 1)] {
+            let cell = format!("{clients}x{in_flight}");
+            let with_cpu = bytes == 100 && cell == "8x16";
             println!(
-                "{:<20} {rate:>12.0} {:>9.2}x {:>9.2}x",
-                c.name,
-                rate / proxy,
-                rate / rates[0]
+                "\nthroughput: {clients} client(s) x {in_flight} in flight, {bytes} B, {:.1} s each",
+                duration.as_secs_f64()
             );
-            per_size.insert(
-                c.name.into(),
-                json!({"rps": rate, "vs_proxy": rate / proxy, "vs_direct": rate / rates[0]}),
+            println!(
+                "{:<20} {:>12} {:>10} {:>10} {:>18}",
+                "",
+                "req/s",
+                "/ proxy",
+                "/ direct",
+                if with_cpu { "CPU s / 100k req" } else { "" }
             );
+            let figures = medians(&contenders, rounds, |c| {
+                let cpu = cpu_of(c);
+                let r = load(c, clients, in_flight, u64::MAX, duration, bytes).run()?;
+                check(c.name, &r)?;
+                let cpu = match (cpu, cpu_of(c)) {
+                    (Some(a), Some(b)) => (b - a) / r.ok.max(1) as f64 * 1e5,
+                    _ => f64::NAN,
+                };
+                Ok(vec![r.throughput(), cpu])
+            })?;
+            let rates: Vec<f64> = figures.iter().map(|f| f[0]).collect();
+            let mut per_cell = serde_json::Map::new();
+            for (c, f) in contenders.iter().zip(&figures) {
+                let (rate, proxy) = (f[0], rates[c.baseline]);
+                let cpu = if with_cpu && f[1].is_finite() {
+                    format!("{:.3}", f[1])
+                } else {
+                    String::new()
+                };
+                println!(
+                    "{:<20} {rate:>12.0} {:>9.2}x {:>9.2}x {cpu:>18}",
+                    c.name,
+                    rate / proxy,
+                    rate / rates[0]
+                );
+                per_cell.insert(
+                    c.name.into(),
+                    json!({"rps": rate, "vs_proxy": rate / proxy, "vs_direct": rate / rates[0]}),
+                );
+                if with_cpu && f[1].is_finite() {
+                    cpu_json.insert(c.name.into(), json!(f[1]));
+                }
+            }
+            per_size.insert(cell, per_cell.into());
         }
         throughput_json.insert(format!("{bytes}B"), per_size.into());
     }
+    println!("\n(CPU: user + system seconds from the kernel's accounting, the bridge's whole process, the proxy's own thread and its context's)");
 
     // The monitor being scraped must not slow the relay (issue 6: within 5%).
     let monitor = bridge.ready["monitor"]
@@ -609,7 +667,7 @@ fn relay(
     }
     println!(
         "{}",
-        json!({"bench": "relay", "latency": latency_json, "throughput": throughput_json, "scraped": scrape_json, "memory": memory_json})
+        json!({"bench": "relay", "latency": latency_json, "throughput": throughput_json, "cpu_s_per_100k": cpu_json, "scraped": scrape_json, "memory": memory_json})
     );
     drop(curve_parts);
     Ok(())
