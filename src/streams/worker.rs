@@ -224,13 +224,9 @@ impl Worker {
                 for (port, bound) in self.pubs.iter_mut().enumerate() {
                     let Some(bound) = bound else { continue };
                     let read = Frames::Read(frames, Some(port) == last);
-                    match publish(&mut bound.socket, read, self.machine.stamp()) {
-                        Ok(true) => {}
-                        Ok(false) => self.feedback.push(Event::Stalled(upstream)),
-                        Err(e) => {
-                            warn!(stream = %self.names[upstream], error = %e, "cannot publish")
-                        }
-                    }
+                    let sent = publish(&mut bound.socket, read, self.machine.stamp());
+                    let name = &self.names[upstream];
+                    reported(sent, upstream, name, "cannot publish", &mut self.feedback);
                 }
             }
             Action::Replay {
@@ -242,13 +238,15 @@ impl Worker {
                 let Some(bound) = &mut self.pubs[port] else {
                     return;
                 };
-                match publish(&mut bound.socket, Frames::Kept(&frames), &stamp) {
-                    Ok(true) => {}
-                    Ok(false) => self.feedback.push(Event::Stalled(upstream)),
-                    Err(e) => {
-                        warn!(stream = %self.names[upstream], error = %e, "cannot send a last value")
-                    }
-                }
+                let sent = publish(&mut bound.socket, Frames::Kept(&frames), &stamp);
+                let name = &self.names[upstream];
+                reported(
+                    sent,
+                    upstream,
+                    name,
+                    "cannot send a last value",
+                    &mut self.feedback,
+                );
             }
             Action::Upstream {
                 upstream,
@@ -372,4 +370,20 @@ fn random_source() -> u64 {
     );
     hasher.write_u32(std::process::id());
     hasher.finish()
+}
+
+/// What a publish on a pub port says: a stall goes back to the machine as
+/// an event, an error is logged with `what` went wrong.
+fn reported(
+    sent: zmq::Result<bool>,
+    upstream: usize,
+    name: &str,
+    what: &str,
+    feedback: &mut Vec<Event<'static>>,
+) {
+    match sent {
+        Ok(true) => {}
+        Ok(false) => feedback.push(Event::Stalled(upstream)),
+        Err(e) => warn!(stream = %name, error = %e, "{what}"),
+    }
 }
