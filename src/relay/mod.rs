@@ -68,6 +68,7 @@ use tracing::{debug, info, warn};
 use zbridge_protocol::heartbeat::{Message, Role, State as PeerState};
 use zbridge_protocol::time::later;
 use zbridge_socket::sys::{local_port_of, peer_of, shut_down};
+use zbridge_socket::wait::{Item, Wait};
 use zbridge_socket::{next_event, readable, recv_frames, watch, writable, HandshakeFailure};
 
 /// Messages read from one socket before the loop looks at the others.
@@ -182,6 +183,8 @@ pub struct Relay {
     /// handshake (from the descriptor limit).
     pending_max: usize,
     shed_log: LogThrottle,
+    /// The loop's wait: what it knows of each socket between rounds.
+    wait: Wait,
 }
 
 impl Relay {
@@ -269,6 +272,7 @@ impl Relay {
             notifier: Notifier::from_env(now),
             pending_max: pending_max(),
             shed_log: LogThrottle::default(),
+            wait: Wait::default(),
         })
     }
 
@@ -327,8 +331,8 @@ impl Relay {
             if self.exit {
                 break;
             }
-            let timeout = self.poll_timeout_ms(now);
-            self.poll(stop, timeout, &mut ready)?;
+            let deadline = self.poll_deadline(now);
+            self.poll(stop, deadline, &mut ready)?;
             let woke = Instant::now();
             if ready.stop && stop.take() > 0 {
                 self.on_stop(woke, events);
@@ -453,21 +457,33 @@ impl Relay {
         Ok(())
     }
 
-    /// Wait for any socket or the stop descriptor, up to `timeout_ms`.
-    fn poll(&self, stop: &Stop, timeout_ms: i64, ready: &mut Readiness) -> anyhow::Result<()> {
+    /// Wait for any socket or descriptor until `deadline`. The frontends
+    /// and DEALERs are hot (read and written every round); the heartbeat
+    /// sockets and the socket monitors are asked only when their
+    /// descriptor fires or in a sweep ([`zbridge_socket::wait`]).
+    fn poll(
+        &mut self,
+        stop: &Stop,
+        deadline: Option<Instant>,
+        ready: &mut Readiness,
+    ) -> anyhow::Result<()> {
         let mut items = Vec::with_capacity(self.state.targets.len() + 10);
-        items.push(zmq::PollItem::from_fd(stop.fd(), zmq::POLLIN));
-        items.push(zmq::PollItem::from_fd(stop.hangup_fd(), zmq::POLLIN));
-        items.push(self.heartbeats.subscriber().as_poll_item(zmq::POLLIN));
-        items.push(self.heartbeats.links().as_poll_item(zmq::POLLIN));
-        items.push(zmq::PollItem::from_fd(self.probe.fd(), zmq::POLLIN));
-        items.push(zmq::PollItem::from_fd(self.loader.fd(), zmq::POLLIN));
+        items.push(Item::fd(stop.fd(), false));
+        items.push(Item::fd(stop.hangup_fd(), false));
+        items.push(Item::socket(
+            self.heartbeats.subscriber(),
+            zmq::POLLIN,
+            false,
+        ));
+        items.push(Item::socket(self.heartbeats.links(), zmq::POLLIN, false));
+        items.push(Item::fd(self.probe.fd(), false));
+        items.push(Item::fd(self.loader.fd(), false));
         let mut front_index = [None; 2];
         for (i, frontend) in self.frontends.iter().enumerate() {
             if let Some(f) = frontend {
                 front_index[i] = Some(items.len());
-                items.push(f.socket.as_poll_item(zmq::POLLIN));
-                items.push(f.events.as_poll_item(zmq::POLLIN));
+                items.push(Item::socket(&f.socket, zmq::POLLIN, true));
+                items.push(Item::socket(&f.events, zmq::POLLIN, false));
             }
         }
         let first_dealer = items.len();
@@ -480,21 +496,19 @@ impl Relay {
             } else {
                 zmq::POLLIN | zmq::POLLOUT
             };
-            items.push(dealer.as_poll_item(events));
+            items.push(Item::socket(dealer, events, true));
         }
-        match zmq::poll(&mut items, timeout_ms) {
-            Ok(_) | Err(zmq::Error::EINTR) => {}
-            Err(e) => return Err(e.into()),
-        }
-        ready.stop = items[0].is_readable();
-        ready.hangup = items[1].is_readable();
-        ready.heartbeats = items[2].is_readable();
-        ready.peer_link = items[3].is_readable();
-        ready.probe = items[4].is_readable();
-        ready.reloaded = items[5].is_readable();
+        let events = self.wait.wait(&items, deadline)?;
+        let readable = |i: usize| events[i].contains(zmq::POLLIN);
+        ready.stop = readable(0);
+        ready.hangup = readable(1);
+        ready.heartbeats = readable(2);
+        ready.peer_link = readable(3);
+        ready.probe = readable(4);
+        ready.reloaded = readable(5);
         for (i, index) in front_index.iter().enumerate() {
-            ready.frontends[i] = index.is_some_and(|j| items[j].is_readable());
-            ready.connections[i] = index.is_some_and(|j| items[j + 1].is_readable());
+            ready.frontends[i] = index.is_some_and(readable);
+            ready.connections[i] = index.is_some_and(|j| readable(j + 1));
         }
         ready.dealers.clear();
         ready
@@ -502,13 +516,15 @@ impl Relay {
             .resize(self.state.targets.len(), (false, false));
         // The items follow the dealers that are open, in order.
         let open = (self.state.targets.iter().enumerate()).filter(|(_, t)| t.dealer.is_some());
-        for ((target, _), item) in open.zip(&items[first_dealer..]) {
-            ready.dealers[target] = (item.is_readable(), item.is_writable());
+        for ((target, _), events) in open.zip(&events[first_dealer..]) {
+            ready.dealers[target] = (events.contains(zmq::POLLIN), events.contains(zmq::POLLOUT));
         }
         Ok(())
     }
 
-    fn poll_timeout_ms(&mut self, now: Instant) -> i64 {
+    /// The next deadline of the loop: a timer, a drain, a role change, a
+    /// heartbeat, a snapshot, a watchdog ping, a config file check.
+    fn poll_deadline(&mut self, now: Instant) -> Option<Instant> {
         // A draining port's corked replies wait for the next round.
         let drains = self
             .frontends
@@ -516,8 +532,7 @@ impl Relay {
             .flatten()
             .filter_map(|f| f.drain.as_ref())
             .map(|drain| drain.next_deadline().min(later(now, CORK_FLUSH_EVERY)));
-        let next = self
-            .state
+        self.state
             .next_deadline()
             .into_iter()
             .chain(drains)
@@ -530,16 +545,7 @@ impl Relay {
                     .is_some()
                     .then_some(self.watch.next_check()),
             )
-            .min();
-        match next {
-            None => -1,
-            // Round up so that the loop never spins on a deadline a few
-            // microseconds away.
-            Some(deadline) => deadline
-                .saturating_duration_since(now)
-                .as_micros()
-                .div_ceil(1000) as i64,
-        }
+            .min()
     }
 
     /// Read frontend `i`'s socket monitor: connections accepted and closed,

@@ -2,15 +2,18 @@
 //! client library share, so that each exists once: socket monitors
 //! ([`watch`], [`next_event`]), whole-message reads ([`recv_frames`]),
 //! readiness ([`readable`], [`writable`]), the port a socket was bound
-//! to ([`bound_port`]) and why a handshake failed ([`HandshakeFailure`]).
+//! to ([`bound_port`]), why a handshake failed ([`HandshakeFailure`]),
+//! and a wait that asks a socket for its state only when it may have
+//! changed ([`wait`]).
 //!
 //! Unsafe code is denied here and forbidden in every other zbridge crate;
-//! the two calls that need it, socket options that neither the `zmq` crate
-//! nor std wraps, live alone in [`sys`] with their SAFETY comments.
+//! the calls that need it (socket options that neither the `zmq` crate nor
+//! std wraps, poll(2)) live alone in [`sys`] with their SAFETY comments.
 #![deny(unsafe_code)]
 
 #[allow(unsafe_code)]
 pub mod sys;
+pub mod wait;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 

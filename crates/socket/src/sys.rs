@@ -1,7 +1,7 @@
 //! The two socket options zbridge sets that neither the `zmq` crate nor
-//! std wraps, libzmq's `zmq_curve_public`, and a look at (and a shutdown
-//! of) one of libzmq's connections by its descriptor. The only unsafe code
-//! in zbridge.
+//! std wraps, libzmq's `zmq_curve_public`, a look at (and a shutdown
+//! of) one of libzmq's connections by its descriptor, and poll(2) for
+//! [`crate::wait`]. The only unsafe code in zbridge.
 
 use std::os::fd::RawFd;
 use std::os::raw::{c_char, c_int, c_void};
@@ -111,6 +111,26 @@ pub fn curve_public(secret: &str) -> Option<String> {
         return None;
     }
     String::from_utf8(public[..Z85_KEY_CHARS].to_vec()).ok()
+}
+
+/// poll(2) over `fds` for up to `timeout_ms` (-1: no limit): how many
+/// have events (their `revents` set). An interrupted wait (EINTR) reports
+/// none, as if it had timed out.
+pub fn poll(fds: &mut [libc::pollfd], timeout_ms: c_int) -> std::io::Result<usize> {
+    // SAFETY: poll reads and writes `fds.len()` pollfd structs from the
+    // pointer, which is the live, exclusively borrowed slice for the whole
+    // call; it keeps no pointer past its return.
+    let rc = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
+    match usize::try_from(rc) {
+        Ok(n) => Ok(n),
+        Err(_) => match std::io::Error::last_os_error() {
+            e if e.kind() == std::io::ErrorKind::Interrupted => {
+                fds.iter_mut().for_each(|fd| fd.revents = 0);
+                Ok(0)
+            }
+            e => Err(e),
+        },
+    }
 }
 
 #[cfg(test)]
