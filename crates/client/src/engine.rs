@@ -22,6 +22,7 @@ use tracing::{debug, info, warn};
 use zbridge_protocol::heartbeat::{Message, State, Verifier};
 use zbridge_protocol::time::later;
 use zbridge_protocol::{parse_error_reply, ErrorCode};
+use zbridge_socket::wait::{Item, Wait};
 use zbridge_socket::{next_event, watch, HandshakeFailure, HANDSHAKE_FAILED};
 
 const PING: &[u8] = br#"{"action":"ping"}"#;
@@ -52,6 +53,8 @@ pub(crate) struct Engine {
     listeners: Vec<mpsc::Sender<Event>>,
     rng: u64,
     stopping: bool,
+    /// The loop's wait: what it knows of each socket between rounds.
+    wait: Wait,
     // Dropped last: closing a context waits for its sockets.
     _context: zmq::Context,
 }
@@ -156,6 +159,7 @@ impl Engine {
             listeners: Vec::new(),
             rng: seed | 1,
             stopping: false,
+            wait: Wait::default(),
             _context: context,
         })
     }
@@ -168,18 +172,18 @@ impl Engine {
             self.take_commands();
             let now = Instant::now();
             self.tick(now);
-            let mut timeout = self.poll_timeout(now);
+            let mut deadline = self.poll_deadline(now);
             // A swap, not a store: reading a caller's `true` orders its
             // queued command before the queue is read again below.
             self.rung.swap(false, Ordering::SeqCst);
             // A command queued just before the flag was cleared rang no bell.
             if self.take_commands() {
-                timeout = 0;
+                deadline = now;
             }
             if self.stopping {
                 break;
             }
-            if let Err(e) = self.poll(timeout) {
+            if let Err(e) = self.poll(deadline) {
                 warn!(error = %e, "zbridge client: poll failed; stopping");
                 break;
             }
@@ -189,24 +193,23 @@ impl Engine {
         }
     }
 
-    fn poll(&mut self, timeout_ms: i64) -> zmq::Result<()> {
+    /// Wait for a command, a reply, a monitor event or a heartbeat until
+    /// `deadline`. The doorbell and the DEALERs are hot (calls ring the one
+    /// and are sent on the others); monitors and heartbeat subscribers are
+    /// asked only when their descriptor fires ([`zbridge_socket::wait`]).
+    fn poll(&mut self, deadline: Instant) -> zmq::Result<()> {
         let mut items = Vec::with_capacity(1 + 2 * self.endpoints.len() + self.sources.len());
-        items.push(zmq::PollItem::from_fd(
-            self.doorbell.as_raw_fd(),
-            zmq::POLLIN,
-        ));
+        items.push(Item::fd(self.doorbell.as_raw_fd(), true));
         for e in &self.endpoints {
-            items.push(e.socket.as_poll_item(zmq::POLLIN));
-            items.push(e.monitor.as_poll_item(zmq::POLLIN));
+            items.push(Item::socket(&e.socket, zmq::POLLIN, true));
+            items.push(Item::socket(&e.monitor, zmq::POLLIN, false));
         }
         for s in &self.sources {
-            items.push(s.socket.as_poll_item(zmq::POLLIN));
+            items.push(Item::socket(&s.socket, zmq::POLLIN, false));
         }
-        match zmq::poll(&mut items, timeout_ms) {
-            Ok(_) | Err(zmq::Error::EINTR) => {}
-            Err(e) => return Err(e),
-        }
-        let readable: Vec<bool> = items.iter().map(|i| i.is_readable()).collect();
+        let readable: Vec<bool> = (self.wait.wait(&items, Some(deadline))?.iter())
+            .map(|events| events.contains(zmq::POLLIN))
+            .collect();
         drop(items);
         if readable[0] {
             // The commands are taken at the top of the loop.
@@ -754,7 +757,7 @@ impl Engine {
         Duration::try_from_secs_f64(delay.as_secs_f64() * factor).unwrap_or(delay)
     }
 
-    fn poll_timeout(&self, now: Instant) -> i64 {
+    fn poll_deadline(&self, now: Instant) -> Instant {
         let mut next = now + Duration::from_secs(1);
         if let Some(&(deadline, _, _)) = self.deadlines.front() {
             next = next.min(deadline);
@@ -779,9 +782,7 @@ impl Engine {
                 ));
             }
         }
-        let wait = next.saturating_duration_since(now);
-        // Round up: waking a little late beats spinning until the deadline.
-        wait.as_micros().div_ceil(1000) as i64
+        next
     }
 }
 
