@@ -12,6 +12,7 @@ use serde_json::{Map, Value};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tracing::{error, warn};
+use zbridge_socket::wait::{Item, Wait};
 use zbridge_socket::{next_event, recv_frames};
 
 /// Messages read from one upstream before the loop looks at the others.
@@ -34,6 +35,8 @@ pub struct Worker {
     feedback: Vec<Event<'static>>,
     status: Arc<Mutex<Map<String, Value>>>,
     next_status: Instant,
+    /// The loop's wait: what it knows of each socket between rounds.
+    wait: Wait,
 }
 
 impl Worker {
@@ -80,6 +83,7 @@ impl Worker {
             feedback: Vec::new(),
             status,
             next_status: Instant::now(),
+            wait: Wait::default(),
         };
         worker.handle(Instant::now(), Event::Start);
         worker.publish_status(Instant::now());
@@ -100,11 +104,7 @@ impl Worker {
                 .machine
                 .next_deadline()
                 .map_or(self.next_status, |t| t.min(self.next_status));
-            let timeout = next
-                .saturating_duration_since(now)
-                .as_micros()
-                .div_ceil(1000) as i64;
-            let ready = match self.poll(timeout) {
+            let ready = match self.poll(next) {
                 Ok(ready) => ready,
                 Err(e) => {
                     error!(error = %e, "stream poll failed; streams stop");
@@ -155,36 +155,39 @@ impl Worker {
         }
     }
 
-    fn poll(&self, timeout_ms: i64) -> zmq::Result<Ready> {
-        let mut items = vec![self.control.as_poll_item(zmq::POLLIN)];
+    /// Wait until `deadline` for a control message, a stream message, a
+    /// subscription or a monitor event. The upstream SUBs and the pub
+    /// sockets are hot (read and sent on every round); the control pipe
+    /// and the monitors are asked only when their descriptor fires
+    /// ([`zbridge_socket::wait`]).
+    fn poll(&mut self, deadline: Instant) -> zmq::Result<Ready> {
+        let mut items = vec![Item::socket(&self.control, zmq::POLLIN, false)];
         for upstream in &self.upstreams {
-            items.push(upstream.socket.as_poll_item(zmq::POLLIN));
-            items.push(upstream.events.as_poll_item(zmq::POLLIN));
+            items.push(Item::socket(&upstream.socket, zmq::POLLIN, true));
+            items.push(Item::socket(&upstream.events, zmq::POLLIN, false));
         }
         let mut pub_index = [None; 2];
         for (port, bound) in self.pubs.iter().enumerate() {
             if let Some(p) = bound {
                 pub_index[port] = Some(items.len());
-                items.push(p.socket.as_poll_item(zmq::POLLIN));
-                items.push(p.events.as_poll_item(zmq::POLLIN));
+                items.push(Item::socket(&p.socket, zmq::POLLIN, true));
+                items.push(Item::socket(&p.events, zmq::POLLIN, false));
             }
         }
-        match zmq::poll(&mut items, timeout_ms) {
-            Ok(_) | Err(zmq::Error::EINTR) => {}
-            Err(e) => return Err(e),
-        }
+        let events = self.wait.wait(&items, Some(deadline))?;
+        let readable = |i: usize| events[i].contains(zmq::POLLIN);
         let mut ready = Ready {
-            control: items[0].is_readable(),
+            control: readable(0),
             ..Ready::default()
         };
         for i in 0..self.upstreams.len() {
-            ready.upstreams.push(items[1 + 2 * i].is_readable());
-            ready.upstream_events.push(items[2 + 2 * i].is_readable());
+            ready.upstreams.push(readable(1 + 2 * i));
+            ready.upstream_events.push(readable(2 + 2 * i));
         }
         for (port, index) in pub_index.iter().enumerate() {
             if let Some(j) = index {
-                ready.subscriptions[port] = items[*j].is_readable();
-                ready.pub_events[port] = items[*j + 1].is_readable();
+                ready.subscriptions[port] = readable(*j);
+                ready.pub_events[port] = readable(*j + 1);
             }
         }
         Ok(ready)
