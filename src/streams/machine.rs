@@ -565,8 +565,11 @@ impl Upstream {
                         prefix: prefix.to_vec(),
                     });
                 }
-                if was_wanted_here {
-                    self.withdraw_replay(now, me, port, prefix, out);
+                if let Some(replays) = self.replays[port].as_mut().filter(|_| was_wanted_here) {
+                    // Its replay is not sent; what waited merged into it
+                    // still is, now if it may.
+                    replays.queue.withdraw(prefix, window(&self.prefixes, port));
+                    self.replay_queued(now, me, port, out);
                 }
             }
             return;
@@ -625,22 +628,6 @@ impl Upstream {
     /// Prefixes waiting for their replay, on both ports.
     fn pending(&self) -> usize {
         self.replays.iter().flatten().map(|r| r.queue.len()).sum()
-    }
-
-    /// Nobody on `port` wants `prefix` any more: its replay is not sent;
-    /// what waited merged into it still is, now if it may.
-    fn withdraw_replay(
-        &mut self,
-        now: Instant,
-        me: usize,
-        port: usize,
-        prefix: &[u8],
-        out: &mut Vec<Action>,
-    ) {
-        if let Some(replays) = &mut self.replays[port] {
-            replays.queue.withdraw(prefix, window(&self.prefixes, port));
-            self.replay_queued(now, me, port, out);
-        }
     }
 
     /// An accepted subscription to `prefix` on `port` wants its last
