@@ -13,6 +13,7 @@
 //! `zbridge_socket::sys`.
 #![forbid(unsafe_code)]
 
+mod bucket;
 pub mod config;
 pub mod curve;
 mod error;

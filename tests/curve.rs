@@ -390,17 +390,23 @@ fn a_forged_heartbeat_without_the_pair_key_has_no_effect() {
     );
 }
 
-#[test]
-fn a_stream_subscriber_without_a_key_gets_nothing() {
-    let keys = Keys::new();
+/// A publisher (tests/peers/publisher.py with `publisher_flags`) and a
+/// lone CURVE bridge republishing it as `dream` (its table's `extra` TOML
+/// lines) on a pub port: the processes, the config, the pub port.
+fn curve_stream(
+    keys: &Keys,
+    publisher_flags: &[&str],
+    extra: &str,
+) -> (Process, BridgeProcess, TempConfig, u16) {
     let mut publisher = Command::new("python3");
     publisher
         .arg(root().join("tests/peers/publisher.py"))
-        .args(["--port=0", "--rate=50", "--topics=dream."]);
-    let (_publisher, line) = Process::spawn(publisher, |l| l.starts_with("ready ")).unwrap();
+        .arg("--port=0")
+        .args(publisher_flags);
+    let (publisher, line) = Process::spawn(publisher, |l| l.starts_with("ready ")).unwrap();
     let upstream: u16 = line["ready ".len()..].trim().parse().unwrap();
     let config = TempConfig::new(&format!(
-        "[streams.dream]\nendpoint = \"tcp://127.0.0.1:{upstream}\"\n"
+        "[streams.dream]\nendpoint = \"tcp://127.0.0.1:{upstream}\"\n{extra}"
     ));
     let pub_port = free_port();
     let mut flags = keys.flags();
@@ -409,30 +415,121 @@ fn a_stream_subscriber_without_a_key_gets_nothing() {
         format!("--primary-pub-port={pub_port}"),
         format!("--secondary-pub-port={}", free_port()),
     ]);
-    let _bridge = bridge(&flags);
-    let endpoint = format!("--endpoint=tcp://127.0.0.1:{pub_port}");
-    let server = format!("--server-key-file={}", keys.s("bridge.key.pub"));
-    let subscriber = |extra: &[String]| {
-        let mut command = peer_command("subscribe");
-        command.arg(&endpoint).arg("--seconds=20").args(extra);
-        Process::spawn(command, |l| l == "ready").unwrap().0
-    };
-    let plain = subscriber(&[]);
-    let stranger = subscriber(&[
-        server.clone(),
-        format!("--key-file={}", keys.s("stranger.key")),
-    ]);
-    let agent = subscriber(&[
-        server.clone(),
-        format!("--key-file={}", keys.s("agent.key")),
-    ]);
+    (publisher, bridge(&flags), config, pub_port)
+}
+
+/// tests/peers/curve_peer.py's subscriber on `pub_port`: with the bridge's
+/// key and the secret key file `key` (`Some("")`: a fresh pair), or
+/// without CURVE (`None`); `extra` flags (e.g. `--topic=T`).
+fn curve_subscriber(keys: &Keys, pub_port: u16, key: Option<&str>, extra: &[&str]) -> Process {
+    let mut command = peer_command("subscribe");
+    command
+        .arg(format!("--endpoint=tcp://127.0.0.1:{pub_port}"))
+        .arg("--seconds=20")
+        .args(extra);
+    if let Some(key) = key {
+        command.arg(format!("--server-key-file={}", keys.s("bridge.key.pub")));
+        if !key.is_empty() {
+            command.arg(format!("--key-file={}", keys.s(key)));
+        }
+    }
+    Process::spawn(command, |l| l == "ready").unwrap().0
+}
+
+/// The messages a curve_peer.py subscriber printed.
+fn received(subscriber: &Process) -> Vec<Value> {
+    subscriber
+        .events()
+        .into_iter()
+        .filter(|e| e.get("frames").is_some())
+        .collect()
+}
+
+/// How many of a curve_peer.py subscriber's connections have closed.
+fn disconnects(subscriber: &Process) -> usize {
+    let events = subscriber.events();
+    events
+        .iter()
+        .filter(|e| e["event"] == "disconnected")
+        .count()
+}
+
+#[test]
+fn a_stream_subscriber_without_a_key_gets_nothing() {
+    let keys = Keys::new();
+    let (_publisher, _bridge, _config, pub_port) =
+        curve_stream(&keys, &["--rate=50", "--topics=dream."], "");
+    let plain = curve_subscriber(&keys, pub_port, None, &[]);
+    let stranger = curve_subscriber(&keys, pub_port, Some("stranger.key"), &[]);
+    let agent = curve_subscriber(&keys, pub_port, Some("agent.key"), &[]);
     assert!(
-        wait_until(Duration::from_secs(10), || agent.output().len() >= 20),
+        wait_until(Duration::from_secs(10), || received(&agent).len() >= 20),
         "the allowed subscriber receives the stream"
     );
-    let received = |p: &Process| p.output().iter().filter(|l| *l != "ready").count();
-    assert_eq!(received(&plain), 0, "{:?}", plain.output());
-    assert_eq!(received(&stranger), 0, "{:?}", stranger.output());
+    assert_eq!(received(&plain).len(), 0, "{:?}", plain.output());
+    assert_eq!(received(&stranger).len(), 0, "{:?}", stranger.output());
+}
+
+#[test]
+fn with_curve_on_the_pub_port_an_allowed_late_sub_gets_the_last_values_and_a_keyless_one_nothing() {
+    // The publisher sends 20 messages once the bridge has subscribed for
+    // its cache, then nothing: all a late subscriber can get is the last
+    // values.
+    let keys = Keys::new();
+    let (publisher, bridge, _config, pub_port) = curve_stream(
+        &keys,
+        &[
+            "--topics=state.a,state.b",
+            "--rate=1000",
+            "--count=20",
+            "--wait-subscriber",
+        ],
+        "last_value = [\"state.\"]\n",
+    );
+    let last_values = || monitor_status(&bridge)["streams"]["dream"]["last_values"].clone();
+    assert!(publisher.wait_for_output("done", Duration::from_secs(10)));
+    assert!(
+        wait_until(Duration::from_secs(5), || last_values()["topics"] == 2),
+        "{}",
+        last_values()
+    );
+    let plain = curve_subscriber(&keys, pub_port, None, &["--topic=state."]);
+    let stranger = curve_subscriber(&keys, pub_port, Some(""), &["--topic=state."]);
+    // Each refused at the handshake before the allowed one comes.
+    assert!(
+        wait_until(Duration::from_secs(10), || disconnects(&plain) >= 1
+            && disconnects(&stranger) >= 1),
+        "{:?} {:?}",
+        plain.output(),
+        stranger.output()
+    );
+    let agent = curve_subscriber(&keys, pub_port, Some("agent.key"), &["--topic=state."]);
+    assert!(
+        wait_until(Duration::from_secs(5), || received(&agent).len() >= 2),
+        "the allowed late subscriber gets the last values: {:?}",
+        agent.output()
+    );
+    let got: Vec<(String, bool)> = received(&agent)
+        .iter()
+        .map(|m| {
+            (
+                m["topic"].as_str().unwrap().to_string(),
+                m["last_value"] == true,
+            )
+        })
+        .collect();
+    assert_eq!(got, [("state.a".into(), true), ("state.b".into(), true)]);
+    // Neither of the others got anything: no subscription of theirs was
+    // read, so the only replay was the agent's (the status document is
+    // refreshed every 100 ms).
+    assert!(
+        wait_until(Duration::from_secs(5), || last_values()["replayed_total"]
+            == 2),
+        "{}",
+        last_values()
+    );
+    assert_eq!(received(&plain).len(), 0, "{:?}", plain.output());
+    assert_eq!(received(&stranger).len(), 0, "{:?}", stranger.output());
 }
 
 /// Whether `needle` is in what a raw socket saw on `eth0` of namespace `i`

@@ -230,3 +230,226 @@ fn after_kill_9_of_the_active_a_plain_sub_on_the_primary_pub_port_gets_the_last_
         "the new active answers on the primary port"
     );
 }
+
+/// tests/peers/flooder.py on `pub_port`: `count` subscription messages to
+/// `prefix` (subscribe and unsubscribe in turn) at `rate` a second.
+fn flooder(pub_port: u16, prefix: &str, count: usize, rate: u32) -> Process {
+    let mut command = Command::new("python3");
+    command
+        .arg(root().join("tests/peers/flooder.py"))
+        .arg(format!("tcp://127.0.0.1:{pub_port}"))
+        .arg(prefix)
+        .arg(count.to_string())
+        .arg(format!("--rate={rate}"));
+    Process::spawn(command, |l| l.contains("started"))
+        .expect("the flooder starts")
+        .0
+}
+
+/// The distinct topics among `messages` flagged as last values.
+fn last_value_topics(messages: &[Value]) -> std::collections::BTreeSet<String> {
+    summary(messages)
+        .into_iter()
+        .filter(|(_, _, flagged)| *flagged)
+        .map(|(topic, _, _)| topic)
+        .collect()
+}
+
+/// The live messages among `messages`: (publisher's counter, number
+/// under "", arrival in ms after the subscriber's connect).
+fn live(messages: &[Value]) -> Vec<(u64, u64, f64)> {
+    messages
+        .iter()
+        .filter(|m| m["stamp"]["last_value"] == false)
+        .filter(|m| m["frames"][0].as_str().unwrap().starts_with("live."))
+        .map(|m| {
+            (
+                m["frames"][1].as_str().unwrap().parse().unwrap(),
+                m["stamp"]["seqs"][""].as_u64().unwrap(),
+                m["at_ms"].as_f64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_subscription_flood_gets_bounded_replays_while_the_live_stream_requests_and_a_late_joiner_go_on(
+) {
+    // 200 kept topics of ~110 B, then live messages at 1,000 a second; a
+    // budget of 1,000 replayed messages at once and a second
+    // (last_value_max_topics), so a replay of all 200 goes out at most 5
+    // times a second however many subscriptions ask.
+    const TOPICS: u64 = 200;
+    const MAX_TOPICS: u64 = 1000;
+    const FLOOD: usize = 20_000;
+    let (publisher, port) = publisher(
+        0,
+        &[
+            "--state=200",
+            "--pad=100",
+            "--topics=live.",
+            "--rate=1000",
+            "--count=40000",
+            "--wait-subscriber",
+        ],
+    );
+    let config = stream_config_with(
+        port,
+        &format!("last_value = [\"state.\"]\nlast_value_max_topics = {MAX_TOPICS}\n"),
+    );
+    let echo = EchoService::start(None).unwrap();
+    let pub_port = free_port();
+    let bridge = stream_bridge(
+        &config,
+        pub_port,
+        &[format!("--pc2-addr={}", echo.endpoint)],
+    );
+    let bound_at = Instant::now();
+    assert!(stream_up(&bridge));
+    assert!(publisher.wait_for_output("state", Duration::from_secs(10)));
+    assert!(wait_until(Duration::from_secs(5), || kept(&bridge)
+        ["topics"]
+        == TOPICS));
+    let honest = pyzmq_subscriber(pub_port, "", usize::MAX >> 1);
+    assert!(wait_until(Duration::from_secs(10), || live(&messages(
+        &honest
+    ))
+    .len()
+        >= 200));
+    let rss_before = bridge.rss_kb().unwrap();
+
+    // 20,000 subscription messages to "state" (subscribe, unsubscribe) at
+    // 5,000 a second: unbounded, each subscribe would replay all 200
+    // topics, 2 million messages to every subscriber of them.
+    let flood = flooder(pub_port, "state", FLOOD, 5000);
+    // The late joiner comes once the flood has spent the budget.
+    let counted = |lv: &Value| lv["replays_deferred_total"].as_u64().unwrap_or(0);
+    assert!(
+        wait_until(Duration::from_secs(10), || counted(&kept(&bridge)) >= 2000),
+        "{}",
+        kept(&bridge)
+    );
+    let late = pyzmq_subscriber(pub_port, "state.", usize::MAX >> 1);
+    let dealer = Dealer::connect(&bridge.frontend);
+    let asked = Instant::now();
+    let reply = dealer.call(&[b"pc2", b"during the flood"]);
+    let request = asked.elapsed();
+    assert_eq!(
+        reply.last().map(Vec::as_slice),
+        Some(&b"during the flood"[..])
+    );
+    // The late joiner has every kept topic, flagged, within a refill
+    // period and a window (the machine's bound: what waits ahead of it
+    // costs at most one full cache) plus slack.
+    let mut rss_max = rss_before;
+    let mut sample = || rss_max = rss_max.max(bridge.rss_kb().unwrap_or(0));
+    assert!(
+        wait_until(Duration::from_secs(3), || {
+            sample();
+            last_value_topics(&messages(&late)).len() as u64 == TOPICS
+        }),
+        "the late joiner's last values: {:?}",
+        last_value_topics(&messages(&late))
+    );
+    let got = messages(&late);
+    let complete_ms = got
+        .iter()
+        .scan(std::collections::BTreeSet::new(), |seen, m| {
+            if m["stamp"]["last_value"] == true {
+                seen.insert(m["frames"][0].as_str().unwrap().to_string());
+            }
+            Some((seen.len() as u64, m["at_ms"].as_f64().unwrap()))
+        })
+        .find(|(n, _)| *n == TOPICS)
+        .map(|(_, at)| at)
+        .unwrap();
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            sample();
+            flood.output().iter().any(|l| l.contains("\"done\""))
+        }),
+        "the flood ends"
+    );
+    let done: Value = flood
+        .output()
+        .iter()
+        .find_map(|l| {
+            serde_json::from_str(l)
+                .ok()
+                .filter(|d: &Value| d["event"] == "done")
+        })
+        .unwrap();
+    assert_eq!(done["sent"], FLOOD, "{done}");
+    sample();
+    let since_bound = bound_at.elapsed().as_secs_f64();
+
+    // The deferrals are counted (status and metrics), once logged.
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            let lv = kept(&bridge);
+            counted(&lv) >= 9_000 && lv["replays_pending"] == 0
+        }),
+        "{}",
+        kept(&bridge)
+    );
+    let lv = kept(&bridge);
+    let replayed = lv["replayed_total"].as_u64().unwrap();
+    assert!(
+        (replayed as f64) <= MAX_TOPICS as f64 * (1.0 + since_bound),
+        "{replayed} replayed in {since_bound:.1} s: {lv}"
+    );
+    let metrics = monitor(&bridge, "metrics").unwrap();
+    let line = format!(
+        "zbridge_stream_last_value_deferred_total{{stream=\"dream\"}} {}",
+        counted(&lv)
+    );
+    assert!(metrics.contains(&line), "{line} in {metrics}");
+    let (code, out) = crate::monitor::promtool(&["check", "metrics"], &metrics);
+    assert_eq!(code, 0, "{out}");
+    let warned = bridge
+        .process
+        .log()
+        .iter()
+        .filter(|l| l.contains("faster than they are replayed"))
+        .count();
+    assert!(
+        (1..=1 + since_bound as usize / 10).contains(&warned),
+        "{warned} warnings"
+    );
+
+    // The honest subscriber lost no live message and never stalled; the
+    // repeats it saw are the bounded replays.
+    let seen = messages(&honest);
+    let flow = live(&seen);
+    let repeats = seen.len() - flow.len();
+    for pair in flow.windows(2) {
+        assert_eq!(pair[1].0, pair[0].0 + 1, "a live message lost");
+        assert_eq!(pair[1].1, pair[0].1 + 1, "numbers go on");
+    }
+    let gap = flow.windows(2).map(|p| p[1].2 - p[0].2).fold(0.0, f64::max);
+    // Lateness against the publisher's pace (1 ms a message), relative to
+    // the promptest message.
+    let lateness: Vec<f64> = flow
+        .iter()
+        .map(|(i, _, at)| at - (*i - flow[0].0) as f64)
+        .collect();
+    let late_most = lateness.iter().cloned().fold(f64::MIN, f64::max)
+        - lateness.iter().cloned().fold(f64::MAX, f64::min);
+    let grown = rss_max.saturating_sub(rss_before);
+    eprintln!(
+        "flood of {FLOOD} subscription messages in {:.1} s: {} replays deferred, {replayed} \
+         last values replayed in {since_bound:.1} s (unbounded: {}), {repeats} repeats at the \
+         honest subscriber; live: {} messages, none lost, longest gap {gap:.1} ms, latest \
+         {late_most:.1} ms behind the promptest; a request {request:?}; the late joiner had its \
+         {TOPICS} last values {complete_ms:.1} ms after its connect; RSS {rss_before} -> max \
+         {rss_max} KiB; {warned} warning(s)",
+        done["seconds"].as_f64().unwrap(),
+        counted(&lv),
+        FLOOD as u64 / 2 * TOPICS,
+        flow.len(),
+    );
+    assert!(repeats as u64 <= replayed, "{repeats} > {replayed}");
+    assert!(gap < 250.0, "the live stream stalled {gap} ms");
+    assert!(request < Duration::from_secs(1), "{request:?}");
+    assert!(grown < 32 * 1024, "RSS grew by {grown} KiB");
+}

@@ -388,7 +388,7 @@ fn endless_headers_are_cut_off_and_block_nobody() {
 }
 
 /// `promtool ARGS...` with `input` on stdin: exit code and output.
-fn promtool(args: &[&str], input: &str) -> (i32, String) {
+pub(crate) fn promtool(args: &[&str], input: &str) -> (i32, String) {
     let mut child = Command::new("promtool")
         .args(args)
         .stdin(Stdio::piped())

@@ -387,6 +387,8 @@ fn stream_metrics(registry: &mut Registry, status: &Value) {
     let lv_evicted = Family::<Labels, Counter>::default();
     let lv_too_large = Family::<Labels, Counter>::default();
     let lv_replayed = Family::<Labels, Counter>::default();
+    let lv_deferred = Family::<Labels, Counter>::default();
+    let lv_pending = Family::<Labels, Gauge<f64, AtomicU64>>::default();
     for (name, stream) in streams {
         let s = labels(&[("stream", name)]);
         let count = |key: &str| stream[key].as_u64().unwrap_or(0);
@@ -415,6 +417,12 @@ fn stream_metrics(registry: &mut Registry, status: &Value) {
             lv_replayed
                 .get_or_create(&s)
                 .inc_by(count("replayed_total"));
+            lv_deferred
+                .get_or_create(&s)
+                .inc_by(count("replays_deferred_total"));
+            lv_pending
+                .get_or_create(&s)
+                .set(count("replays_pending") as f64);
         }
     }
     registry.register(
@@ -441,6 +449,16 @@ fn stream_metrics(registry: &mut Registry, status: &Value) {
         "zbridge_stream_last_value_replayed",
         "Last values sent to new subscriptions",
         lv_replayed,
+    );
+    registry.register(
+        "zbridge_stream_last_value_deferred",
+        "Subscriptions whose last values did not go out at once (their prefix replayed under 100 ms before, or the pub port's replay budget spent); each is served by a later replay",
+        lv_deferred,
+    );
+    registry.register(
+        "zbridge_stream_last_value_pending",
+        "Prefixes whose subscriptions wait for a deferred replay of their last values",
+        lv_pending,
     );
     registry.register(
         "zbridge_stream_received",
@@ -523,7 +541,8 @@ mod tests {
         assert!(text.ends_with("# EOF\n"), "{text}");
         let text = openmetrics(
             &json!({"streams": {"dream": {"up": true, "subscriber_stalls_total": 3,
-                "last_values": {"topics": 2, "evicted_total": 5}}}}),
+                "last_values": {"topics": 2, "evicted_total": 5,
+                    "replays_deferred_total": 7, "replays_pending": 1}}}}),
             Vec::new(),
         );
         assert!(
@@ -537,6 +556,8 @@ mod tests {
         for line in [
             "zbridge_stream_last_value_topics{stream=\"dream\"} 2.0",
             "zbridge_stream_last_value_evicted_total{stream=\"dream\"} 5",
+            "zbridge_stream_last_value_deferred_total{stream=\"dream\"} 7",
+            "zbridge_stream_last_value_pending{stream=\"dream\"} 1.0",
         ] {
             assert!(text.contains(line), "{line} in {text}");
         }

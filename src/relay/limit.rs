@@ -7,46 +7,10 @@
 //! overflow bucket. A flood of fresh identities therefore costs bounded
 //! memory and is still limited.
 
+use crate::bucket::Bucket;
 use crate::config::Rate;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
-
-#[derive(Debug, Clone, Copy)]
-struct Bucket {
-    tokens: f64,
-    last: Instant,
-}
-
-impl Bucket {
-    fn full(rate: Rate, now: Instant) -> Bucket {
-        Bucket {
-            tokens: rate.burst,
-            last: now,
-        }
-    }
-
-    fn refill(&mut self, rate: Rate, now: Instant) {
-        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
-        self.tokens = (self.tokens + elapsed * rate.per_second).min(rate.burst);
-        self.last = now;
-    }
-
-    /// Take one token, or say how long until there is one.
-    fn take(&mut self, rate: Rate, now: Instant) -> Result<(), Duration> {
-        self.refill(rate, now);
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            Ok(())
-        } else {
-            // Config keeps the rate at 0.001/s or more: at most 1000 s;
-            // the fallback only keeps a bad rate from panicking.
-            Err(
-                Duration::try_from_secs_f64((1.0 - self.tokens) / rate.per_second)
-                    .unwrap_or(Duration::MAX),
-            )
-        }
-    }
-}
 
 /// Which limit refused a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

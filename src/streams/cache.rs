@@ -5,7 +5,8 @@
 //! once): a new topic that would pass a bound evicts the topics updated
 //! longest ago, each eviction counted; a message larger than the byte bound
 //! on its own is not kept (counted too). [`Cache::matching`] lists what a
-//! new subscription to a prefix gets, in topic order.
+//! new subscription to a prefix gets, in topic order; [`Cache::cost`]
+//! says what sending it costs.
 
 use std::collections::BTreeMap;
 
@@ -119,6 +120,12 @@ impl Cache {
             .map(|(_, entry)| entry.frames.as_slice())
     }
 
+    /// What replaying `prefix` sends: messages, and bytes of frames.
+    pub fn cost(&self, prefix: &[u8]) -> (usize, usize) {
+        self.matching(prefix)
+            .fold((0, 0), |(n, bytes), frames| (n + 1, bytes + size(frames)))
+    }
+
     pub fn counts(&self) -> Counts {
         self.counts
     }
@@ -161,6 +168,8 @@ mod tests {
         assert_eq!(topics(&cache, "a"), ["a.x=4", "a.y=3", "ab=5"]);
         assert_eq!(topics(&cache, ""), ["a.x=4", "a.y=3", "ab=5", "b.x=2"]);
         assert_eq!(topics(&cache, "c"), Vec::<String>::new());
+        assert_eq!(cache.cost(b"a."), (2, 4 + 4));
+        assert_eq!(cache.cost(b"c"), (0, 0));
         assert_eq!(cache.counts().topics, 4);
         assert_eq!(cache.counts().bytes, 4 + 4 + 3 + 4);
     }

@@ -1,7 +1,8 @@
 //! The stream thread's decisions, as pure code: which prefixes to ask the
 //! upstreams for, the numbers in each stamp, the refusal past
 //! [`MAX_PREFIXES`], stalls, upstream sessions, which pub ports to bind
-//! and when to retry, and the last values a new subscription gets.
+//! and when to retry, and the last values a new subscription gets and
+//! when.
 //!
 //! [`Machine::step`] takes an [`Event`] at `now` and pushes the [`Action`]s
 //! the loop must carry out; it never reads a clock or touches a socket.
@@ -16,8 +17,24 @@
 //! own subscribe and unsubscribe to the same prefix leave them in place);
 //! a message is published only if some subscriber wants it, and then every
 //! wanted prefix it matches counts one more.
+//!
+//! Replays (last values) are bounded per stream and pub port, whatever the
+//! subscribers send: a prefix's last values go out on a port at most once
+//! per [`REPLAY_WINDOW`], and all of a port's replays together cost at most
+//! one full cache (`last_value_max_topics` messages, `last_value_max_bytes`
+//! bytes) at once and one full cache per [`REPLAY_REFILL`] after that (a
+//! token bucket in messages and one in bytes). A subscription whose replay
+//! cannot go out at once is deferred, never dropped: its prefix waits in
+//! the port's queue (oldest first, each prefix once, a prefix under a
+//! queued one merged into it), and one replay serves every subscription to
+//! it meanwhile (libzmq sends it to every subscriber of the prefix). A
+//! queued prefix leaves the queue unreplayed only when no subscriber on
+//! the port wants it any more, or the port closes.
 
 use super::cache::Cache;
+use super::replays::{Queue, Queued};
+use crate::bucket::Bucket;
+use crate::config::Rate;
 use crate::throttle::LogThrottle;
 use serde_json::{json, Map, Value};
 use std::time::{Duration, Instant};
@@ -37,9 +54,21 @@ pub const MAX_PREFIXES: usize = 1024;
 pub const RETRY_EVERY: Duration = Duration::from_millis(50);
 /// How long a pub port may stay taken before that is an error.
 const BIND_WARN_AFTER: Duration = Duration::from_secs(5);
-/// How often a stalling subscriber (or a refused subscription) is logged,
-/// per stream.
+/// How often a stalling subscriber (or a refused subscription, or a
+/// deferred replay) is logged, per stream.
 const LOG_EVERY: Duration = Duration::from_secs(10);
+/// A prefix's last values go out on a pub port at most once per this
+/// interval; subscriptions to it meanwhile share the next replay. Short
+/// enough to be "at once" for a subscriber that joins just after another,
+/// long enough that a flood of subscription messages gets ten replays a
+/// second, not thousands.
+pub const REPLAY_WINDOW: Duration = Duration::from_millis(100);
+/// A stream's replay budget on a pub port holds one full cache and refills
+/// at one full cache per this period: a lone subscription never waits (the
+/// cache never holds more than its bounds), and a flood costs each
+/// subscriber of the port at most what one subscription to everything a
+/// second would.
+pub const REPLAY_REFILL: Duration = Duration::from_secs(1);
 
 /// One configured stream, as the machine needs it.
 pub struct Settings {
@@ -136,6 +165,33 @@ struct Upstream {
     refused: u64,
     refusal_log: LogThrottle,
     replayed: u64,
+    /// Per pub port, while bound (streams with last values): the replay
+    /// budget and the prefixes waiting for their replay.
+    replays: [Option<Replays>; 2],
+    /// Subscriptions whose last values did not go out at once.
+    deferred: u64,
+    deferral_log: LogThrottle,
+}
+
+/// A stream's replays on one pub port.
+struct Replays {
+    messages: Bucket,
+    bytes: Bucket,
+    queue: Queue,
+    /// When the next queued replay may go out (None: none waits).
+    due: Option<Instant>,
+    /// Until when the budget holds the oldest replay due: nothing goes out
+    /// before (a subscription meanwhile only queues its prefix).
+    short_until: Option<Instant>,
+}
+
+/// What became of a queued replay.
+enum Try {
+    Sent,
+    /// Its prefix went out less than [`REPLAY_WINDOW`] ago: not before.
+    Closed(Instant),
+    /// The budget is short: it waits this long.
+    Short(Duration),
 }
 
 /// A prefix some subscriber asked for, and its sequence number.
@@ -144,6 +200,8 @@ struct Prefix {
     seq: u64,
     /// Which pub ports have a subscriber to it.
     wanted_on: [bool; 2],
+    /// When its last values last went out on each pub port.
+    replayed_at: [Option<Instant>; 2],
 }
 
 impl Prefix {
@@ -197,6 +255,9 @@ impl Machine {
                 refused: 0,
                 refusal_log: LogThrottle::default(),
                 replayed: 0,
+                replays: [None, None],
+                deferred: 0,
+                deferral_log: LogThrottle::default(),
                 settings,
             })
             .collect();
@@ -220,9 +281,14 @@ impl Machine {
         &self.stamp
     }
 
-    /// When [`Event::Tick`] is due.
+    /// When [`Event::Tick`] is due: a bind to retry, or a deferred replay.
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.retry_at
+        let replays = self
+            .upstreams
+            .iter()
+            .flat_map(|u| u.replays.iter().flatten())
+            .filter_map(|r| r.due);
+        replays.chain(self.retry_at).min()
     }
 
     pub fn step(&mut self, now: Instant, event: Event<'_>, out: &mut Vec<Action>) {
@@ -253,11 +319,31 @@ impl Machine {
                 p.bound = Some(endpoint);
                 p.failing = None;
                 p.subscribers = 0;
+                for upstream in &mut self.upstreams {
+                    upstream.replays[port] = upstream.cache.is_some().then(|| {
+                        let (messages, bytes) = upstream.budget();
+                        Replays {
+                            messages: Bucket::full(messages, now),
+                            bytes: Bucket::full(bytes, now),
+                            queue: Queue::default(),
+                            due: None,
+                            short_until: None,
+                        }
+                    });
+                }
             }
             Event::BindFailed(port, e) => self.bind_failed(now, port, &e),
             Event::Tick => {
                 if self.retry_at.is_some_and(|t| now >= t) {
                     self.bind_held(out);
+                }
+                for (i, upstream) in self.upstreams.iter_mut().enumerate() {
+                    for port in 0..2 {
+                        let due = upstream.replays[port].as_ref().and_then(|r| r.due);
+                        if due.is_some_and(|t| now >= t) {
+                            upstream.replay_queued(now, i, port, out);
+                        }
+                    }
                 }
             }
             Event::UpstreamUp(i) => {
@@ -342,7 +428,10 @@ impl Machine {
         self.ports[port].subscribers = 0;
         out.push(Action::Close(port));
         for (i, upstream) in self.upstreams.iter_mut().enumerate() {
+            // What waited for a replay there is dropped with the port.
+            upstream.replays[port] = None;
             for prefix in &mut upstream.prefixes {
+                prefix.replayed_at[port] = None;
                 if std::mem::take(&mut prefix.wanted_on[port]) && !prefix.wanted() {
                     out.push(Action::Upstream {
                         upstream: i,
@@ -380,6 +469,8 @@ impl Machine {
                     "evicted_total": c.evicted,
                     "too_large_total": c.too_large,
                     "replayed_total": u.replayed,
+                    "replays_deferred_total": u.deferred,
+                    "replays_pending": u.pending(),
                 });
             }
             streams.insert(u.settings.name.clone(), doc);
@@ -438,27 +529,17 @@ impl Upstream {
             // for its last value only: nobody wants it.
             return false;
         }
-        self.write_stamp(topic, false, stamp);
+        let numbering = (self.source, self.session);
+        write_stamp(
+            &self.settings.name,
+            numbering,
+            &self.prefixes,
+            topic,
+            false,
+            stamp,
+        );
         self.published += 1;
         true
-    }
-
-    /// The stamp of a message with `topic`: the number of every wanted
-    /// prefix it matches.
-    fn write_stamp(&self, topic: &[u8], last_value: bool, stamp: &mut Vec<u8>) {
-        let seqs = self
-            .prefixes
-            .iter()
-            .filter(|p| p.wanted() && topic.starts_with(&p.bytes))
-            .map(|p| (p.bytes.as_slice(), p.seq));
-        encode_stamp(
-            stamp,
-            self.source,
-            self.session,
-            &self.settings.name,
-            seqs,
-            last_value,
-        );
     }
 
     /// A subscriber on `port` asked for (or withdrew) `prefix`; the
@@ -476,12 +557,19 @@ impl Upstream {
         let index = self.prefixes.iter().position(|p| p.bytes == prefix);
         if !subscribe {
             if let Some(entry) = index.map(|i| &mut self.prefixes[i]) {
-                if std::mem::take(&mut entry.wanted_on[port]) && !entry.wanted() {
+                let was_wanted_here = std::mem::take(&mut entry.wanted_on[port]);
+                if was_wanted_here && !entry.wanted() {
                     out.push(Action::Upstream {
                         upstream: me,
                         subscribe: false,
                         prefix: prefix.to_vec(),
                     });
+                }
+                if let Some(replays) = self.replays[port].as_mut().filter(|_| was_wanted_here) {
+                    // Its replay is not sent; what waited merged into it
+                    // still is, now if it may.
+                    replays.queue.withdraw(prefix, window(&self.prefixes, port));
+                    self.replay_queued(now, me, port, out);
                 }
             }
             return;
@@ -507,6 +595,7 @@ impl Upstream {
                     bytes: prefix.to_vec(),
                     seq: 0,
                     wanted_on: [false; 2],
+                    replayed_at: [None; 2],
                 });
                 self.prefixes.len() - 1
             }
@@ -521,13 +610,174 @@ impl Upstream {
                 prefix: prefix.to_vec(),
             });
         }
-        let Some(cache) = &self.cache else {
+        self.ask_replay(now, me, port, prefix, out);
+    }
+
+    /// The budget of each pub port's replays: messages, and bytes.
+    fn budget(&self) -> (Rate, Rate) {
+        let per = |bound: usize| Rate {
+            per_second: bound as f64 / REPLAY_REFILL.as_secs_f64(),
+            burst: bound as f64,
+        };
+        (
+            per(self.settings.last_value_max_topics),
+            per(self.settings.last_value_max_bytes),
+        )
+    }
+
+    /// Prefixes waiting for their replay, on both ports.
+    fn pending(&self) -> usize {
+        self.replays.iter().flatten().map(|r| r.queue.len()).sum()
+    }
+
+    /// An accepted subscription to `prefix` on `port` wants its last
+    /// values: they go out now if the prefix's window is open and the
+    /// budget allows and no replay is held for the budget; otherwise the
+    /// prefix is queued (merged, if it or one it is under waits already),
+    /// counted and logged.
+    fn ask_replay(
+        &mut self,
+        now: Instant,
+        me: usize,
+        port: usize,
+        prefix: &[u8],
+        out: &mut Vec<Action>,
+    ) {
+        let opens = window(&self.prefixes, port)(prefix).flatten();
+        let Some(replays) = &mut self.replays[port] else {
             return;
         };
+        let short = replays.short_until.is_some_and(|t| now < t);
+        let tried = match replays.queue.push(prefix, opens) {
+            Some(at) if !short => self.try_replay(now, me, port, at, out),
+            _ => None,
+        };
+        let Some(replays) = &mut self.replays[port] else {
+            return;
+        };
+        match tried {
+            Some(Try::Sent) => return,
+            Some(Try::Closed(open)) => {
+                replays.due = Some(replays.due.map_or(open, |d| d.min(open)))
+            }
+            Some(Try::Short(wait)) => {
+                replays.short_until = Some(now + wait);
+                replays.due = Some(replays.due.map_or(now + wait, |d| d.min(now + wait)));
+            }
+            None => {}
+        }
+        self.deferred += 1;
+        if self.deferral_log.due(now, LOG_EVERY) {
+            warn!(
+                stream = %self.settings.name,
+                port,
+                replays_deferred_total = self.deferred,
+                replays_pending = self.pending(),
+                "subscriptions ask for last values faster than they are replayed (a prefix at most every 100 ms, one full cache a second per pub port): theirs go out later, one replay for all that asked meanwhile; a few after a failover are normal, thousands a second are a subscriber flooding subscription messages"
+            );
+        }
+    }
+
+    /// Send the queued replays on `port` that are due, oldest first, while
+    /// the budget lasts; set when the next is due.
+    fn replay_queued(&mut self, now: Instant, me: usize, port: usize, out: &mut Vec<Action>) {
+        let held = |r: &Replays| r.short_until.is_some_and(|t| now < t);
+        if self.cache.is_none() || self.replays[port].as_ref().is_none_or(held) {
+            return;
+        }
+        let mut due: Option<Instant> = None;
+        let mut short_until = None;
+        let mut i = 0;
+        loop {
+            let Some(replays) = &self.replays[port] else {
+                return;
+            };
+            let Some(queued) = replays.queue.get(i) else {
+                break;
+            };
+            if let Some(open) = queued.opens.filter(|t| now < *t) {
+                due = Some(due.map_or(open, |d| d.min(open)));
+                i += 1;
+                continue;
+            }
+            match self.try_replay(now, me, port, i, out) {
+                Some(Try::Sent) | None => {}
+                Some(Try::Closed(open)) => {
+                    due = Some(due.map_or(open, |d| d.min(open)));
+                    i += 1;
+                }
+                Some(Try::Short(wait)) => {
+                    // The oldest waits for the budget; nothing overtakes it.
+                    short_until = Some(now + wait);
+                    due = Some(due.map_or(now + wait, |d| d.min(now + wait)));
+                    break;
+                }
+            }
+        }
+        if let Some(replays) = &mut self.replays[port] {
+            replays.due = due;
+            replays.short_until = short_until;
+        }
+    }
+
+    /// Replay the queued prefix at `i` on `port` if its window is open and
+    /// the budget allows (sent: it leaves the queue, with what was merged
+    /// into it). `None`: it was no longer wanted, and left the queue.
+    fn try_replay(
+        &mut self,
+        now: Instant,
+        me: usize,
+        port: usize,
+        i: usize,
+        out: &mut Vec<Action>,
+    ) -> Option<Try> {
+        let (message_rate, byte_rate) = self.budget();
+        let (Some(cache), Some(replays)) = (&self.cache, &mut self.replays[port]) else {
+            return None;
+        };
+        let prefix = &replays.queue.get(i)?.prefix;
+        let Some(entry) = self
+            .prefixes
+            .iter_mut()
+            .find(|p| p.bytes == *prefix && p.wanted_on[port])
+        else {
+            // Its subscribers left (withdrawn then already: a guard).
+            let prefix = prefix.clone();
+            let window = window(&self.prefixes, port);
+            replays.queue.withdraw(&prefix, window);
+            return None;
+        };
+        if let Some(open) = entry.replayed_at[port].map(|t| t + REPLAY_WINDOW) {
+            if now < open {
+                return Some(Try::Closed(open));
+            }
+        }
+        let (n, bytes) = cache.cost(prefix);
+        // Never more than a full bucket: the cache's bounds cap it anyway.
+        let n = (n as f64).min(message_rate.burst);
+        let bytes = (bytes as f64).min(byte_rate.burst);
+        let wait = replays
+            .messages
+            .wait(n, message_rate, now)
+            .max(replays.bytes.wait(bytes, byte_rate, now));
+        if !wait.is_zero() {
+            return Some(Try::Short(wait));
+        }
+        replays.messages.tokens -= n;
+        replays.bytes.tokens -= bytes;
+        entry.replayed_at[port] = Some(now);
+        let Queued { prefix, .. } = replays.queue.remove(i)?;
         let before = out.len();
-        for frames in cache.matching(prefix) {
+        for frames in cache.matching(&prefix) {
             let mut stamp = Vec::new();
-            self.write_stamp(&frames[0], true, &mut stamp);
+            write_stamp(
+                &self.settings.name,
+                (self.source, self.session),
+                &self.prefixes,
+                &frames[0],
+                true,
+                &mut stamp,
+            );
             out.push(Action::Replay {
                 port,
                 upstream: me,
@@ -536,7 +786,36 @@ impl Upstream {
             });
         }
         self.replayed += (out.len() - before) as u64;
+        Some(Try::Sent)
     }
+}
+
+/// For a prefix: `None` if no subscriber on `port` wants it, else when
+/// its replay window there opens (`None`: open).
+fn window(prefixes: &[Prefix], port: usize) -> impl Fn(&[u8]) -> Option<Option<Instant>> + '_ {
+    move |prefix| {
+        let p = prefixes
+            .iter()
+            .find(|p| p.bytes == prefix && p.wanted_on[port])?;
+        Some(p.replayed_at[port].map(|t| t + REPLAY_WINDOW))
+    }
+}
+
+/// The stamp of a message with `topic` from stream `name` (numbered under
+/// `(source, session)`): the number of every wanted prefix it matches.
+fn write_stamp(
+    name: &str,
+    (source, session): (u64, u32),
+    prefixes: &[Prefix],
+    topic: &[u8],
+    last_value: bool,
+    stamp: &mut Vec<u8>,
+) {
+    let seqs = prefixes
+        .iter()
+        .filter(|p| p.wanted() && topic.starts_with(&p.bytes))
+        .map(|p| (p.bytes.as_slice(), p.seq));
+    encode_stamp(stamp, source, session, name, seqs, last_value);
 }
 
 /// The source a stream draws when its numbering starts again: a step of

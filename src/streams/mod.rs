@@ -19,6 +19,7 @@
 //! | `mod.rs` | the handle the relay keeps: start, hold and release a pub port, status, stop |
 //! | [`machine`] | every decision, pure: `step(now, event) -> actions` for prefixes, numbering, the 1,024-prefix cap, stalls, upstream sessions, pub-port binds and retries, last values to replay; the status document; tables in `machine/tests.rs` |
 //! | [`cache`] | a stream's last values (pure): the last message per topic, bounded in topics and bytes |
+//! | [`replays`] | the prefixes waiting for their last values on a pub port (pure): oldest first, each once, merged under a broader one |
 //! | [`worker`] | the thread's loop: poll, turn readiness into events, carry out actions |
 //! | [`sockets`] | opening the XSUBs and XPUBs, publishing with the stall check, forwarding a subscription |
 //!
@@ -42,6 +43,7 @@
 
 mod cache;
 mod machine;
+mod replays;
 mod sockets;
 mod worker;
 

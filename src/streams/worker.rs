@@ -15,7 +15,8 @@ use tracing::{error, warn};
 use zbridge_socket::wait::{Item, Wait};
 use zbridge_socket::{next_event, recv_frames};
 
-/// Messages read from one upstream before the loop looks at the others.
+/// Messages read from one upstream (or subscriptions from one pub port)
+/// before the loop looks at the others.
 const BATCH: usize = 256;
 /// How often the status document is refreshed.
 const STATUS_EVERY: Duration = Duration::from_millis(100);
@@ -319,9 +320,10 @@ impl Worker {
     }
 
     /// Hand what subscribers on a port asked for (or withdrew) to the
-    /// machine.
+    /// machine: at most a batch a round, so that a subscriber flooding
+    /// subscription messages cannot hold the upstreams' messages back.
     fn on_subscriptions(&mut self, port: usize) {
-        loop {
+        for _ in 0..BATCH {
             let Some(bound) = &self.pubs[port] else {
                 return;
             };

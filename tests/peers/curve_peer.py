@@ -6,8 +6,12 @@ key.pub, `curve_publickey`/`curve_secretkey` the peer's own pair.
            a DEALER sends [TARGET, PAYLOAD]; prints one JSON line:
            {"reply": [frames...]} or {"timeout": true}
   subscribe --endpoint E [--server-key-file F] [--key-file K] [--seconds S]
-           a SUB to everything; prints `ready`, then one JSON line per
-           message {"frames": n} until S seconds pass
+            [--topic T]
+           a SUB to T (default everything); prints `ready`, then one JSON
+           line per message {"frames": n, "topic": first frame,
+           "last_value": flagged as a last value by its stamp} until S
+           seconds pass; each connection that closes (a refused handshake,
+           say) is a line {"event": "disconnected"}
   serve    --port P [--host H] [--key-file K] [--tag T]
            a REP service, a CURVE server with K when given; prints `ready PORT`
            and echoes [T] + frames
@@ -71,6 +75,7 @@ def main():
     parser.add_argument("--node", default="secondary")
     parser.add_argument("--epoch", type=int, default=99)
     parser.add_argument("--count", type=int, default=100)
+    parser.add_argument("--topic", default="")
     args = parser.parse_intermixed_args()
     ctx = zmq.Context()
 
@@ -91,13 +96,26 @@ def main():
         sock = ctx.socket(zmq.SUB)
         sock.linger = 0
         client_keys(sock, args)
-        sock.setsockopt(zmq.SUBSCRIBE, b"")
+        sock.setsockopt(zmq.SUBSCRIBE, args.topic.encode())
+        monitor = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
         sock.connect(args.endpoint)
         print("ready", flush=True)
         deadline = time.monotonic() + args.seconds
+        # The stamp's last entry on a last value: number 0, length 5, "\0last".
+        flag = b"\0" * 8 + b"\0\x05\0last"
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        poller.register(monitor, zmq.POLLIN)
         while time.monotonic() < deadline:
-            if sock.poll(50):
-                print(json.dumps({"frames": len(sock.recv_multipart())}), flush=True)
+            ready = dict(poller.poll(50))
+            if monitor in ready:
+                monitor.recv_multipart()
+                print(json.dumps({"event": "disconnected"}), flush=True)
+            if sock in ready:
+                frames = sock.recv_multipart()
+                print(json.dumps({"frames": len(frames),
+                                  "topic": frames[0].decode(errors="replace"),
+                                  "last_value": frames[-1].endswith(flag)}), flush=True)
         return
 
     if args.mode == "serve":

@@ -11,6 +11,9 @@ each counted even when to the same prefix).
 --distinct makes every message's topic its own: topic then str(i).
 --burst N sends the first N messages as fast as it can (then prints `burst`)
 and the rest at --rate.
+--state N first sends N messages on topics state.0000 to state.N-1 (frames
+[topic, str(i)] plus the pad), as fast as it can, and prints `state`; then
+the --count messages as above.
 """
 import argparse
 import time
@@ -29,6 +32,7 @@ parser.add_argument("--wait-subscriber", action="store_true")
 parser.add_argument("--wait-subscribers", type=int, default=0)
 parser.add_argument("--distinct", action="store_true")
 parser.add_argument("--burst", type=int, default=0)
+parser.add_argument("--state", type=int, default=0)
 args = parser.parse_args()
 
 ctx = zmq.Context()
@@ -77,6 +81,10 @@ def topic(i):
 waited = 0
 while waited < args.wait_subscribers:
     waited += read_subscriptions(1000)
+for i in range(args.state):
+    sock.send_multipart([b"state.%04d" % i, str(i).encode()] + pad)
+if args.state:
+    print("state", flush=True)
 for i in range(args.burst):
     sock.send_multipart([topic(i), str(i).encode()] + pad)
 if args.burst:

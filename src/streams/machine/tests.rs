@@ -417,12 +417,204 @@ fn last_values_are_kept_without_subscribers_and_replayed_to_a_new_subscription_w
 #[test]
 fn a_subscription_passed_on_again_is_replayed_to_again() {
     // ZMQ_XPUB_VERBOSE: a second subscriber to the same prefix, or the
-    // same one after a reconnection, is a subscription like the first.
+    // same one after a reconnection, is a subscription like the first
+    // (once the prefix's window has passed; see the flood tests below).
     let mut run = Run::bound();
     run.message(1, "state.a");
     run.at(0, sub(0, "state."));
-    assert_eq!(replays(&run.at(1, sub(0, "state."))).len(), 1);
-    assert_eq!(replays(&run.at(2, sub(0, "state.a"))).len(), 1);
+    assert_eq!(replays(&run.at(100, sub(0, "state."))).len(), 1);
+    assert_eq!(replays(&run.at(101, sub(0, "state.a"))).len(), 1);
+    assert_eq!(last_values(&run)["replays_deferred_total"], 0);
+}
+
+/// Stream `b`'s `last_values` in the status document.
+fn last_values(run: &Run) -> Value {
+    run.stream("b")["last_values"].clone()
+}
+
+/// A run whose stream `b` keeps last values under `state.` within
+/// `max_topics` topics (its replay budget: that many messages at once and
+/// per second), pub port 0 bound, with `topics` kept.
+fn budgeted(max_topics: usize, topics: &[&str]) -> Run {
+    let mut b = settings("b", &["state."]);
+    b.last_value_max_topics = max_topics;
+    let mut run = Run {
+        machine: Machine::new(vec![settings("a", &[]), b], 10),
+        t0: Instant::now(),
+    };
+    run.at(0, Event::Start);
+    run.at(0, Event::Hold(0));
+    run.at(0, Event::Bound(0, "tcp://127.0.0.1:5630".into()));
+    for topic in topics {
+        assert_eq!(run.message(1, topic), None);
+    }
+    run
+}
+
+/// The topics of the last values replayed, in order.
+fn replayed_topics(out: &[Action]) -> Vec<String> {
+    replays(out)
+        .into_iter()
+        .map(|(_, topic, _)| topic)
+        .collect()
+}
+
+#[test]
+fn a_flood_of_subscriptions_to_one_prefix_gets_one_replay_per_window_each_subscription_served() {
+    let mut run = Run::bound();
+    run.message(1, "state.a");
+    run.message(1, "state.b");
+    let out = run.at(0, sub(0, "state."));
+    assert_eq!(replayed_topics(&out), ["state.a", "state.b"]);
+    // 99 more within the window: all wait for one replay at its end.
+    for ms in 1..100 {
+        assert_eq!(replays(&run.at(ms, sub(0, "state."))), []);
+    }
+    assert_eq!(last_values(&run)["replays_deferred_total"], 99);
+    assert_eq!(last_values(&run)["replays_pending"], 1);
+    assert_eq!(
+        run.machine.next_deadline(),
+        Some(run.t0 + REPLAY_WINDOW),
+        "the loop wakes for it"
+    );
+    run.table(vec![(99, Event::Tick, vec![])]);
+    let out = run.at(100, Event::Tick);
+    assert_eq!(replayed_topics(&out), ["state.a", "state.b"]);
+    assert_eq!(last_values(&run)["replays_pending"], 0);
+    assert_eq!(last_values(&run)["replayed_total"], 4);
+    assert_eq!(run.machine.next_deadline(), None);
+}
+
+#[test]
+fn replays_on_a_port_cost_at_most_one_full_cache_at_once_and_one_a_second_after() {
+    // 4 topics, a budget of 10 messages refilled at 10 a second; a
+    // subscription to "state." every 10 ms for 2 s, the loop ticking when
+    // the machine says.
+    let mut run = budgeted(10, &["state.0", "state.1", "state.2", "state.3"]);
+    let mut sent = Vec::new();
+    let mut total = 0;
+    for ms in 0..=2000u64 {
+        let now = run.t0 + Duration::from_millis(ms);
+        if run.machine.next_deadline().is_some_and(|t| t <= now) {
+            total += replays(&run.at(ms, Event::Tick)).len();
+        }
+        if ms % 10 == 0 {
+            let out = run.at(ms, sub(0, "state."));
+            total += replays(&out).len();
+        }
+        if sent.last() != Some(&total) {
+            sent.push(total);
+            // Never past the bucket: 10 at once, then 10 a second.
+            assert!(total as u64 <= 10 + ms / 100, "{total} by {ms} ms");
+        }
+    }
+    // Whole replays of the 4 topics, as often as the budget allows: at 0,
+    // 100, 200 ms (the window), then every 400 ms (4 tokens).
+    assert_eq!(sent, [4, 8, 12, 16, 20, 24, 28]);
+    // Every subscription but the first waited (the window's end and the
+    // loop's tick come before the subscription at the same millisecond).
+    assert_eq!(last_values(&run)["replays_deferred_total"], 200);
+    assert_eq!(last_values(&run)["replays_pending"], 1);
+}
+
+#[test]
+fn an_honest_subscription_during_a_flood_gets_its_last_values_within_a_refill_period() {
+    let flooded: Vec<String> = (0..8).map(|i| format!("state.x{i}")).collect();
+    let mut topics: Vec<&str> = flooded.iter().map(String::as_str).collect();
+    topics.push("state.a");
+    let mut run = budgeted(10, &topics);
+    let mut honest_at = None;
+    for ms in 0..=3000u64 {
+        let now = run.t0 + Duration::from_millis(ms);
+        let mut out = Vec::new();
+        if run.machine.next_deadline().is_some_and(|t| t <= now) {
+            out.extend(run.at(ms, Event::Tick));
+        }
+        // The flooder: "state.x" every millisecond.
+        out.extend(run.at(ms, sub(0, "state.x")));
+        if ms == 1000 {
+            out.extend(run.at(ms, sub(0, "state.a")));
+        }
+        if replayed_topics(&out).contains(&"state.a".to_string()) {
+            assert_eq!(honest_at, None, "once");
+            honest_at = Some(ms);
+        }
+    }
+    let waited = honest_at.expect("the honest subscription is served") - 1000;
+    assert!(
+        waited <= (REPLAY_REFILL + REPLAY_WINDOW).as_millis() as u64,
+        "{waited} ms"
+    );
+    // The flooder had 8 messages a replay: at most 10 + 10 a second.
+    let replayed = last_values(&run)["replayed_total"].as_u64().unwrap();
+    assert!(replayed <= 10 + 30 + 1, "{replayed}");
+    assert!(
+        last_values(&run)["replays_deferred_total"]
+            .as_u64()
+            .unwrap()
+            > 2900
+    );
+}
+
+#[test]
+fn a_subscription_merged_into_a_flooders_prefix_is_served_when_the_flooder_withdraws_it() {
+    // A flooder subscribes and unsubscribes "" (libzmq passes its
+    // unsubscribe on: nobody else on the port wants ""); an honest
+    // subscription to "state." arrives while "" waits for its window.
+    let mut run = Run::bound();
+    run.message(1, "state.a");
+    assert_eq!(replayed_topics(&run.at(0, sub(0, ""))), ["state.a"]);
+    run.at(1, unsub(0, ""));
+    assert_eq!(replays(&run.at(2, sub(0, ""))), []);
+    assert_eq!(replays(&run.at(3, sub(0, "state."))), []);
+    assert_eq!(last_values(&run)["replays_pending"], 2);
+    // "" goes: "state." takes its place, and its window is open.
+    let out = run.at(4, unsub(0, ""));
+    assert_eq!(replayed_topics(&out), ["state.a"]);
+    assert_eq!(last_values(&run)["replays_pending"], 0);
+    assert_eq!(last_values(&run)["replays_deferred_total"], 2);
+}
+
+#[test]
+fn a_waiting_replay_goes_with_its_last_subscriber_and_with_a_closed_port() {
+    let mut run = Run::bound();
+    run.message(1, "state.a");
+    run.at(0, sub(0, "state."));
+    run.at(1, sub(0, "state."));
+    run.at(2, sub(0, "state.a"));
+    assert_eq!(last_values(&run)["replays_pending"], 2);
+    // "state.a" is still wanted: it takes the place of "state.", and its
+    // own window is open.
+    assert_eq!(replayed_topics(&run.at(3, unsub(0, "state."))), ["state.a"]);
+    assert_eq!(last_values(&run)["replays_pending"], 0);
+    run.at(4, sub(0, "state."));
+    assert_eq!(last_values(&run)["replays_pending"], 1);
+    run.at(5, unsub(0, "state."));
+    assert_eq!(last_values(&run)["replays_pending"], 0);
+    assert_eq!(replays(&run.at(100, Event::Tick)), []);
+    // A port closed with replays waiting: they go; bound again, its budget
+    // is whole and nothing waits.
+    run.at(200, sub(0, "state."));
+    run.at(201, sub(0, "state."));
+    assert_eq!(last_values(&run)["replays_pending"], 1);
+    run.at(202, Event::Release(0));
+    assert_eq!(last_values(&run)["replays_pending"], 0);
+    assert_eq!(run.machine.next_deadline(), None);
+    run.at(203, Event::Hold(0));
+    run.at(203, Event::Bound(0, "tcp://127.0.0.1:5630".into()));
+    assert_eq!(replays(&run.at(204, sub(0, "state."))).len(), 1);
+}
+
+#[test]
+fn each_pub_port_has_its_own_window_and_budget() {
+    let mut run = budgeted(2, &["state.a", "state.b"]);
+    run.at(0, Event::Hold(1));
+    run.at(0, Event::Bound(1, "tcp://127.0.0.1:5631".into()));
+    assert_eq!(replays(&run.at(1, sub(0, "state."))).len(), 2);
+    // Port 0's budget is spent and its window closed; port 1's are not.
+    assert_eq!(replays(&run.at(2, sub(1, "state."))).len(), 2);
+    assert_eq!(replays(&run.at(3, sub(0, "state.b"))), []);
+    assert_eq!(last_values(&run)["replays_deferred_total"], 1);
 }
 
 #[test]
