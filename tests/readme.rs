@@ -9,6 +9,14 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+/// The blocks use the default ports, so they take turns: run side by side
+/// (the suite's threads), one block's bridge found the other's heartbeat
+/// port taken and exited.
+fn default_ports() -> std::sync::MutexGuard<'static, ()> {
+    static PORTS: Mutex<()> = Mutex::new(());
+    PORTS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// The shell block that follows `heading` in README.md.
 fn block_after(heading: &str) -> String {
     let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
@@ -98,6 +106,7 @@ fn run_block(
 
 #[test]
 fn the_two_minute_tour_runs_as_written() {
+    let _ports = default_ports();
     let block = block_after("## A two-minute tour");
     assert!(block.contains("kill -9 $primary"), "{block}");
     let ran = run_block(
@@ -126,6 +135,7 @@ fn the_two_minute_tour_runs_as_written() {
 
 #[test]
 fn the_streams_example_runs_as_written() {
+    let _ports = default_ports();
     let block = block_after("Streams bring PUB services across");
     // The subscriber prints one line per message until it is stopped.
     let line = "dreamworld #1 dream.event | ";
@@ -144,6 +154,7 @@ fn the_streams_example_runs_as_written() {
 
 #[test]
 fn the_curve_example_runs_as_written() {
+    let _ports = default_ports();
     let dir = std::path::Path::new("/tmp/zbridge-curve");
     let _ = std::fs::remove_dir_all(dir);
     let block = block_after("Encryption and authentication between the machines");
