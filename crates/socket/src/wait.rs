@@ -85,33 +85,41 @@ impl Wait {
         deadline: Option<Instant>,
     ) -> zmq::Result<&[zmq::PollEvents]> {
         let now = Instant::now();
-        let sweep = std::mem::take(&mut self.sweep)
-            || self.deadline.is_some_and(|d| now >= d)
-            || !self.same_sockets(items)?;
-        self.deadline = deadline;
+        // Each descriptor once: a socket's ZMQ_FD, read here, also says
+        // whether the sockets are the last wait's.
         self.fds.clear();
-        self.ready.clear();
-        let mut ready_now = false;
-        let mut quiet = self.sockets.iter().map(|&(_, quiet)| quiet);
         for item in items {
-            let mut ready = zmq::PollEvents::empty();
             let fd = match item.source {
                 Source::Fd(fd) => fd,
-                Source::Socket(socket) => {
-                    let was_quiet = quiet.next().unwrap_or(false);
-                    if sweep || item.hot || !was_quiet {
-                        ready = socket.get_events()? & item.wanted;
-                    }
-                    socket.get_fd()?
-                }
+                Source::Socket(socket) => socket.get_fd()?,
             };
-            ready_now |= !ready.is_empty();
-            self.ready.push(ready);
             self.fds.push(libc::pollfd {
                 fd,
                 events: libc::POLLIN,
                 revents: 0,
             });
+        }
+        let socket_fds = (items.iter().zip(&self.fds))
+            .filter(|(item, _)| matches!(item.source, Source::Socket(_)))
+            .map(|(_, fd)| fd.fd);
+        let same_sockets = socket_fds.eq(self.sockets.iter().map(|&(fd, _)| fd));
+        let sweep = std::mem::take(&mut self.sweep)
+            || self.deadline.is_some_and(|d| now >= d)
+            || !same_sockets;
+        self.deadline = deadline;
+        self.ready.clear();
+        let mut ready_now = false;
+        let mut quiet = self.sockets.iter().map(|&(_, quiet)| quiet);
+        for item in items {
+            let mut ready = zmq::PollEvents::empty();
+            if let Source::Socket(socket) = item.source {
+                let was_quiet = quiet.next().unwrap_or(false);
+                if sweep || item.hot || !was_quiet {
+                    ready = socket.get_events()? & item.wanted;
+                }
+            }
+            ready_now |= !ready.is_empty();
+            self.ready.push(ready);
         }
         let timeout_ms = match deadline {
             _ if ready_now => 0,
@@ -143,20 +151,6 @@ impl Wait {
             self.sweep |= !item.hot && !ready.is_empty();
         }
         Ok(&self.ready)
-    }
-
-    /// Whether `items` hold the same sockets, in the same order, as at the
-    /// last wait.
-    fn same_sockets(&self, items: &[Item]) -> zmq::Result<bool> {
-        let mut last = self.sockets.iter();
-        for item in items {
-            if let Source::Socket(socket) = item.source {
-                if last.next().map(|&(fd, _)| fd) != Some(socket.get_fd()?) {
-                    return Ok(false);
-                }
-            }
-        }
-        Ok(last.next().is_none())
     }
 }
 
