@@ -66,8 +66,13 @@ fn first_message(endpoint: &str) -> anyhow::Result<Duration> {
 }
 
 /// Messages per second a SUB on `endpoint` receives while `publisher`
-/// floods, over `duration` after the first one.
-fn received_rate(endpoint: &str, publisher: &Publisher, duration: Duration) -> anyhow::Result<f64> {
+/// floods, over `duration` after the first one, and how many it received
+/// in all (the first ones too).
+fn received_rate(
+    endpoint: &str,
+    publisher: &Publisher,
+    duration: Duration,
+) -> anyhow::Result<(f64, u64)> {
     let context = zmq::Context::new();
     let socket = context.socket(zmq::SUB)?;
     socket.set_linger(0)?;
@@ -79,6 +84,10 @@ fn received_rate(endpoint: &str, publisher: &Publisher, duration: Duration) -> a
         if socket.poll(zmq::POLLIN, 5000)? == 0 {
             bail!("nothing arrived from {endpoint} within 5 s");
         }
+        let mut early: u64 = 0;
+        while socket.recv_multipart(zmq::DONTWAIT).is_ok() {
+            early += 1;
+        }
         let start = Instant::now();
         let mut count: u64 = 0;
         while start.elapsed() < duration {
@@ -89,10 +98,21 @@ fn received_rate(endpoint: &str, publisher: &Publisher, duration: Duration) -> a
                 count += 1;
             }
         }
-        Ok(count as f64 / start.elapsed().as_secs_f64())
+        Ok((count as f64 / start.elapsed().as_secs_f64(), early + count))
     })();
     publisher.set(false);
     result
+}
+
+/// One contender of the throughput rounds.
+struct Contender<'a> {
+    name: &'static str,
+    endpoint: String,
+    /// A bridge stopped (SIGSTOP) outside its own turns.
+    stopped: Option<&'a BridgeProcess>,
+    /// CPU seconds so far of what forwards, from the kernel's accounting
+    /// (none for a direct subscription).
+    cpu: Option<&'a dyn Fn() -> Option<f64>>,
 }
 
 pub fn stream(seconds: f64, rounds: usize, rate: f64) -> anyhow::Result<()> {
@@ -110,43 +130,82 @@ pub fn stream(seconds: f64, rounds: usize, rate: f64) -> anyhow::Result<()> {
     let kept_port = free_port();
     let kept = lone_stream_bridge(&exe, &kept_config, kept_port)?;
     kept.signal("STOP")?;
+    let bridge_cpu = || bridge.process.cpu_seconds();
+    let kept_cpu = || kept.process.cpu_seconds();
+    let proxy_cpu = || Some(proxy.cpu_seconds());
     let contenders = [
-        ("direct", publisher.endpoint.clone(), None),
-        ("libzmq XSUB/XPUB proxy", proxy.endpoint.clone(), None),
-        ("zbridge", format!("tcp://127.0.0.1:{pub_port}"), None),
-        (
-            "zbridge, last_value = true",
-            format!("tcp://127.0.0.1:{kept_port}"),
-            Some(&kept),
-        ),
+        Contender {
+            name: "direct",
+            endpoint: publisher.endpoint.clone(),
+            stopped: None,
+            cpu: None,
+        },
+        Contender {
+            name: "libzmq XSUB/XPUB proxy",
+            endpoint: proxy.endpoint.clone(),
+            stopped: None,
+            cpu: Some(&proxy_cpu),
+        },
+        Contender {
+            name: "zbridge",
+            endpoint: format!("tcp://127.0.0.1:{pub_port}"),
+            stopped: None,
+            cpu: Some(&bridge_cpu),
+        },
+        Contender {
+            name: "zbridge, last_value = true",
+            endpoint: format!("tcp://127.0.0.1:{kept_port}"),
+            stopped: Some(&kept),
+            cpu: Some(&kept_cpu),
+        },
     ];
     println!(
         "zbridge bench stream: {PAYLOAD} B messages, the publisher as fast as it can, {rounds} interleaved rounds of {seconds} s"
     );
     let mut rates = vec![Vec::new(); contenders.len()];
+    let mut cpus = vec![Vec::new(); contenders.len()];
     for round in 1..=rounds {
-        for ((name, endpoint, stopped), samples) in contenders.iter().zip(&mut rates) {
-            if let Some(bridge) = stopped {
+        for (c, (samples, cpu_samples)) in contenders.iter().zip(rates.iter_mut().zip(&mut cpus)) {
+            if let Some(bridge) = c.stopped {
                 bridge.signal("CONT")?;
                 settle(bridge);
             }
-            let r = received_rate(endpoint, &publisher, duration);
-            if let Some(bridge) = stopped {
+            let before = c.cpu.and_then(|cpu| cpu());
+            let r = received_rate(&c.endpoint, &publisher, duration);
+            let after = c.cpu.and_then(|cpu| cpu());
+            if let Some(bridge) = c.stopped {
                 bridge.signal("STOP")?;
             }
-            let r = r?;
-            println!("round {round}: {name}: {r:.0} messages/s");
+            let (r, count) = r?;
+            let per_100k = match (before, after) {
+                (Some(b), Some(a)) if count > 0 => {
+                    let per_100k = (a - b) / count as f64 * 1e5;
+                    cpu_samples.push(per_100k);
+                    format!(", {per_100k:.3} CPU s per 100k")
+                }
+                _ => String::new(),
+            };
+            println!("round {round}: {}: {r:.0} messages/s{per_100k}", c.name);
             samples.push(r);
         }
     }
     kept.signal("CONT")?;
     let medians: Vec<f64> = rates.iter().map(|r| super::median(r)).collect();
     let (direct, proxied, bridged, with_kept) = (medians[0], medians[1], medians[2], medians[3]);
+    let cpu: Vec<f64> = cpus.iter().map(|c| super::median(c)).collect();
     println!(
         "medians: direct {direct:.0}/s, libzmq proxy {proxied:.0}/s, zbridge {bridged:.0}/s, with last values {with_kept:.0}/s; zbridge / proxy = {:.2}x, with last values {:.2}x (goal >= 1.0x), zbridge / direct = {:.2}x",
         bridged / proxied,
         with_kept / proxied,
         bridged / direct
+    );
+    println!(
+        "CPU s per 100k messages (user + system, the kernel's accounting: the bridge's whole process, the proxy's threads): libzmq proxy {:.3}, zbridge {:.3} ({:.2}x), with last values {:.3} ({:.2}x)",
+        cpu[1],
+        cpu[2],
+        cpu[2] / cpu[1],
+        cpu[3],
+        cpu[3] / cpu[1]
     );
     drop(kept);
     drop(bridge);
@@ -163,6 +222,7 @@ pub fn stream(seconds: f64, rounds: usize, rate: f64) -> anyhow::Result<()> {
             "ratio_to_proxy": ratio(bridged / proxied),
             "ratio_to_proxy_last_value": ratio(with_kept / proxied),
             "ratio_to_direct": ratio(bridged / direct),
+            "cpu_s_per_100k": {"libzmq_proxy": cpu[1], "zbridge": cpu[2], "zbridge_last_value": cpu[3]},
             "late_joiner": late,
             "repeats": repeated,
             "kill_9": failover,
