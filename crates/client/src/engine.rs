@@ -574,7 +574,7 @@ impl Engine {
                     frames: frames.into_iter().skip(2).collect(),
                     endpoint: self.endpoints[i].url.clone(),
                     attempts: live.sent,
-                    elapsed: live.call.submitted.elapsed(),
+                    elapsed: now.saturating_duration_since(live.call.submitted),
                 }),
             };
             live.call.done.complete(result);

@@ -68,7 +68,7 @@ struct Shared {
     thread: Mutex<Option<JoinHandle<()>>>,
     /// The process that started the I/O thread: after a `fork(2)` the
     /// child has a copy of this handle but no such thread.
-    pid: u32,
+    origin: Origin,
     /// The largest frame the bridges accept ([`ClientConfig::max_transport_bytes`]).
     max_frame: usize,
 }
@@ -265,7 +265,7 @@ impl Client {
                 commands,
                 doorbell: Doorbell { write, rung },
                 thread: Mutex::new(Some(thread)),
-                pid: std::process::id(),
+                origin: Origin::here(),
                 max_frame,
             }),
         })
@@ -340,7 +340,7 @@ impl Shared {
     }
 
     fn check(&self) -> Result<(), ClientError> {
-        in_process(self.pid)
+        self.origin.check()
     }
 
     /// Refuse a frame the bridges would cut the connection for: sent, it
@@ -357,13 +357,30 @@ impl Shared {
     }
 }
 
-/// Whether this is process `pid`: sockets and threads opened there are not
-/// in a `fork(2)` child, which has only copies of their handles.
-pub(crate) fn in_process(pid: u32) -> Result<(), ClientError> {
-    if std::process::id() == pid {
-        Ok(())
-    } else {
-        Err(ClientError::OtherProcess { pid })
+/// The process a client or subscriber was made in: sockets and threads
+/// opened there are not in a `fork(2)` child, which has only copies of
+/// their handles. Checked on every call, so without a system call
+/// (`getpid` is one; glibc keeps no copy): a count of forks that moved
+/// ([`zbridge_socket::sys::forks`]) means a child.
+pub(crate) struct Origin {
+    pid: u32,
+    forks: u64,
+}
+
+impl Origin {
+    pub(crate) fn here() -> Origin {
+        Origin {
+            forks: zbridge_socket::sys::forks(),
+            pid: std::process::id(),
+        }
+    }
+
+    pub(crate) fn check(&self) -> Result<(), ClientError> {
+        if zbridge_socket::sys::forks() == self.forks {
+            Ok(())
+        } else {
+            Err(ClientError::OtherProcess { pid: self.pid })
+        }
     }
 }
 

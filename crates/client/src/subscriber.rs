@@ -32,7 +32,7 @@ pub struct Subscriber {
     links: Vec<Link>,
     /// The process that opened the sockets: a forked child has copies of
     /// them but not libzmq's threads, and must never touch them.
-    pid: u32,
+    origin: crate::Origin,
     stream: Option<String>,
     /// Own topics, shortest first: a message is numbered under the first
     /// that it matches.
@@ -101,7 +101,7 @@ impl Subscriber {
         Ok(Subscriber {
             context: Some(context),
             links,
-            pid: std::process::id(),
+            origin: crate::Origin::here(),
             stream: stream.map(str::to_string),
             topics,
             merge: Merge::default(),
@@ -112,7 +112,7 @@ impl Subscriber {
     /// Whether it can be read in this process: not in the child of a
     /// `fork(2)` made after it was opened.
     pub fn check(&self) -> Result<(), ClientError> {
-        crate::in_process(self.pid)
+        self.origin.check()
     }
 
     /// The next message, gap or move, waiting up to `timeout`; `None` when

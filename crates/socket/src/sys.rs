@@ -1,10 +1,12 @@
 //! The two socket options zbridge sets that neither the `zmq` crate nor
 //! std wraps, libzmq's `zmq_curve_public`, a look at (and a shutdown
-//! of) one of libzmq's connections by its descriptor, and poll(2) for
-//! [`crate::wait`]. The only unsafe code in zbridge.
+//! of) one of libzmq's connections by its descriptor, poll(2) for
+//! [`crate::wait`], and a count of forks. The only unsafe code in zbridge.
 
 use std::os::fd::RawFd;
 use std::os::raw::{c_char, c_int, c_void};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Once;
 
 /// Set ZMQ_XPUB_NODROP on an XPUB socket: a full subscriber queue makes
 /// a send fail with EAGAIN instead of dropping the message.
@@ -133,6 +135,25 @@ pub fn poll(fds: &mut [libc::pollfd], timeout_ms: c_int) -> std::io::Result<usiz
     }
 }
 
+/// How many `fork(2)`s lie between this process and the first one that
+/// asked: a `pthread_atfork` handler, registered on the first call, adds
+/// one in each child. Unlike `getpid` (a system call: glibc keeps no copy)
+/// it costs an atomic load, for a check made on every request.
+pub fn forks() -> u64 {
+    static FORKS: AtomicU64 = AtomicU64::new(0);
+    static HANDLER: Once = Once::new();
+    extern "C" fn count_in_child() {
+        FORKS.fetch_add(1, Ordering::Relaxed);
+    }
+    HANDLER.call_once(|| {
+        // SAFETY: the handler only adds to an atomic, which is
+        // async-signal-safe, as a child's fork handler must be.
+        let rc = unsafe { libc::pthread_atfork(None, None, Some(count_in_child)) };
+        assert_eq!(rc, 0, "pthread_atfork failed");
+    });
+    FORKS.load(Ordering::Relaxed)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -165,5 +186,27 @@ mod tests {
         ] {
             assert_eq!(curve_public(&bad), None, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn a_forked_child_counts_one_fork_more_and_its_parent_none() {
+        let before = forks();
+        // SAFETY: the child only reads an atomic and leaves with _exit.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork failed");
+        if pid == 0 {
+            let code = i32::from(forks() != before + 1);
+            unsafe { libc::_exit(code) }
+        }
+        let mut status = 0;
+        // SAFETY: waits for the child just made.
+        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+        assert!(libc::WIFEXITED(status), "the child did not exit: {status}");
+        assert_eq!(
+            libc::WEXITSTATUS(status),
+            0,
+            "the child's count was not one more"
+        );
+        assert_eq!(forks(), before);
     }
 }
