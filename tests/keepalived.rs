@@ -199,6 +199,17 @@ impl Keepalived {
             .filter(|l| l.contains(&needle))
             .count()
     }
+
+    /// Its log's lines of state changes and of its checks' verdicts.
+    fn transitions(&self) -> Vec<String> {
+        (self.process.output().into_iter())
+            .filter(|l| {
+                ["Entering", "Script", "priority"]
+                    .iter()
+                    .any(|w| l.contains(w))
+            })
+            .collect()
+    }
 }
 
 impl Drop for Keepalived {
@@ -275,12 +286,21 @@ fn stays_on(site: &Site, machine: usize, keepalived: &[Keepalived; 2], backups: 
     );
     let masters = keepalived.each_ref().map(|k| k.entered("MASTER"));
     let moved = wait_until(Duration::from_secs(3), || site.holder() != Some(machine));
+    // On a failure, what each keepalived went through: its states and its
+    // checks' verdicts, to tell a slow check from a lost advert.
+    let logs = || keepalived.each_ref().map(Keepalived::transitions);
     assert!(
         !moved,
-        "the address left machine {machine}: {:?}",
-        site.holder()
+        "the address left machine {machine}: {:?}; keepalived logs: {:#?}",
+        site.holder(),
+        logs()
     );
-    assert_eq!(keepalived.each_ref().map(|k| k.entered("MASTER")), masters);
+    assert_eq!(
+        keepalived.each_ref().map(|k| k.entered("MASTER")),
+        masters,
+        "a keepalived entered MASTER again; their logs: {:#?}",
+        logs()
+    );
 }
 
 #[test]
