@@ -457,9 +457,19 @@ fn disconnects(subscriber: &Process) -> usize {
 #[test]
 fn a_stream_subscriber_without_a_key_gets_nothing() {
     let keys = Keys::new();
-    let (_publisher, _bridge, _config, pub_port) =
+    let (_publisher, bridge, _config, pub_port) =
         curve_stream(&keys, &["--rate=50", "--topics=dream."], "");
     let plain = curve_subscriber(&keys, pub_port, None, &[]);
+    // Its handshake fails before ZAP: counted and logged as on a frontend.
+    assert!(
+        wait_until(Duration::from_secs(10), || refused(&bridge) >= 1),
+        "the plain subscriber is counted as refused"
+    );
+    assert!(
+        bridge.wait_for_log("a client without CURVE", Duration::from_secs(5)),
+        "the bridge's log says why: {}",
+        bridge.log().join("\n")
+    );
     let stranger = curve_subscriber(&keys, pub_port, Some("stranger.key"), &[]);
     let agent = curve_subscriber(&keys, pub_port, Some("agent.key"), &[]);
     assert!(

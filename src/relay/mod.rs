@@ -67,6 +67,7 @@ use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
 use zbridge_protocol::heartbeat::{Message, Role, State as PeerState};
 use zbridge_protocol::time::later;
+use zbridge_socket::handshakes::{self, Handshakes, Pending, Seen};
 use zbridge_socket::sys::{local_port_of, peer_of, shut_down};
 use zbridge_socket::wait::{Item, Wait};
 use zbridge_socket::{next_event, readable, recv_frames, watch, writable, HandshakeFailure};
@@ -105,21 +106,9 @@ pub(crate) struct Frontend {
     events: zmq::Socket,
     /// The client connections' descriptors (libzmq's), for [`cork`].
     connections: Vec<RawFd>,
-    /// Connections that have not finished their handshake yet, oldest
-    /// first, with their peer's address (to tell a descriptor that libzmq
-    /// closed and the kernel reused from the one accepted, and to name a
-    /// client whose handshake failed) and whether the plain port took it.
-    pending: std::collections::VecDeque<Pending>,
-    /// A handshake failure reported, waiting for its connection's
-    /// `DISCONNECTED` (libzmq reports the two in turn).
-    failure: Option<HandshakeFailure>,
-}
-
-/// A connection waiting for its handshake.
-struct Pending {
-    fd: RawFd,
-    peer: Option<std::net::SocketAddr>,
-    plain: bool,
+    /// Connections that have not finished their handshake yet, and
+    /// which of them failed it.
+    handshakes: Handshakes,
 }
 
 /// What a frontend's socket monitor reported in one read.
@@ -607,17 +596,7 @@ fn open_frontend(
     plain: Option<&str>,
 ) -> zmq::Result<Frontend> {
     let socket = context.socket(zmq::ROUTER)?;
-    let mut kinds = vec![
-        zmq::SocketEvent::ACCEPTED,
-        zmq::SocketEvent::HANDSHAKE_SUCCEEDED,
-        zmq::SocketEvent::DISCONNECTED,
-    ];
-    if config.curve.is_some() {
-        // A client without CURVE fails the handshake before ZAP: counted.
-        // (Which of the two libzmq reports depends on who closes first.)
-        kinds.push(zmq::SocketEvent::HANDSHAKE_FAILED_PROTOCOL);
-        kinds.push(zmq::SocketEvent::HANDSHAKE_FAILED_NO_DETAIL);
-    }
+    let kinds = handshakes::events(config.curve.is_some());
     let events = watch(context, &socket, &kinds)?;
     socket.set_router_mandatory(true)?;
     socket.set_linger(1000)?;
@@ -660,8 +639,7 @@ fn open_frontend(
         drain: None,
         events,
         connections: Vec::new(),
-        pending: std::collections::VecDeque::new(),
-        failure: None,
+        handshakes: Handshakes::default(),
     })
 }
 
@@ -676,37 +654,26 @@ fn open_frontend(
 fn count_connections(frontend: &mut Frontend, pending_max: usize) -> Connections {
     let mut tally = Connections::default();
     while let Some((event, value)) = next_event(&frontend.events) {
-        if let Some(failure) = HandshakeFailure::of(event, value) {
-            frontend.failure = Some(failure);
-            continue;
-        }
-        let fd = RawFd::try_from(value).unwrap_or(-1);
-        if event == zmq::SocketEvent::ACCEPTED.to_raw() {
-            frontend.connections.push(fd);
-            let plain = frontend.plain_port.is_some() && local_port_of(fd) == frontend.plain_port;
-            let peer = peer_of(fd);
-            frontend.pending.push_back(Pending { fd, peer, plain });
-            if frontend.drain.is_some() {
-                cork::hold(&[fd]);
+        let plain_port = frontend.plain_port;
+        let plain = |fd| plain_port.is_some() && local_port_of(fd) == plain_port;
+        match frontend.handshakes.see(event, value, plain) {
+            Seen::Accepted(fd) => {
+                frontend.connections.push(fd);
+                if frontend.drain.is_some() {
+                    cork::hold(&[fd]);
+                }
             }
-        } else if event == zmq::SocketEvent::HANDSHAKE_SUCCEEDED.to_raw() {
-            frontend.pending.retain(|p| p.fd != fd);
-        } else if event == zmq::SocketEvent::DISCONNECTED.to_raw() {
-            frontend.connections.retain(|&c| c != fd);
-            let failure = frontend.failure.take();
-            // A failure of a connection still waiting for its handshake (a
-            // shed one is no longer waiting: it is counted as shed).
-            if let Some(at) = frontend.pending.iter().position(|p| p.fd == fd) {
-                if let (Some(gone), Some(failure)) = (frontend.pending.remove(at), failure) {
+            Seen::Closed(fd, failed) => {
+                frontend.connections.retain(|&c| c != fd);
+                // A shed connection is no longer waiting: counted as shed.
+                if let Some((gone, failure)) = failed {
                     tally.failed.push((gone.peer, gone.plain, failure));
                 }
             }
+            Seen::Nothing => {}
         }
     }
-    while frontend.pending.len() > pending_max {
-        let Some(Pending { fd, peer, .. }) = frontend.pending.pop_front() else {
-            break;
-        };
+    while let Some(Pending { fd, peer, .. }) = frontend.handshakes.over(pending_max) {
         // Still the connection accepted (not a reused descriptor).
         if peer.is_some() && peer_of(fd) == peer {
             shut_down(fd);

@@ -77,12 +77,12 @@ impl Streams {
         }
         let context = &zmq::Context::new();
         // CURVE pub ports: this context's own ZAP handler, the relay's rules.
-        let zap = admission
+        let zap = (admission.clone())
             .map(|a| crate::curve::Zap::start(context, a))
             .transpose()?;
         let (control, theirs) = zbridge_socket::pipe(context, "streams-control")?;
         let status = Arc::new(Mutex::new(Map::new()));
-        let worker = Worker::new(context, config, theirs, Arc::clone(&status))?;
+        let worker = Worker::new(context, config, theirs, Arc::clone(&status), admission)?;
         let thread = std::thread::Builder::new()
             .name("streams".into())
             .spawn(move || worker.run())?;

@@ -5,6 +5,7 @@
 use crate::config::{Config, Stream};
 use std::time::Duration;
 use tracing::{info, warn};
+use zbridge_socket::handshakes::{self, Handshakes};
 use zbridge_socket::sys::set_xpub_nodrop;
 use zbridge_socket::watch;
 
@@ -64,10 +65,11 @@ pub struct PubSettings {
     pub verbose: bool,
 }
 
-/// A bound pub port and its monitor.
+/// A bound pub port, its monitor, and its connections' handshakes.
 pub struct PubSocket {
     pub socket: zmq::Socket,
     pub events: zmq::Socket,
+    pub handshakes: Handshakes,
 }
 
 /// Bind a pub port; the endpoint as bound comes back too.
@@ -80,7 +82,7 @@ pub fn open_pub(
     let events = watch(
         context,
         &socket,
-        &[zmq::SocketEvent::ACCEPTED, zmq::SocketEvent::DISCONNECTED],
+        &handshakes::events(settings.curve.is_some()),
     )?;
     socket.set_linger(0)?;
     socket.set_sndhwm(settings.hwm)?;
@@ -96,7 +98,15 @@ pub fn open_pub(
     let bound = socket
         .get_last_endpoint()?
         .unwrap_or_else(|_| endpoint.to_string());
-    Ok((PubSocket { socket, events }, bound))
+    let handshakes = Handshakes::default();
+    Ok((
+        PubSocket {
+            socket,
+            events,
+            handshakes,
+        },
+        bound,
+    ))
 }
 
 /// Frames to publish: the event's own (moved out for the last port) or a

@@ -8,10 +8,12 @@ use super::sockets::{
     UpstreamSocket,
 };
 use crate::config::{Config, Port};
+use crate::curve::Admission;
 use serde_json::{Map, Value};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tracing::{error, warn};
+use zbridge_socket::handshakes::Seen;
 use zbridge_socket::wait::{Item, Wait};
 use zbridge_socket::{next_event, recv_frames};
 
@@ -38,6 +40,9 @@ pub struct Worker {
     next_status: Instant,
     /// The loop's wait: what it knows of each socket between rounds.
     wait: Wait,
+    /// Where a CURVE pub port's failed handshakes are counted with the
+    /// frontends' (`curve_refused_total`).
+    admission: Option<Arc<Admission>>,
 }
 
 impl Worker {
@@ -46,6 +51,7 @@ impl Worker {
         config: &Config,
         control: zmq::Socket,
         status: Arc<Mutex<Map<String, Value>>>,
+        admission: Option<Arc<Admission>>,
     ) -> anyhow::Result<Worker> {
         let mut upstreams = Vec::new();
         let mut settings = Vec::new();
@@ -85,6 +91,7 @@ impl Worker {
             status,
             next_status: Instant::now(),
             wait: Wait::default(),
+            admission,
         };
         worker.handle(Instant::now(), Event::Start);
         worker.publish_status(Instant::now());
@@ -305,16 +312,21 @@ impl Worker {
     fn on_pub_events(&mut self, port: usize) {
         let now = Instant::now();
         loop {
-            let Some(bound) = &self.pubs[port] else {
+            let Some(bound) = &mut self.pubs[port] else {
                 return;
             };
-            let Some((event, _)) = next_event(&bound.events) else {
+            let Some((event, value)) = next_event(&bound.events) else {
                 return;
             };
-            if event == zmq::SocketEvent::ACCEPTED.to_raw() {
-                self.handle(now, Event::Joined(port));
-            } else if event == zmq::SocketEvent::DISCONNECTED.to_raw() {
-                self.handle(now, Event::Left(port));
+            match bound.handshakes.see(event, value, |_| false) {
+                Seen::Accepted(_) => self.handle(now, Event::Joined(port)),
+                Seen::Closed(_, failed) => {
+                    if let (Some((gone, failure)), Some(admission)) = (failed, &self.admission) {
+                        admission.handshake_failed(gone.peer, false, failure);
+                    }
+                    self.handle(now, Event::Left(port));
+                }
+                Seen::Nothing => {}
             }
         }
     }

@@ -3,6 +3,7 @@
 //! ([`watch`], [`next_event`]), whole-message reads ([`recv_frames`]),
 //! readiness ([`readable`], [`writable`]), the port a socket was bound
 //! to ([`bound_port`]), why a handshake failed ([`HandshakeFailure`]),
+//! which of a bound socket's connections failed theirs ([`handshakes`]),
 //! and a wait that asks a socket for its state only when it may have
 //! changed ([`wait`]).
 //!
@@ -11,6 +12,7 @@
 //! std wraps, poll(2)) live alone in [`sys`] with their SAFETY comments.
 #![deny(unsafe_code)]
 
+pub mod handshakes;
 #[allow(unsafe_code)]
 pub mod sys;
 pub mod wait;
