@@ -29,3 +29,13 @@ pub fn raise_descriptors() {
 pub fn descriptors() -> u64 {
     getrlimit(Resource::RLIMIT_NOFILE).map_or(1024, |(soft, _)| soft)
 }
+
+/// Connections per listening socket (a frontend, a pub port) that may wait
+/// for their handshake: an eighth of the descriptor limit (so the two
+/// frontends and a pub port together leave more than half for the rest),
+/// at least 8.
+pub fn handshakes_waiting_max() -> usize {
+    usize::try_from(descriptors() / 8)
+        .unwrap_or(usize::MAX)
+        .max(8)
+}

@@ -494,3 +494,87 @@ fn a_subscriber_asking_for_too_many_prefixes_is_refused_beyond_the_cap() {
         dream(bridge)
     );
 }
+
+/// Plain TCP connections to the pub port that never say a word, more than
+/// the bridge has descriptors for (`ulimit -n 200`): the oldest are shut
+/// down, as on a frontend, so a subscriber connecting afresh gets the
+/// stream at once (it waited for the handshake timeout, 5 s, before).
+#[test]
+fn idle_connections_to_the_pub_port_under_a_low_descriptor_limit_do_not_starve_subscribers() {
+    let (_publisher, upstream) = publisher(0, &["--rate=100", "--topics=dream."]);
+    let config = stream_config(upstream);
+    let pub_port = free_port();
+    let mut args = lone_bridge_flags();
+    args.extend([
+        "--main-pc-addr=".into(),
+        "--pc2-addr=".into(),
+        config.flag(),
+        format!("--primary-pub-port={pub_port}"),
+        format!("--secondary-pub-port={}", free_port()),
+    ]);
+    let mut command = Command::new("sh");
+    command
+        .arg("-c")
+        .arg("ulimit -n 200 && exec \"$0\" run \"$@\"")
+        .arg(exe())
+        .args(&args);
+    let bridge = BridgeProcess::start(command).expect("the bridge starts under ulimit -n 200");
+    assert!(stream_up(&bridge), "the bridge connects to the upstream");
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            std::net::TcpStream::connect(("127.0.0.1", pub_port)).is_ok()
+        }),
+        "the pub port is bound"
+    );
+    let idle: Vec<_> = (0..1000)
+        .filter_map(|_| std::net::TcpStream::connect(("127.0.0.1", pub_port)).ok())
+        .collect();
+    assert!(idle.len() >= 500, "{} idle connections opened", idle.len());
+    let shed = || {
+        monitor_status(&bridge)["connections_shed_total"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    assert!(
+        wait_until(Duration::from_secs(5), || shed() > 0),
+        "the bridge sheds idle connections: {}",
+        bridge.log().join("\n")
+    );
+    // While they are held: ten subscribers connecting afresh, one at a time.
+    let context = zmq::Context::new();
+    for i in 0..10 {
+        let sub = context.socket(zmq::SUB).unwrap();
+        sub.set_linger(0).unwrap();
+        sub.set_subscribe(b"dream.").unwrap();
+        let started = Instant::now();
+        sub.connect(&format!("tcp://127.0.0.1:{pub_port}")).unwrap();
+        assert_eq!(
+            sub.poll(zmq::POLLIN, 2000).unwrap(),
+            1,
+            "subscriber {i} got nothing within 2 s with {} idle connections open",
+            idle.len()
+        );
+        eprintln!(
+            "subscriber {i}: first message after {:?}",
+            started.elapsed()
+        );
+    }
+    let metrics = monitor(&bridge, "metrics").expect("/metrics answers");
+    let in_metrics: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("zbridge_connections_shed_total "))
+        .expect("zbridge_connections_shed_total in /metrics")
+        .parse()
+        .unwrap();
+    assert!(in_metrics >= 1.0, "{metrics}");
+    assert!(bridge.wait_for_log(
+        "closed subscriber connections on a pub port that had not finished their handshake",
+        Duration::from_secs(1)
+    ));
+    eprintln!(
+        "{} idle connections to the pub port under ulimit -n 200: {} shed, 10 of 10 fresh subscribers served",
+        idle.len(),
+        shed()
+    );
+    drop(idle);
+}

@@ -67,8 +67,8 @@ use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
 use zbridge_protocol::heartbeat::{Message, Role, State as PeerState};
 use zbridge_protocol::time::later;
-use zbridge_socket::handshakes::{self, Handshakes, Pending, Seen};
-use zbridge_socket::sys::{local_port_of, peer_of, shut_down};
+use zbridge_socket::handshakes::{self, Handshakes, Seen};
+use zbridge_socket::sys::local_port_of;
 use zbridge_socket::wait::{Item, Wait};
 use zbridge_socket::{next_event, readable, recv_frames, watch, writable, HandshakeFailure};
 
@@ -259,7 +259,7 @@ impl Relay {
             admission,
             _zap: zap,
             notifier: Notifier::from_env(now),
-            pending_max: pending_max(),
+            pending_max: crate::limits::handshakes_waiting_max(),
             shed_log: LogThrottle::default(),
             wait: Wait::default(),
         })
@@ -673,22 +673,8 @@ fn count_connections(frontend: &mut Frontend, pending_max: usize) -> Connections
             Seen::Nothing => {}
         }
     }
-    while let Some(Pending { fd, peer, .. }) = frontend.handshakes.over(pending_max) {
-        // Still the connection accepted (not a reused descriptor).
-        if peer.is_some() && peer_of(fd) == peer {
-            shut_down(fd);
-            tally.shed += 1;
-        }
-    }
+    tally.shed = frontend.handshakes.shed(pending_max);
     tally
-}
-
-/// Connections per frontend that may wait for their handshake: an eighth
-/// of the descriptor limit (so both frontends' together leave three
-/// quarters for the rest), at least 8.
-fn pending_max() -> usize {
-    let limit = crate::limits::descriptors();
-    usize::try_from(limit / 8).unwrap_or(usize::MAX).max(8)
 }
 
 /// Wait until every dealer has a connected backend, or `grace` passes.

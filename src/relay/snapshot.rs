@@ -41,8 +41,13 @@ impl Relay {
         self.state
             .streams
             .insert("plain_handshakes_failed_total".into(), plain_failed.into());
+        // Connections shed on the pub ports count with the frontends'.
+        let pub_shed = (self.state.streams.remove("pub_connections_shed_total"))
+            .and_then(|v| v.as_u64())
+            .unwrap_or(0);
         self.sync_view(now);
         let mut status = self.state.status(now);
+        status["connections_shed_total"] = (self.state.ha.connections_shed + pub_shed).into();
         // Whether each target's DEALER can take a message now (a connected
         // backend with room in its queue): one getsockopt per target.
         for target in self.state.targets.iter().filter(|t| !t.retired) {

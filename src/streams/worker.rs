@@ -9,6 +9,7 @@ use super::sockets::{
 };
 use crate::config::{Config, Port};
 use crate::curve::Admission;
+use crate::throttle::LogThrottle;
 use serde_json::{Map, Value};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -22,6 +23,8 @@ use zbridge_socket::{next_event, recv_frames};
 const BATCH: usize = 256;
 /// How often the status document is refreshed.
 const STATUS_EVERY: Duration = Duration::from_millis(100);
+/// At most one log line this often for connections shed.
+const SHED_LOG_EVERY: Duration = Duration::from_secs(10);
 
 pub struct Worker {
     context: zmq::Context,
@@ -43,6 +46,11 @@ pub struct Worker {
     /// Where a CURVE pub port's failed handshakes are counted with the
     /// frontends' (`curve_refused_total`).
     admission: Option<Arc<Admission>>,
+    /// Connections shut down on the pub ports before their handshake
+    /// finished (too many waiting), and when that was last logged.
+    shed: u64,
+    shed_log: LogThrottle,
+    waiting_max: usize,
 }
 
 impl Worker {
@@ -92,6 +100,9 @@ impl Worker {
             next_status: Instant::now(),
             wait: Wait::default(),
             admission,
+            shed: 0,
+            shed_log: LogThrottle::default(),
+            waiting_max: crate::limits::handshakes_waiting_max(),
         };
         worker.handle(Instant::now(), Event::Start);
         worker.publish_status(Instant::now());
@@ -309,16 +320,13 @@ impl Worker {
         self.next_status = now;
     }
 
+    /// Read a pub port's monitor: subscribers joining and leaving, failed
+    /// handshakes (counted with the frontends'), and connections shed
+    /// when too many wait for their handshake.
     fn on_pub_events(&mut self, port: usize) {
         let now = Instant::now();
-        loop {
-            let Some(bound) = &mut self.pubs[port] else {
-                return;
-            };
-            let Some((event, value)) = next_event(&bound.events) else {
-                return;
-            };
-            match bound.handshakes.see(event, value, |_| false) {
+        while let Some(seen) = self.next_pub_event(port) {
+            match seen {
                 Seen::Accepted(_) => self.handle(now, Event::Joined(port)),
                 Seen::Closed(_, failed) => {
                     if let (Some((gone, failure)), Some(admission)) = (failed, &self.admission) {
@@ -329,6 +337,25 @@ impl Worker {
                 Seen::Nothing => {}
             }
         }
+        let waiting_max = self.waiting_max;
+        let shed = (self.pubs[port].as_mut()).map_or(0, |b| b.handshakes.shed(waiting_max));
+        if shed > 0 {
+            self.shed += shed;
+            if self.shed_log.due(now, SHED_LOG_EVERY) {
+                warn!(
+                    port,
+                    waiting_max,
+                    connections_shed_total = self.shed,
+                    "closed subscriber connections on a pub port that had not finished their handshake: too many were open at once (a peer connecting and saying nothing?); descriptors are kept for working subscribers"
+                );
+            }
+        }
+    }
+
+    fn next_pub_event(&mut self, port: usize) -> Option<Seen> {
+        let bound = self.pubs[port].as_mut()?;
+        let (event, value) = next_event(&bound.events)?;
+        Some(bound.handshakes.see(event, value, |_| false))
     }
 
     /// Hand what subscribers on a port asked for (or withdrew) to the
@@ -357,7 +384,9 @@ impl Worker {
     }
 
     fn publish_status(&mut self, now: Instant) {
-        let doc = self.machine.status();
+        let mut doc = self.machine.status();
+        // Counted with the frontends' by the relay's snapshot.
+        doc.insert("pub_connections_shed_total".into(), self.shed.into());
         if let Ok(mut shared) = self.status.lock() {
             *shared = doc;
         }

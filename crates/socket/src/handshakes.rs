@@ -8,7 +8,7 @@
 //! descriptor). The failure is held until a connection still waiting for
 //! its handshake closes.
 
-use crate::sys::peer_of;
+use crate::sys::{peer_of, shut_down};
 use crate::HandshakeFailure;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -92,14 +92,22 @@ impl Handshakes {
         }
     }
 
-    /// The oldest connection still waiting, taken out when more than `max`
-    /// wait.
-    pub fn over(&mut self, max: usize) -> Option<Pending> {
-        if self.pending.len() > max {
-            self.pending.pop_front()
-        } else {
-            None
+    /// Shut down the oldest connections still waiting while more than
+    /// `max` wait, so that working peers keep their descriptors; how many
+    /// were shut down (a descriptor that libzmq closed meanwhile and the
+    /// kernel reused for another peer is left alone).
+    pub fn shed(&mut self, max: usize) -> u64 {
+        let mut shed = 0;
+        while self.pending.len() > max {
+            let Some(Pending { fd, peer, .. }) = self.pending.pop_front() else {
+                break;
+            };
+            if peer.is_some() && peer_of(fd) == peer {
+                shut_down(fd);
+                shed += 1;
+            }
         }
+        shed
     }
 }
 
@@ -149,14 +157,33 @@ mod tests {
     }
 
     #[test]
-    fn over_takes_the_oldest_beyond_the_bound() {
+    fn shed_forgets_the_oldest_beyond_the_bound() {
+        // Descriptors this process does not have: no peer, so nothing is
+        // shut down, but the oldest are forgotten.
         let mut h = Handshakes::default();
-        for fd in 1..=4 {
+        for fd in 900_001..=900_004 {
             see(&mut h, E::ACCEPTED, fd);
         }
-        assert_eq!(h.over(4), None);
-        assert_eq!(h.over(2).map(|p| p.fd), Some(1));
-        assert_eq!(h.over(2).map(|p| p.fd), Some(2));
-        assert_eq!(h.over(2), None);
+        assert_eq!(h.shed(4), 0);
+        assert_eq!(h.pending.len(), 4);
+        assert_eq!(h.shed(2), 0);
+        let left: Vec<RawFd> = h.pending.iter().map(|p| p.fd).collect();
+        assert_eq!(left, [900_003, 900_004]);
+    }
+
+    #[test]
+    fn shed_shuts_down_a_waiting_connection_past_the_bound() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (accepted, _) = listener.accept().unwrap();
+        use std::os::fd::AsRawFd;
+        let fd = accepted.as_raw_fd();
+        let mut h = Handshakes::default();
+        see(&mut h, E::ACCEPTED, u32::try_from(fd).unwrap());
+        assert_eq!(h.shed(0), 1);
+        // The peer sees its connection end.
+        use std::io::Read;
+        let mut byte = [0u8; 1];
+        assert_eq!((&client).read(&mut byte).unwrap(), 0);
     }
 }
