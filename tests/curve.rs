@@ -975,13 +975,7 @@ fn idle_connections_under_a_low_descriptor_limit_starve_neither_agents_nor_healt
         format!("--pc2-addr={}", echo.endpoint),
     ]);
     args.extend(keys.flags());
-    let mut command = Command::new("sh");
-    command
-        .arg("-c")
-        .arg("ulimit -n 200 && exec \"$0\" run \"$@\"")
-        .arg(exe())
-        .args(&args);
-    let bridge = BridgeProcess::start(command).expect("the bridge starts under ulimit -n 200");
+    let bridge = bridge_with_descriptors(200, &args);
     let port: u16 = bridge.frontend.rsplit(':').next().unwrap().parse().unwrap();
     let started = std::time::Instant::now();
     let idle: Vec<_> = (0..300)
@@ -1015,13 +1009,7 @@ fn idle_connections_under_a_low_descriptor_limit_starve_neither_agents_nor_healt
         let health = monitor(&bridge, "health").expect("/health answers");
         assert!(health.contains("\"ok\""), "{health}");
     }
-    let metrics = monitor(&bridge, "metrics").expect("/metrics answers");
-    let shed: f64 = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("zbridge_connections_shed_total "))
-        .expect("zbridge_connections_shed_total in /metrics")
-        .parse()
-        .unwrap();
+    let shed = metric(&bridge, "zbridge_connections_shed_total");
     println!(
         "{} idle connections under ulimit -n 200: {shed} shed, 10 of 10 fresh CURVE agents served, \
          /health answering ({:?} in all)",

@@ -305,6 +305,31 @@ pub fn monitor(bridge: &BridgeProcess, path: &str) -> Option<String> {
     zbridge_lab::http_get(&format!("{base}/{path}"), Duration::from_secs(2))
 }
 
+/// The value of metric `name` (a sample without labels) in a bridge's
+/// `/metrics`.
+pub fn metric(bridge: &BridgeProcess, name: &str) -> f64 {
+    let metrics = monitor(bridge, "metrics").expect("/metrics answers");
+    let prefix = format!("{name} ");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .unwrap_or_else(|| panic!("{name} in /metrics: {metrics}"))
+        .parse()
+        .unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+/// `zbridge run` with `args`, started under `ulimit -n LIMIT`.
+pub fn bridge_with_descriptors(limit: u32, args: &[String]) -> BridgeProcess {
+    let mut command = Command::new("sh");
+    command
+        .arg("-c")
+        .arg(format!("ulimit -n {limit} && exec \"$0\" run \"$@\""))
+        .arg(exe())
+        .args(args);
+    BridgeProcess::start(command)
+        .unwrap_or_else(|e| panic!("the bridge starts under ulimit -n {limit}: {e}"))
+}
+
 /// A bridge's status document from its monitoring server.
 pub fn monitor_status(bridge: &BridgeProcess) -> Value {
     monitor(bridge, "status")
