@@ -221,7 +221,7 @@ fn failed_why(failure: HandshakeFailure) -> &'static str {
     match failure {
         HandshakeFailure::Mechanism => "a client without CURVE: give it curve_server_key and a key pair, or a plain port",
         HandshakeFailure::Cryptographic => "a CURVE handshake that did not decrypt: the client has the wrong curve_server_key",
-        HandshakeFailure::Closed(_) => "the client closed the connection during the handshake: a CURVE client with the wrong curve_server_key, or not a ZeroMQ client",
+        HandshakeFailure::Closed(_) => "the client closed the connection during the handshake: a client without CURVE, a CURVE client with the wrong curve_server_key, or not a ZeroMQ client",
         HandshakeFailure::Refused(_) | HandshakeFailure::Protocol(_) => "not a ZeroMQ client of a kind that fits (a port scan, an HTTP probe?)",
     }
 }

@@ -343,7 +343,7 @@ impl Worker {
             self.shed += shed;
             if self.shed_log.due(now, SHED_LOG_EVERY) {
                 warn!(
-                    port,
+                    endpoint = %self.endpoints[port],
                     waiting_max,
                     connections_shed_total = self.shed,
                     "closed subscriber connections on a pub port that had not finished their handshake: too many were open at once (a peer connecting and saying nothing?); descriptors are kept for working subscribers"
