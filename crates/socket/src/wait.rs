@@ -115,7 +115,7 @@ impl Wait {
             if let Source::Socket(socket) = item.source {
                 let was_quiet = quiet.next().unwrap_or(false);
                 if sweep || item.hot || !was_quiet {
-                    ready = socket.get_events()? & item.wanted;
+                    ready = events_of(socket)? & item.wanted;
                 }
             }
             ready_now |= !ready.is_empty();
@@ -143,7 +143,7 @@ impl Wait {
                 Source::Fd(_) => {}
                 Source::Socket(socket) => {
                     if fired {
-                        *ready = socket.get_events()? & item.wanted;
+                        *ready = events_of(socket)? & item.wanted;
                     }
                     self.sockets.push((fd.fd, ready.is_empty()));
                 }
@@ -151,6 +151,19 @@ impl Wait {
             self.sweep |= !item.hot && !ready.is_empty();
         }
         Ok(&self.ready)
+    }
+}
+
+/// A socket's `ZMQ_EVENTS`. libzmq looks at the socket's mailbox with a
+/// poll(2), which a signal with a handler can interrupt (EINTR): that
+/// ask is made again, as `zmq_poll`'s callers went on after an
+/// interrupted poll, and never stops the caller's loop.
+fn events_of(socket: &zmq::Socket) -> zmq::Result<zmq::PollEvents> {
+    loop {
+        match socket.get_events() {
+            Err(zmq::Error::EINTR) => continue,
+            result => return result,
+        }
     }
 }
 
@@ -248,6 +261,61 @@ mod tests {
         writer.write_all(b"x").unwrap();
         let items = [Item::fd(reader.as_raw_fd(), false)];
         assert_eq!(wait.wait(&items, far()).unwrap()[0], zmq::POLLIN);
+    }
+
+    /// Signals with a handler (as a Python agent's process has) land on
+    /// the waiting thread while it asks its sockets: an interrupted ask is
+    /// asked again, never an error (which stops a client's I/O thread).
+    #[test]
+    #[allow(unsafe_code)]
+    fn signals_landing_on_the_waiting_thread_are_not_errors() {
+        extern "C" fn ignore(_: libc::c_int) {}
+        // SAFETY: a handler that does nothing, without SA_RESTART (as
+        // Python installs its own), for a signal only this test sends.
+        unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = ignore as *const () as usize;
+            assert_eq!(
+                libc::sigaction(libc::SIGUSR2, &action, std::ptr::null_mut()),
+                0
+            );
+        }
+        let context = zmq::Context::new();
+        let pairs: Vec<_> = (0..64)
+            .map(|i| pair(&context, &format!("signals-{i}")))
+            .collect();
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (tx, rx) = std::sync::mpsc::channel();
+        // The waiter lives until the signals have stopped.
+        let (stopped, signals_stopped) = std::sync::mpsc::channel::<()>();
+        let waiter = {
+            let done = std::sync::Arc::clone(&done);
+            std::thread::spawn(move || {
+                // SAFETY: this thread's own handle, for pthread_kill below.
+                tx.send(unsafe { libc::pthread_self() }).unwrap();
+                let mut wait = Wait::default();
+                let items: Vec<_> = (pairs.iter())
+                    .map(|(_, pull)| Item::socket(pull, zmq::POLLIN, true))
+                    .collect();
+                let started = Instant::now();
+                let mut result = Ok(());
+                while result.is_ok() && started.elapsed() < Duration::from_secs(2) {
+                    result = wait.wait(&items, Some(Instant::now())).map(|_| ());
+                }
+                done.store(true, std::sync::atomic::Ordering::Relaxed);
+                let _ = signals_stopped.recv();
+                result
+            })
+        };
+        let thread = rx.recv().unwrap();
+        let mut sent = 0u64;
+        while !done.load(std::sync::atomic::Ordering::Relaxed) && sent < 2_000_000 {
+            // SAFETY: the waiter is alive until it hears `stopped`.
+            unsafe { libc::pthread_kill(thread, libc::SIGUSR2) };
+            sent += 1;
+        }
+        stopped.send(()).unwrap();
+        assert_eq!(waiter.join().unwrap(), Ok(()), "after {sent} signals");
     }
 
     #[test]
