@@ -653,9 +653,9 @@ fn open_frontend(
 /// failed (watched with CURVE on) and the connections shut down.
 fn count_connections(frontend: &mut Frontend, pending_max: usize) -> Connections {
     let mut tally = Connections::default();
+    let plain_port = frontend.plain_port;
+    let plain = |fd| plain_port.is_some() && local_port_of(fd) == plain_port;
     while let Some((event, value)) = next_event(&frontend.events) {
-        let plain_port = frontend.plain_port;
-        let plain = |fd| plain_port.is_some() && local_port_of(fd) == plain_port;
         match frontend.handshakes.see(event, value, plain) {
             Seen::Accepted(fd) => {
                 frontend.connections.push(fd);
