@@ -77,7 +77,8 @@ impl Streams {
         }
         let context = &zmq::Context::new();
         // CURVE pub ports: this context's own ZAP handler, the relay's rules.
-        let zap = (admission.clone())
+        let zap = admission
+            .clone()
             .map(|a| crate::curve::Zap::start(context, a))
             .transpose()?;
         let (control, theirs) = zbridge_socket::pipe(context, "streams-control")?;
