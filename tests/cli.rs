@@ -257,6 +257,38 @@ fn bench_client_drives_a_config_file_pair_and_ends_with_a_json_line() {
     assert_eq!(status(&b.frontend)["targets"]["pc2"]["replies_total"], sent);
 }
 
+#[test]
+fn the_benches_proxy_is_a_process_that_forwards_every_request_until_killed() {
+    let rs = EchoService::start(None).unwrap();
+    let mut command = Command::new(exe());
+    command.args(["bench", "proxy", "--front=router", "--back=dealer"]);
+    command.arg(format!("--upstream={}", rs.endpoint));
+    let (mut proxy, line) = Process::spawn(command, |l| l.starts_with("proxy listening on "))
+        .expect("the proxy starts");
+    let endpoint = line.trim_start_matches("proxy listening on ").to_owned();
+    assert!(endpoint.starts_with("tcp://127.0.0.1:"), "{line}");
+    let report = Load {
+        endpoint,
+        targets: vec!["pc2".into()],
+        path: Route::Direct,
+        clients: 2,
+        in_flight: 8,
+        requests: 2_000,
+        duration: Duration::from_secs(20),
+        payload_bytes: 100,
+        settle: Duration::from_secs(5),
+        tagged: false,
+        rate: None,
+        curve: None,
+    }
+    .run()
+    .unwrap();
+    assert_eq!((report.ok, report.lost, report.mismatched), (2_000, 0, 0));
+    assert!(proxy.cpu_seconds().is_some(), "its CPU is read from /proc");
+    proxy.signal("KILL").unwrap();
+    assert!(proxy.wait_exit(Duration::from_secs(5)).is_some());
+}
+
 /// The last stdout line of a bench run that succeeded, as JSON, checked
 /// for nothing lost.
 fn clean_last_line(out: &std::process::Output) -> serde_json::Value {

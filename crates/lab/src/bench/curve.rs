@@ -2,7 +2,7 @@
 //! frontends, beside the plain ones, so that what CURVE costs the bridge
 //! is compared with what it costs libzmq itself, in the same run.
 
-use super::{Contender, Proxy};
+use super::{Contender, Kind, Proxy};
 
 use crate::{BridgeProcess, Route};
 use std::path::{Path, PathBuf};
@@ -27,7 +27,7 @@ impl Parts {
         let secret = dir.join("bridge.key");
         let _ = std::fs::remove_file(&secret);
         pair.write(&secret)?;
-        let proxy = Proxy::start_with(zmq::ROUTER, zmq::DEALER, upstream, Some(&pair))?;
+        let proxy = Proxy::start_with(Kind::Router, Kind::Dealer, upstream, Some(&secret))?;
         let mut flags = flags.to_vec();
         flags.push(format!("--curve-secret-key-file={}", secret.display()));
         let bridge = BridgeProcess::spawn(exe, &flags)?;

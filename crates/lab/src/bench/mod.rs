@@ -2,8 +2,8 @@
 //!
 //! `bench relay` measures, in one run on loopback, a direct connection to an
 //! echo service, libzmq's own ROUTER-DEALER proxy (`zmq::proxy`, the limit
-//! for a relay) and a real `zbridge run` process on its JSON and multipart
-//! paths, and prints ratios. Every load is bounded in count and time.
+//! for a relay, in a process of its own: `bench proxy`) and a real `zbridge
+//! run` process on its JSON and multipart paths, and prints ratios. Every load is bounded in count and time.
 //! `bench stream` ([`stream`]) does the same for a stream against libzmq's
 //! XSUB/XPUB proxy. `bench python` ([`python`]) measures the Python
 //! package against a raw pyzmq DEALER. `bench handover` ([`handover`])
@@ -30,9 +30,14 @@ pub enum What {
         /// Seconds of each throughput run.
         #[arg(long, default_value_t = 3.0)]
         seconds: f64,
-        /// Requests in each lockstep latency run.
+        /// Lockstep requests of each contender's latency figure, split
+        /// over --latency-rounds turns.
         #[arg(long, default_value_t = 20_000)]
         latency_requests: u64,
+        /// Turns the contenders take in the latency run: each figure is a
+        /// median over them, with the middle half of the rounds beside it.
+        #[arg(long, default_value_t = 10)]
+        latency_rounds: usize,
         /// Requests of the memory run (0 to skip it).
         #[arg(long, default_value_t = 1_000_000)]
         memory_requests: u64,
@@ -159,6 +164,41 @@ pub enum What {
         #[arg(long, default_value_t = 1)]
         seed: u64,
     },
+    /// libzmq's proxy in a process of its own (the contender the other
+    /// benches start): binds `front` on loopback, prints its endpoint,
+    /// connects `back` to UPSTREAM and forwards until killed.
+    #[command(hide = true)]
+    Proxy {
+        #[arg(long, value_enum)]
+        front: Kind,
+        #[arg(long, value_enum)]
+        back: Kind,
+        #[arg(long)]
+        upstream: String,
+        /// Make the frontend a CURVE server with this key file's pair.
+        #[arg(long)]
+        curve_secret_key_file: Option<std::path::PathBuf>,
+    },
+}
+
+/// The socket types a proxy is made of.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum Kind {
+    Router,
+    Dealer,
+    Xpub,
+    Xsub,
+}
+
+impl Kind {
+    fn socket_type(self) -> zmq::SocketType {
+        match self {
+            Kind::Router => zmq::ROUTER,
+            Kind::Dealer => zmq::DEALER,
+            Kind::Xpub => zmq::XPUB,
+            Kind::Xsub => zmq::XSUB,
+        }
+    }
 }
 
 pub fn run(what: What) -> anyhow::Result<()> {
@@ -166,12 +206,13 @@ pub fn run(what: What) -> anyhow::Result<()> {
         What::Relay {
             seconds,
             latency_requests,
+            latency_rounds,
             memory_requests,
             rounds,
             curve,
         } => relay(
             seconds,
-            latency_requests,
+            (latency_requests, latency_rounds.max(1)),
             memory_requests,
             rounds.max(1),
             curve,
@@ -258,95 +299,92 @@ pub fn run(what: What) -> anyhow::Result<()> {
             println!("{}", report.json());
             Ok(())
         }
+        What::Proxy {
+            front,
+            back,
+            upstream,
+            curve_secret_key_file,
+        } => serve_proxy(front, back, &upstream, curve_secret_key_file.as_deref()),
     }
 }
 
-/// libzmq's own proxy (`zmq::proxy`) on its own context and thread: a
-/// socket of type `front` bound on loopback, one of type `back` connected
-/// to `upstream`.
+/// `bench proxy`: libzmq's proxy, alone in this process.
+fn serve_proxy(
+    front: Kind,
+    back: Kind,
+    upstream: &str,
+    curve: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    let context = zmq::Context::new();
+    let front = context.socket(front.socket_type())?;
+    let back = context.socket(back.socket_type())?;
+    for s in [&front, &back] {
+        s.set_linger(0)?;
+    }
+    if let Some(path) = curve {
+        let pair = zbridge_client::curve::KeyPair::read(path, "--curve-secret-key-file")?;
+        pair.serve(&front)?;
+    }
+    front.bind("tcp://127.0.0.1:*")?;
+    back.connect(upstream)?;
+    let endpoint = front
+        .get_last_endpoint()?
+        .map_err(|_| anyhow::anyhow!("non-UTF-8 endpoint"))?;
+    println!("{PROXY_READY}{endpoint}");
+    zmq::proxy(&front, &back)?;
+    Ok(())
+}
+
+/// What `bench proxy` prints before its endpoint once it listens.
+const PROXY_READY: &str = "proxy listening on ";
+
+/// libzmq's own proxy (`zmq::proxy`, the same libzmq as the bridge's) in
+/// a process of its own, `bench proxy`: a socket of type `front` bound on
+/// loopback, one of type `back` connected to `upstream`. A process, as
+/// the bridge is and as a deployed proxy would be, so that neither
+/// contender shares the bench's address space (a thread switch within
+/// one process is cheaper than one between processes). Killed by its pid
+/// when dropped.
 struct Proxy {
     endpoint: String,
-    context: zmq::Context,
-    thread: Option<JoinHandle<()>>,
-    /// The threads it runs on (its own, its context's I/O thread and
-    /// reaper), for its CPU time.
-    tasks: Vec<String>,
+    process: crate::Process,
 }
 
 impl Proxy {
-    fn start(
-        front: zmq::SocketType,
-        back: zmq::SocketType,
-        upstream: &str,
-    ) -> anyhow::Result<Proxy> {
+    fn start(front: Kind, back: Kind, upstream: &str) -> anyhow::Result<Proxy> {
         Proxy::start_with(front, back, upstream, None)
     }
 
-    /// The proxy with its frontend a CURVE server with `curve`'s key (no
-    /// ZAP handler: any client that knows the public key).
+    /// The proxy with its frontend a CURVE server with the pair in
+    /// `curve`, a key file (no ZAP handler: any client that knows the
+    /// public key).
     fn start_with(
-        front: zmq::SocketType,
-        back: zmq::SocketType,
+        front: Kind,
+        back: Kind,
         upstream: &str,
-        curve: Option<&zbridge_client::curve::KeyPair>,
+        curve: Option<&std::path::Path>,
     ) -> anyhow::Result<Proxy> {
-        let before = tasks();
-        let context = zmq::Context::new();
-        let front = context.socket(front)?;
-        let back = context.socket(back)?;
-        for s in [&front, &back] {
-            s.set_linger(0)?;
+        let mut command = std::process::Command::new(std::env::current_exe()?);
+        command.args(["bench", "proxy", "--upstream", upstream]);
+        for (flag, kind) in [("--front", front), ("--back", back)] {
+            let name = clap::ValueEnum::to_possible_value(&kind)
+                .map(|v| v.get_name().to_owned())
+                .unwrap_or_default();
+            command.args([flag, &name]);
         }
-        if let Some(pair) = curve {
-            pair.serve(&front)?;
+        if let Some(path) = curve {
+            command.arg("--curve-secret-key-file").arg(path);
         }
-        front.bind("tcp://127.0.0.1:*")?;
-        back.connect(upstream)?;
-        let endpoint = front
-            .get_last_endpoint()?
-            .map_err(|_| anyhow::anyhow!("non-UTF-8 endpoint"))?;
-        let thread = std::thread::spawn(move || {
-            // Returns with ETERM when the context is destroyed.
-            let _ = zmq::proxy(&front, &back);
-        });
-        // The threads that appeared meanwhile are the proxy's: nothing
-        // else starts one while a bench sets up.
-        let tasks = tasks()
-            .into_iter()
-            .filter(|t| !before.contains(t))
-            .collect();
+        let (process, line) = crate::Process::spawn(command, |l| l.starts_with(PROXY_READY))?;
         Ok(Proxy {
-            endpoint,
-            context,
-            thread: Some(thread),
-            tasks,
+            endpoint: line[PROXY_READY.len()..].to_owned(),
+            process,
         })
     }
 
-    /// CPU time of the proxy's threads so far, from the kernel's accounting.
+    /// CPU time of the proxy's process so far, from the kernel's accounting.
     fn cpu_seconds(&self) -> f64 {
-        (self.tasks.iter())
-            .filter_map(|t| crate::process::cpu_seconds(&format!("/proc/self/task/{t}/stat")))
-            .sum()
-    }
-}
-
-/// This process's threads.
-fn tasks() -> Vec<String> {
-    std::fs::read_dir("/proc/self/task")
-        .map(|dir| {
-            dir.filter_map(|e| Some(e.ok()?.file_name().to_string_lossy().into_owned()))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        let _ = self.context.destroy();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        self.process.cpu_seconds().unwrap_or(0.0)
     }
 }
 
@@ -398,20 +436,30 @@ struct Contender {
     curve: Option<zbridge_client::curve::ClientKeys>,
 }
 
-/// The median of each contender's figures over `rounds` interleaved rounds,
-/// so that a burst of noise on the machine hits every contender alike.
-fn medians(
+/// Each contender's figures in each of `rounds` interleaved rounds
+/// (`[contender][round][figure]`), so that a burst of noise on the
+/// machine hits every contender alike.
+fn interleaved(
     contenders: &[Contender],
     rounds: usize,
     mut measure: impl FnMut(&Contender) -> anyhow::Result<Vec<f64>>,
-) -> anyhow::Result<Vec<Vec<f64>>> {
+) -> anyhow::Result<Vec<Vec<Vec<f64>>>> {
     let mut samples: Vec<Vec<Vec<f64>>> = vec![Vec::new(); contenders.len()];
     for _ in 0..rounds {
         for (c, s) in contenders.iter().zip(&mut samples) {
             s.push(measure(c)?);
         }
     }
-    Ok(samples
+    Ok(samples)
+}
+
+/// The median of each contender's figures over `rounds` interleaved rounds.
+fn medians(
+    contenders: &[Contender],
+    rounds: usize,
+    measure: impl FnMut(&Contender) -> anyhow::Result<Vec<f64>>,
+) -> anyhow::Result<Vec<Vec<f64>>> {
+    Ok(interleaved(contenders, rounds, measure)?
         .into_iter()
         .map(|rounds| {
             (0..rounds[0].len())
@@ -422,21 +470,30 @@ fn medians(
 }
 
 fn median(values: &[f64]) -> f64 {
+    quantile(values, 0.5)
+}
+
+/// The `q` quantile of `values`, interpolated between the two nearest.
+fn quantile(values: &[f64], q: f64) -> f64 {
     let mut v = values.to_vec();
     v.sort_by(f64::total_cmp);
-    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+    let at = (v.len().saturating_sub(1) as f64) * q;
+    match (v.get(at.floor() as usize), v.get(at.ceil() as usize)) {
+        (Some(low), Some(high)) => low + (high - low) * at.fract(),
+        _ => f64::NAN,
+    }
 }
 
 fn relay(
     seconds: f64,
-    latency_requests: u64,
+    (latency_requests, latency_rounds): (u64, usize),
     memory_requests: u64,
     rounds: usize,
     with_curve: bool,
 ) -> anyhow::Result<()> {
     let duration = Duration::try_from_secs_f64(seconds).context("--seconds")?;
     let echo = EchoService::start(None)?;
-    let proxy = Proxy::start(zmq::ROUTER, zmq::DEALER, &echo.endpoint)?;
+    let proxy = Proxy::start(Kind::Router, Kind::Dealer, &echo.endpoint)?;
     let exe = std::env::current_exe()?;
     let mut flags = lone_bridge_flags();
     flags.extend([
@@ -507,40 +564,63 @@ fn relay(
         load(c, 2, 16, 20_000, duration, 100).run()?;
     }
 
+    let per_round = (latency_requests / latency_rounds as u64).max(1);
     println!(
-        "\nlatency: 1 client, lockstep, 100 B, {latency_requests} requests (added = p50 minus direct's p50)"
+        "\nlatency: 1 client, lockstep, 100 B, {latency_rounds} rounds of {per_round} requests \
+         (added = p50 minus direct's p50 in the same round; each figure the median over \
+         the rounds, the ratio's middle half of the rounds in brackets)"
     );
     println!(
-        "{:<20} {:>9} {:>9} {:>11} {:>17}",
-        "", "p50 µs", "p99 µs", "added µs", "added / proxy's"
+        "{:<20} {:>9} {:>9} {:>11} {:>17} {:>13}",
+        "", "p50 µs", "p99 µs", "added µs", "added / proxy's", "(25%-75%)"
     );
-    let latency = medians(&contenders, rounds, |c| {
-        let mut r = load(c, 1, 1, latency_requests, Duration::from_secs(120), 100).run()?;
+    let latency = interleaved(&contenders, latency_rounds, |c| {
+        let mut r = load(c, 1, 1, per_round, Duration::from_secs(120), 100).run()?;
         check(c.name, &r)?;
         Ok(vec![r.quantile_ms(0.5) * 1e3, r.quantile_ms(0.99) * 1e3])
     })?;
-    let direct_p50 = latency[0][0];
+    // What contender `c` added to a direct round trip in each round.
+    let added = |c: usize| -> Vec<f64> {
+        (latency[c].iter().zip(&latency[0]))
+            .map(|(r, direct)| r[0] - direct[0])
+            .collect()
+    };
     let mut latency_json = serde_json::Map::new();
-    for (c, figures) in contenders.iter().zip(&latency) {
-        let (p50, p99) = (figures[0], figures[1]);
-        let added = p50 - direct_p50;
-        let proxy_added = latency[c.baseline][0] - direct_p50;
-        let ratio = if c.name == "direct" {
-            String::new()
+    for (i, c) in contenders.iter().enumerate() {
+        let figure = |f: usize| median(&latency[i].iter().map(|r| r[f]).collect::<Vec<_>>());
+        let (p50, p99, added_us) = (figure(0), figure(1), median(&added(i)));
+        // Each round's ratio, of figures taken minutes apart at most.
+        let ratios: Vec<f64> = (added(i).iter().zip(added(c.baseline)))
+            .filter(|(_, baseline)| *baseline > 0.0)
+            .map(|(a, baseline)| a / baseline)
+            .collect();
+        let (ratio, low, high) = (
+            median(&ratios),
+            quantile(&ratios, 0.25),
+            quantile(&ratios, 0.75),
+        );
+        let (ratio_text, spread) = if i == 0 {
+            (String::new(), String::new())
         } else {
-            format!("{:.2}x", added / proxy_added)
+            (format!("{ratio:.2}x"), format!("({low:.2}-{high:.2})"))
         };
         println!(
-            "{:<20} {p50:>9.1} {p99:>9.1} {added:>11.1} {ratio:>17}",
+            "{:<20} {p50:>9.1} {p99:>9.1} {added_us:>11.1} {ratio_text:>17} {spread:>13}",
             c.name
         );
         latency_json.insert(
             c.name.into(),
-            json!({"p50_us": p50, "p99_us": p99, "added_us": added}),
+            json!({
+                "p50_us": p50,
+                "p99_us": p99,
+                "added_us": added_us,
+                "added_vs_proxy": ratio,
+                "added_vs_proxy_middle_half": [low, high],
+            }),
         );
     }
 
-    // CPU of the relay (the bridge's process, the proxy's threads) per
+    // CPU of the relay (the bridge's process, the proxy's process) per
     // 100,000 requests, in the 8 x 16 runs at 100 B.
     let cpu_of = |c: &Contender| match c.name {
         "libzmq proxy" => Some(proxy.cpu_seconds()),
@@ -603,7 +683,7 @@ fn relay(
         }
         throughput_json.insert(format!("{bytes}B"), per_size.into());
     }
-    println!("\n(CPU: user + system seconds from the kernel's accounting, the bridge's whole process, the proxy's own thread and its context's)");
+    println!("\n(CPU: user + system seconds from the kernel's accounting, the bridge's whole process, the proxy's whole process)");
 
     // The monitor being scraped must not slow the relay (issue 6: within 5%).
     let monitor = bridge.ready["monitor"]

@@ -5,7 +5,7 @@
 //! of the active costs a subscriber on the primary pub port and one using
 //! zbridge-client. Measurements, not tests; every load is bounded.
 
-use super::Proxy;
+use super::{Kind, Proxy};
 use crate::{
     follow_stream, free_port, lone_bridge_flags, loopback_endpoints, status, wait_until,
     BridgeProcess, LoopbackPair, Publisher, Seen, TempConfig, PAYLOAD,
@@ -119,7 +119,7 @@ pub fn stream(seconds: f64, rounds: usize, rate: f64) -> anyhow::Result<()> {
     let duration = Duration::try_from_secs_f64(seconds).context("--seconds")?;
     let exe = std::env::current_exe()?;
     let publisher = Publisher::start(None)?;
-    let proxy = Proxy::start(zmq::XPUB, zmq::XSUB, &publisher.endpoint)?;
+    let proxy = Proxy::start(Kind::Xpub, Kind::Xsub, &publisher.endpoint)?;
     let config = stream_config(&publisher.endpoint, "");
     let pub_port = free_port();
     let bridge = lone_stream_bridge(&exe, &config, pub_port)?;
@@ -200,7 +200,7 @@ pub fn stream(seconds: f64, rounds: usize, rate: f64) -> anyhow::Result<()> {
         bridged / direct
     );
     println!(
-        "CPU s per 100k messages (user + system, the kernel's accounting: the bridge's whole process, the proxy's threads): libzmq proxy {:.3}, zbridge {:.3} ({:.2}x), with last values {:.3} ({:.2}x)",
+        "CPU s per 100k messages (user + system, the kernel's accounting: the bridge's whole process, the proxy's whole process): libzmq proxy {:.3}, zbridge {:.3} ({:.2}x), with last values {:.3} ({:.2}x)",
         cpu[1],
         cpu[2],
         cpu[2] / cpu[1],
@@ -250,7 +250,7 @@ fn settle(bridge: &BridgeProcess) {
 fn late_joiner(exe: &std::path::Path, rounds: usize) -> anyhow::Result<serde_json::Value> {
     let publisher = Publisher::start(Some(2.0))?;
     publisher.set(true);
-    let proxy = Proxy::start(zmq::XPUB, zmq::XSUB, &publisher.endpoint)?;
+    let proxy = Proxy::start(Kind::Xpub, Kind::Xsub, &publisher.endpoint)?;
     let config = stream_config(&publisher.endpoint, "last_value = true\n");
     let pub_port = free_port();
     let bridge = lone_stream_bridge(exe, &config, pub_port)?;
