@@ -326,7 +326,9 @@ fn serve_proxy(
         pair.serve(&front)?;
     }
     front.bind("tcp://127.0.0.1:*")?;
-    back.connect(upstream)?;
+    back.connect(upstream).with_context(|| {
+        format!("--upstream {upstream}: not an endpoint to connect to (tcp://HOST:PORT)")
+    })?;
     let endpoint = front
         .get_last_endpoint()?
         .map_err(|_| anyhow::anyhow!("non-UTF-8 endpoint"))?;
