@@ -963,18 +963,22 @@ fn local_pair() -> anyhow::Result<(LoopbackPair, zbridge_client::ClientConfig)> 
 /// Calls/s of one client with 64 in flight over requests/s of one raw
 /// DEALER with 64 in flight, through the same bridge: the median of the
 /// ratios of 5 rounds of 2 s in which the two take turns, so that a slow
-/// spell of the machine hits both sides of a ratio alike.
+/// spell of the machine hits both sides of a ratio alike. Beside them, a
+/// raw DEALER owned by a thread of its own (what any client that lets
+/// several threads call costs before it does anything), and the CPU the
+/// client's I/O thread spends per call.
 fn client_throughput(load: &ClientLoad) -> anyhow::Result<f64> {
     let exe = std::env::current_exe()?;
     let (pair, settings) = local_pair()?;
     let _active = BridgeProcess::spawn(&exe, &pair.flags("active"))?;
     let _passive = BridgeProcess::spawn(&exe, &pair.flags("passive"))?;
     let client = zbridge_client::Client::connect(settings)?;
+    let endpoint = &pair.endpoints()[0];
     let round_time = Duration::from_secs(2);
-    let mut ratios = Vec::new();
+    let (mut ratios, mut behind_ratios, mut cpu_per_call) = (Vec::new(), Vec::new(), Vec::new());
     for round in 1..=5 {
         let raw = Load {
-            endpoint: pair.endpoints()[0].clone(),
+            endpoint: endpoint.clone(),
             targets: vec![load.target.clone()],
             path: Route::Multipart,
             clients: 1,
@@ -988,6 +992,9 @@ fn client_throughput(load: &ClientLoad) -> anyhow::Result<f64> {
             curve: None,
         }
         .run()?;
+        // Looked up now: the thread names itself once it runs.
+        let io_thread = tasks_named("zbridge-client");
+        let cpu_before = cpu_of_tasks(&io_thread);
         let lib = ClientLoad {
             rate: None,
             in_flight: 64,
@@ -995,19 +1002,103 @@ fn client_throughput(load: &ClientLoad) -> anyhow::Result<f64> {
             ..load.clone()
         }
         .run(&client);
+        let io_us = (cpu_of_tasks(&io_thread) - cpu_before) * 1e6 / (lib.load.ok.max(1) as f64);
+        let behind = behind_a_thread(endpoint, &load.target, round_time, load.payload_bytes)?;
         let ratio = lib.load.throughput() / raw.throughput();
         println!(
-            "round {round}: raw DEALER {:.0} requests/s, client {:.0} calls/s, {ratio:.2}x ({} lost, errors {:?})",
+            "round {round}: raw DEALER {:.0} requests/s, client {:.0} calls/s, {ratio:.2}x ({} lost, errors {:?}), \
+             its I/O thread {io_us:.1} µs CPU per call; a DEALER behind a thread {behind:.0} requests/s, {:.2}x",
             raw.throughput(),
             lib.load.throughput(),
             lib.load.lost,
-            lib.load.errors
+            lib.load.errors,
+            behind / raw.throughput()
         );
         ratios.push(ratio);
+        behind_ratios.push(behind / raw.throughput());
+        cpu_per_call.push(io_us);
     }
     let ratio = median(&ratios);
-    println!("throughput, 64 in flight: client / raw DEALER = {ratio:.2}x, median of 5 rounds (goal >= 0.9x, issue 22)");
+    println!(
+        "throughput, 64 in flight: client / raw DEALER = {ratio:.2}x, median of 5 rounds (goal >= 0.9x, issue 22); \
+         a DEALER behind a thread {:.2}x; the client's I/O thread {:.1} µs CPU per call",
+        median(&behind_ratios),
+        median(&cpu_per_call)
+    );
     Ok(ratio)
+}
+
+/// This process's threads named `name`.
+fn tasks_named(name: &str) -> Vec<String> {
+    let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| Some(e.ok()?.file_name().to_string_lossy().into_owned()))
+        .filter(|t| {
+            std::fs::read_to_string(format!("/proc/self/task/{t}/comm"))
+                .is_ok_and(|comm| comm.trim() == name)
+        })
+        .collect()
+}
+
+/// CPU seconds of this process's threads `tasks` so far.
+fn cpu_of_tasks(tasks: &[String]) -> f64 {
+    (tasks.iter())
+        .filter_map(|t| crate::process::cpu_seconds(&format!("/proc/self/task/{t}/stat")))
+        .sum()
+}
+
+/// Requests/s of a caller whose DEALER another thread owns, 64 in flight,
+/// through `endpoint` for `duration`: the caller's PAIR, an inproc pipe,
+/// `zmq::proxy` on a thread of its own, the DEALER. The floor of any
+/// client that lets several threads call: one thread hop each way and
+/// nothing else.
+fn behind_a_thread(
+    endpoint: &str,
+    target: &str,
+    duration: Duration,
+    payload: usize,
+) -> anyhow::Result<f64> {
+    let mut context = zmq::Context::new();
+    let (front, back) = (context.socket(zmq::PAIR)?, context.socket(zmq::DEALER)?);
+    let caller = context.socket(zmq::PAIR)?;
+    for s in [&front, &back, &caller] {
+        s.set_linger(0)?;
+    }
+    front.bind("inproc://behind-a-thread")?;
+    back.connect(endpoint)?;
+    caller.connect("inproc://behind-a-thread")?;
+    caller.set_rcvtimeo(5_000)?;
+    // Returns with ETERM when the context is destroyed.
+    let thread = std::thread::spawn(move || zmq::proxy(&front, &back));
+    let frame = vec![b'x'; payload];
+    let start = std::time::Instant::now();
+    let (mut outstanding, mut answered) = (0, 0u64);
+    while start.elapsed() < duration {
+        while outstanding < 64 {
+            caller.send_multipart([target.as_bytes(), &frame[..]], 0)?;
+            outstanding += 1;
+        }
+        let reply = caller.recv_multipart(0)?;
+        anyhow::ensure!(
+            reply == [&frame[..]],
+            "a DEALER behind a thread: not the echo"
+        );
+        outstanding -= 1;
+        answered += 1;
+    }
+    let rate = answered as f64 / start.elapsed().as_secs_f64();
+    while outstanding > 0 && caller.recv_multipart(0).is_ok() {
+        outstanding -= 1;
+    }
+    drop(caller);
+    let _ = context.destroy();
+    let _ = thread.join();
+    anyhow::ensure!(
+        outstanding == 0,
+        "a DEALER behind a thread: {outstanding} requests lost"
+    );
+    Ok(rate)
 }
 
 /// `load` through a new client while the active gets `signal` a third of
