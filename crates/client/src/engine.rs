@@ -23,7 +23,7 @@ use zbridge_protocol::heartbeat::{Message, State, Verifier};
 use zbridge_protocol::time::later;
 use zbridge_protocol::{parse_error_reply, ErrorCode};
 use zbridge_socket::wait::{Item, Wait};
-use zbridge_socket::{next_event, watch, HandshakeFailure, HANDSHAKE_FAILED};
+use zbridge_socket::{next_event, recv_frames, watch, HandshakeFailure, HANDSHAKE_FAILED};
 
 const PING: &[u8] = br#"{"action":"ping"}"#;
 
@@ -55,6 +55,8 @@ pub(crate) struct Engine {
     stopping: bool,
     /// The loop's wait: what it knows of each socket between rounds.
     wait: Wait,
+    /// A reply's frames as libzmq holds them, kept between replies.
+    frames: Vec<zmq::Message>,
     // Dropped last: closing a context waits for its sockets.
     _context: zmq::Context,
 }
@@ -160,6 +162,7 @@ impl Engine {
             rng: seed | 1,
             stopping: false,
             wait: Wait::default(),
+            frames: Vec::new(),
             _context: context,
         })
     }
@@ -526,7 +529,13 @@ impl Engine {
     }
 
     fn take_replies(&mut self, i: usize) {
-        while let Ok(frames) = self.endpoints[i].socket.recv_multipart(zmq::DONTWAIT) {
+        // The id and the delimiter are read where libzmq holds them; only
+        // the body is copied out, into the caller's reply.
+        let mut frames = std::mem::take(&mut self.frames);
+        while matches!(
+            recv_frames(&self.endpoints[i].socket, &mut frames),
+            Ok(true)
+        ) {
             let now = Instant::now();
             let id = match frames.as_slice() {
                 [id, delimiter, _, ..] if delimiter.is_empty() => parse_request_id(id),
@@ -536,8 +545,10 @@ impl Engine {
                 debug!(endpoint = %self.endpoints[i].url, "dropped a message without a request id");
                 continue;
             };
-            let body = &frames[2..];
-            let refusal = parse_error_reply(body);
+            let refusal = match &frames[2..] {
+                [only] => parse_error_reply(&[&only[..]]),
+                _ => None,
+            };
             let draining = refusal
                 .as_ref()
                 .is_some_and(|r| r.code == ErrorCode::Draining);
@@ -571,7 +582,7 @@ impl Engine {
                     message: r.message,
                 }),
                 None => Ok(Reply {
-                    frames: frames.into_iter().skip(2).collect(),
+                    frames: frames[2..].iter().map(|f| f.to_vec()).collect(),
                     endpoint: self.endpoints[i].url.clone(),
                     attempts: live.sent,
                     elapsed: now.saturating_duration_since(live.call.submitted),
@@ -579,6 +590,7 @@ impl Engine {
             };
             live.call.done.complete(result);
         }
+        self.frames = frames;
     }
 
     fn on_probe_answer(&mut self, i: usize, draining: bool, now: Instant) {

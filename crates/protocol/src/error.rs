@@ -110,6 +110,11 @@ pub fn parse_error_reply(frames: &[impl AsRef<[u8]>]) -> Option<Rejection> {
         message: String,
     }
     let [only] = frames else { return None };
+    // An error reply is a JSON object: any other frame is not one, and
+    // costs no parse (a failed one allocates its error).
+    if only.as_ref().trim_ascii_start().first() != Some(&b'{') {
+        return None;
+    }
     let doc: Doc = serde_json::from_slice(only.as_ref()).ok()?;
     if doc.status != "error" {
         return None;
@@ -136,6 +141,12 @@ mod tests {
         ] {
             assert_eq!(parse_error_reply(&[other]), None);
         }
+        // JSON may start with whitespace: the check before the parse allows it.
+        let spaced = b" \n{\"status\":\"error\",\"error\":\"timeout\",\"message\":\"x\"}";
+        assert_eq!(
+            parse_error_reply(&[&spaced[..]]),
+            Some(Rejection::new(ErrorCode::Timeout, "x"))
+        );
         let two = [error_reply(ErrorCode::Timeout, "x"), b"more".to_vec()];
         assert_eq!(
             parse_error_reply(&two),
