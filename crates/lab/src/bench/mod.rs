@@ -3,7 +3,8 @@
 //! `bench relay` measures, in one run on loopback, a direct connection to an
 //! echo service, libzmq's own ROUTER-DEALER proxy (`zmq::proxy`, the limit
 //! for a relay, in a process of its own: `bench proxy`) and a real `zbridge
-//! run` process on its JSON and multipart paths, and prints ratios. Every load is bounded in count and time.
+//! run` process on its JSON and multipart paths, and prints ratios. Every
+//! load is bounded in count and time.
 //! `bench stream` ([`stream`]) does the same for a stream against libzmq's
 //! XSUB/XPUB proxy. `bench python` ([`python`]) measures the Python
 //! package against a raw pyzmq DEALER. `bench handover` ([`handover`])
@@ -591,7 +592,7 @@ fn relay(
     for (i, c) in contenders.iter().enumerate() {
         let figure = |f: usize| median(&latency[i].iter().map(|r| r[f]).collect::<Vec<_>>());
         let (p50, p99, added_us) = (figure(0), figure(1), median(&added(i)));
-        // Each round's ratio, of figures taken minutes apart at most.
+        // Each round's ratio, of figures taken seconds apart.
         let ratios: Vec<f64> = (added(i).iter().zip(added(c.baseline)))
             .filter(|(_, baseline)| *baseline > 0.0)
             .map(|(a, baseline)| a / baseline)
